@@ -1,0 +1,20 @@
+/** Entry of `npm run bench [-- --json] [-- GROUP ...]`. */
+import { bitmapGroup } from './groups/bitmap.js';
+import { pageStateGroup } from './groups/page-state.js';
+import type { BenchGroup } from './harness.js';
+import { runGroups } from './harness.js';
+
+const groups: BenchGroup[] = [pageStateGroup, bitmapGroup];
+
+const args = process.argv.slice(2);
+if (args.includes('--help')) {
+  process.stdout.write(
+    `usage: npm run bench -- [--json] [GROUP ...]\ngroups:\n${groups.map((g) => `  ${g.name.padEnd(16)} ${g.description}`).join('\n')}\n`,
+  );
+} else {
+  process.exitCode = await runGroups(
+    groups,
+    args.filter((a) => !a.startsWith('--')),
+    args.includes('--json'),
+  );
+}

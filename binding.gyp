@@ -1,0 +1,20 @@
+{
+  "targets": [
+    {
+      "target_name": "sevtrack_native",
+      "sources": [
+        "native/addon.cc",
+        "native/bitmap.cc",
+        "native/bitmap_binding.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-std=c++17", "-O3", "-Wall", "-Wextra"],
+      "conditions": [
+        ["target_arch=='x64'", { "cflags_cc": ["-mpopcnt", "-mbmi"] }]
+      ]
+    }
+  ]
+}

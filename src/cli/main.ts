@@ -1,0 +1,33 @@
+#!/usr/bin/env node
+/** The sevtrack CLI: one module per command under commands/, each only parses and calls the library. */
+import { Command, CommanderError } from 'commander';
+import { registerDecode } from './commands/decode.js';
+import { EXIT_USAGE } from './run-action.js';
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('sevtrack')
+    .description('migration-aware c-bit tracking and safe live migration for AMD SEV guests')
+    .version('0.1.0')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  registerDecode(program);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help and --version exit 0; every other parse error is a usage error.
+      process.exitCode = err.exitCode === 0 ? 0 : EXIT_USAGE;
+      return;
+    }
+    throw err;
+  }
+}
+
+await main(process.argv);

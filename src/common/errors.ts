@@ -1,0 +1,57 @@
+/**
+ * The error tree. Every error sevtrack throws is a SevtrackError with a stable
+ * `code`; MisuseError means the caller passed bad input (fix the input),
+ * RuntimeFailure means something broke at run time (an invariant, a peer, the
+ * platform). The CLI maps the first to exit code 2 and the second to 3.
+ */
+export class SevtrackError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** Bad input: a flag, a field, a frame, a file. Nothing was changed. */
+export class MisuseError extends SevtrackError {}
+
+/** A value of a named field is wrong; the message says which and how to fix it. */
+export class InvalidArgumentError extends MisuseError {
+  readonly field: string;
+  constructor(field: string, message: string) {
+    super('ERR_INVALID_ARGUMENT', message);
+    this.field = field;
+  }
+}
+
+/** A binary buffer or file is not in the expected format. */
+export class FormatError extends MisuseError {
+  readonly offset: number;
+  constructor(what: string, offset: number, expected: string, got: string) {
+    super('ERR_BAD_FORMAT', `${what}: expected ${expected} at offset ${offset}, got ${got}`);
+    this.offset = offset;
+  }
+}
+
+/** Something failed while running: a broken invariant, a dead peer, the platform. */
+export class RuntimeFailure extends SevtrackError {}
+
+/** The native addon could not be found; the message lists the paths tried. */
+export class NativeAddonMissingError extends RuntimeFailure {
+  readonly pathsTried: readonly string[];
+  constructor(pathsTried: readonly string[]) {
+    super(
+      'ERR_NATIVE_MISSING',
+      `the native addon sevtrack_native.node was not found (tried ${pathsTried.join(', ')}); build it with \`npm run build\` (or \`npx node-gyp rebuild\`)`,
+    );
+    this.pathsTried = pathsTried;
+  }
+}
+
+/** An internal invariant did not hold: a bug, never the caller's fault. */
+export class InvariantError extends RuntimeFailure {
+  constructor(message: string) {
+    super('ERR_INVARIANT', message);
+  }
+}

@@ -1,0 +1,299 @@
+/**
+ * PageStateMap: the encryption state (c-bit) of every 4 KiB frame of one
+ * guest, kept as sorted, coalesced ranges in a B+ tree keyed by the first gfn
+ * of each range. Frame 0 always starts a range, and two adjacent ranges never
+ * share a state, so the map of a guest with one state is a single key.
+ *
+ * Cost: apply and isEncrypted are O(log R + k), where R is the number of ranges
+ * and k the ranges the change touches; diff is O(R_a + R_b). None of them
+ * depends on the guest's size (DESIGN.md §3 rule 1 keeps the FULL state).
+ */
+
+import { createRequire } from 'node:module';
+import type sortedBtree from 'sorted-btree';
+import { FormatError, InvalidArgumentError } from '../common/errors.js';
+import { zlib } from '../common/node-compat.js';
+import type { StateRange } from '../common/ranges.js';
+
+/** A guest has at most 2^52 frames so every gfn is an exact JS number. */
+export const MAX_GUEST_PAGES = 2 ** 52;
+
+// sorted-btree is CommonJS with `exports.default`; Node and bundlers disagree on
+// what a default import of it is, so require it and take the class off it.
+const BTree = (createRequire(import.meta.url)('sorted-btree') as typeof sortedBtree).default;
+type BTree<K, V> = sortedBtree.default<K, V>;
+
+const MAGIC = 0x53505653; // "SVPS" little-endian
+const FORMAT_VERSION = 1;
+const HEADER_BYTES = 32;
+const TRAILER_BYTES = 4;
+
+export class PageStateMap {
+  readonly npages: number;
+  private tree: BTree<number, boolean>;
+  private encryptedPages: number;
+
+  /** A map of npages frames, all in state `encrypted` (SEV guests start private). */
+  constructor(npages: number, encrypted = true) {
+    if (!Number.isInteger(npages) || npages < 1 || npages > MAX_GUEST_PAGES) {
+      throw new InvalidArgumentError(
+        'npages',
+        `npages ${npages} must be an integer in [1, 2^52] (the guest's size in 4 KiB pages)`,
+      );
+    }
+    this.npages = npages;
+    this.tree = new BTree<number, boolean>([[0, encrypted]]);
+    this.encryptedPages = encrypted ? npages : 0;
+  }
+
+  /** Number of encrypted (private) frames. */
+  get encryptedCount(): number {
+    return this.encryptedPages;
+  }
+
+  /** Number of shared (decrypted) frames. */
+  get sharedCount(): number {
+    return this.npages - this.encryptedPages;
+  }
+
+  /** Number of coalesced ranges. */
+  get rangeCount(): number {
+    return this.tree.size;
+  }
+
+  private checkRange(gfn: number, npages: number): void {
+    if (!Number.isInteger(gfn) || gfn < 0 || gfn >= this.npages) {
+      throw new InvalidArgumentError('gfn', `gfn ${gfn} is outside the guest's ${this.npages} pages`);
+    }
+    if (!Number.isInteger(npages) || npages < 1 || npages > this.npages - gfn) {
+      throw new InvalidArgumentError(
+        'npages',
+        `npages ${npages} at gfn ${gfn} must be at least 1 and end within the guest's ${this.npages} pages`,
+      );
+    }
+  }
+
+  /** The state of frame gfn. */
+  isEncrypted(gfn: number): boolean {
+    this.checkRange(gfn, 1);
+    return this.tree.getPairOrNextLower(gfn)![1];
+  }
+
+  /**
+   * Sets frames (gfn, npages) to `encrypted`; returns how many frames changed
+   * state (0 when the range already had it).
+   */
+  apply(gfn: number, npages: number, encrypted: boolean): number {
+    this.checkRange(gfn, npages);
+    const end = gfn + npages;
+    const [firstKey, firstState] = this.tree.getPairOrNextLower(gfn)!;
+    const nextKey = this.tree.nextHigherPair(firstKey)?.[0] ?? this.npages;
+    if (nextKey >= end) {
+      if (firstState === encrypted) return 0;
+      // Fast path: the change lies inside one range of the other state. With
+      // two states, the neighbours of that range hold `encrypted`, so a change
+      // touching a range edge merges into the neighbour.
+      if (firstKey < gfn) this.tree.set(gfn, encrypted);
+      else if (gfn === 0) this.tree.set(0, encrypted);
+      else this.tree.delete(gfn);
+      if (nextKey === end) {
+        if (end < this.npages) this.tree.delete(end);
+      } else {
+        this.tree.set(end, firstState);
+      }
+      this.encryptedPages += encrypted ? npages : -npages;
+      return npages;
+    }
+
+    // Count the frames that flip, walking the ranges inside (gfn, npages).
+    let flipped = 0;
+    let segStart = gfn;
+    let segState = firstState;
+    this.tree.forRange(gfn + 1, end, false, (key, state) => {
+      if (segState !== encrypted) flipped += key - segStart;
+      segStart = key;
+      segState = state;
+    });
+    if (segState !== encrypted) flipped += end - segStart;
+    const stateAtEnd = this.tree.get(end) ?? segState;
+    const stateBefore = gfn > 0 ? this.tree.getPairOrNextLower(gfn - 1)![1] : undefined;
+
+    this.tree.deleteRange(gfn, end, true);
+    if (stateBefore !== encrypted) this.tree.set(gfn, encrypted);
+    if (end < this.npages && stateAtEnd !== encrypted) this.tree.set(end, stateAtEnd);
+    this.encryptedPages += encrypted ? flipped : -flipped;
+    return flipped;
+  }
+
+  /** The ranges in ascending gfn order, starting with the one holding fromGfn. */
+  *ranges(fromGfn = 0): IterableIterator<StateRange> {
+    if (fromGfn >= this.npages) return;
+    let [start, state] = this.tree.getPairOrNextLower(fromGfn)!;
+    for (const [key, next] of this.tree.entries(start + 1)) {
+      yield { gfn: start, npages: key - start, encrypted: state };
+      start = key;
+      state = next;
+    }
+    yield { gfn: start, npages: this.npages - start, encrypted: state };
+  }
+
+  /**
+   * The coalesced ranges where `other` differs from this map, each carrying
+   * other's state: applying them to this map makes it equal to `other`.
+   */
+  diff(other: PageStateMap): StateRange[] {
+    if (other.npages !== this.npages) {
+      throw new InvalidArgumentError(
+        'other',
+        `cannot diff maps of ${this.npages} and ${other.npages} pages: both must describe one guest`,
+      );
+    }
+    // Merge-walk the two boundary lists; the state is constant between
+    // consecutive boundaries of either map.
+    const [keysA, statesA] = this.boundaries();
+    const [keysB, statesB] = other.boundaries();
+    const out: StateRange[] = [];
+    let ia = 0;
+    let ib = 0;
+    let pos = 0;
+    while (pos < this.npages) {
+      const endA = ia + 1 < keysA.length ? keysA[ia + 1] : this.npages;
+      const endB = ib + 1 < keysB.length ? keysB[ib + 1] : this.npages;
+      const segEnd = Math.min(endA, endB);
+      const target = statesB[ib] === 1;
+      if (statesA[ia] !== statesB[ib]) {
+        const last = out[out.length - 1];
+        if (last !== undefined && last.gfn + last.npages === pos && last.encrypted === target) {
+          last.npages += segEnd - pos;
+        } else {
+          out.push({ gfn: pos, npages: segEnd - pos, encrypted: target });
+        }
+      }
+      pos = segEnd;
+      if (endA === segEnd) ia++;
+      if (endB === segEnd) ib++;
+    }
+    return out;
+  }
+
+  /** The range starts and their states (1 = encrypted) as flat arrays, for merge walks. */
+  private boundaries(): [Float64Array, Uint8Array] {
+    const keys = new Float64Array(this.tree.size);
+    const states = new Uint8Array(this.tree.size);
+    let i = 0;
+    this.tree.forEachPair((key, state) => {
+      keys[i] = key;
+      states[i++] = state ? 1 : 0;
+    });
+    return [keys, states];
+  }
+
+  /** Whether both maps hold the same state for every frame. */
+  equals(other: PageStateMap): boolean {
+    if (other.npages !== this.npages || other.rangeCount !== this.rangeCount) return false;
+    const a = this.tree.entries();
+    for (const [key, state] of other.tree.entries()) {
+      const mine = a.next().value as [number, boolean];
+      if (mine[0] !== key || mine[1] !== state) return false;
+    }
+    return true;
+  }
+
+  /** An independent copy (copy-on-write: O(1) until either side changes). */
+  clone(): PageStateMap {
+    const copy = Object.create(PageStateMap.prototype) as PageStateMap;
+    Object.assign(copy, {
+      npages: this.npages,
+      tree: this.tree.clone(),
+      encryptedPages: this.encryptedPages,
+    });
+    return copy;
+  }
+
+  /**
+   * The compact binary form (docs/formats.md, "page-state map"): a 32-byte
+   * header, the start gfn of every range after the first, and a CRC-32.
+   */
+  serialize(): Uint8Array {
+    const nranges = this.tree.size;
+    const buf = Buffer.alloc(HEADER_BYTES + 8 * (nranges - 1) + TRAILER_BYTES);
+    buf.writeUInt32LE(MAGIC, 0);
+    buf.writeUInt16LE(FORMAT_VERSION, 4);
+    buf.writeBigUInt64LE(BigInt(this.npages), 8);
+    buf.writeBigUInt64LE(BigInt(nranges), 16);
+    buf.writeUInt8(this.tree.get(0) ? 1 : 0, 24);
+    let off = HEADER_BYTES;
+    for (const key of this.tree.keys(1)) {
+      buf.writeBigUInt64LE(BigInt(key), off);
+      off += 8;
+    }
+    buf.writeUInt32LE(zlib.crc32(buf.subarray(0, off)), off);
+    return buf;
+  }
+
+  /** Parses serialize()'s output; throws FormatError naming the offset of the first problem. */
+  static deserialize(bytes: Uint8Array): PageStateMap {
+    const what = 'page-state map';
+    const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    if (buf.length < HEADER_BYTES + TRAILER_BYTES) {
+      throw new FormatError(
+        what,
+        buf.length,
+        `at least ${HEADER_BYTES + TRAILER_BYTES} bytes`,
+        `end of buffer`,
+      );
+    }
+    const magic = buf.readUInt32LE(0);
+    if (magic !== MAGIC) throw new FormatError(what, 0, `magic "SVPS"`, `0x${magic.toString(16)}`);
+    const version = buf.readUInt16LE(4);
+    if (version !== FORMAT_VERSION) throw new FormatError(what, 4, `version ${FORMAT_VERSION}`, `${version}`);
+    const reserved = buf.readUInt16LE(6);
+    if (reserved !== 0) throw new FormatError(what, 6, 'reserved 0', `${reserved}`);
+    const npages = buf.readBigUInt64LE(8);
+    if (npages < 1n || npages > BigInt(MAX_GUEST_PAGES)) {
+      throw new FormatError(what, 8, 'a page count in [1, 2^52]', `${npages}`);
+    }
+    const nranges = buf.readBigUInt64LE(16);
+    if (nranges < 1n || nranges > npages)
+      throw new FormatError(what, 16, `a range count in [1, ${npages}]`, `${nranges}`);
+    const expectedLength = HEADER_BYTES + 8 * (Number(nranges) - 1) + TRAILER_BYTES;
+    if (buf.length !== expectedLength) {
+      throw new FormatError(
+        what,
+        Math.min(buf.length, expectedLength),
+        `${expectedLength} bytes in all`,
+        `${buf.length}`,
+      );
+    }
+    const first = buf.readUInt8(24);
+    if (first > 1) throw new FormatError(what, 24, 'state 0 or 1', `${first}`);
+    for (let i = 25; i < HEADER_BYTES; i++) {
+      if (buf[i] !== 0) throw new FormatError(what, i, 'reserved 0', `${buf[i]}`);
+    }
+    const crcOffset = expectedLength - TRAILER_BYTES;
+    const crc = buf.readUInt32LE(crcOffset);
+    const actual = zlib.crc32(buf.subarray(0, crcOffset));
+    if (crc !== actual) {
+      throw new FormatError(what, crcOffset, `CRC-32 0x${actual.toString(16)}`, `0x${crc.toString(16)}`);
+    }
+    const map = new PageStateMap(Number(npages), first === 1);
+    const entries: [number, boolean][] = [[0, first === 1]];
+    let prev = 0;
+    let state = first === 1;
+    let encrypted = 0;
+    for (let off = HEADER_BYTES; off < crcOffset; off += 8) {
+      const key = Number(buf.readBigUInt64LE(off));
+      if (key <= prev || key >= map.npages) {
+        throw new FormatError(what, off, `a range start in (${prev}, ${map.npages})`, `${key}`);
+      }
+      if (state) encrypted += key - prev;
+      state = !state;
+      entries.push([key, state]);
+      prev = key;
+    }
+    if (state) encrypted += map.npages - prev;
+    map.tree = new BTree<number, boolean>(entries);
+    map.encryptedPages = encrypted;
+    return map;
+  }
+}
