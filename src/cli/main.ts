@@ -2,6 +2,8 @@
 /** The sevtrack CLI: one module per command under commands/, each only parses and calls the library. */
 import { Command, CommanderError } from 'commander';
 import { registerDecode } from './commands/decode.js';
+import { registerServe } from './commands/serve.js';
+import { registerState } from './commands/state.js';
 import { EXIT_USAGE } from './run-action.js';
 
 export function buildProgram(): Command {
@@ -12,6 +14,8 @@ export function buildProgram(): Command {
     .version('0.1.0')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
+  registerServe(program);
+  registerState(program);
   registerDecode(program);
   return program;
 }

@@ -55,3 +55,28 @@ export class InvariantError extends RuntimeFailure {
     super('ERR_INVARIANT', message);
   }
 }
+
+/** A VM id that was never registered with the host service. */
+export class UnknownVmError extends MisuseError {
+  readonly vmId: number;
+  constructor(vmId: number) {
+    super('ERR_UNKNOWN_VM', `vm ${vmId} is not registered; register it first (REGISTER_VM)`);
+    this.vmId = vmId;
+  }
+}
+
+/** A database file that is not SQLite, not sevtrack's, or of a newer schema. */
+export class DatabaseFormatError extends MisuseError {
+  readonly path: string;
+  constructor(path: string, message: string, options?: { cause?: unknown }) {
+    super('ERR_BAD_DATABASE', `${path}: ${message}`, options);
+    this.path = path;
+  }
+}
+
+/** A peer closed the connection or broke the protocol. */
+export class PeerError extends RuntimeFailure {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_PEER', message, options);
+  }
+}

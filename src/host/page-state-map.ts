@@ -13,7 +13,7 @@ import { createRequire } from 'node:module';
 import type sortedBtree from 'sorted-btree';
 import { FormatError, InvalidArgumentError } from '../common/errors.js';
 import { zlib } from '../common/node-compat.js';
-import type { StateRange } from '../common/ranges.js';
+import type { PageRange, StateRange } from '../common/ranges.js';
 
 /** A guest has at most 2^52 frames so every gfn is an exact JS number. */
 export const MAX_GUEST_PAGES = 2 ** 52;
@@ -140,25 +140,36 @@ export class PageStateMap {
   /**
    * The coalesced ranges where `other` differs from this map, each carrying
    * other's state: applying them to this map makes it equal to `other`.
+   * With `windows` (sorted, disjoint ranges, e.g. the frames changed since a
+   * sync), only those frames are compared: the cost is then the ranges inside
+   * the windows, not the ranges of the whole guest.
    */
-  diff(other: PageStateMap): StateRange[] {
+  diff(other: PageStateMap, windows?: readonly PageRange[]): StateRange[] {
     if (other.npages !== this.npages) {
       throw new InvalidArgumentError(
         'other',
         `cannot diff maps of ${this.npages} and ${other.npages} pages: both must describe one guest`,
       );
     }
-    // Merge-walk the two boundary lists; the state is constant between
-    // consecutive boundaries of either map.
-    const [keysA, statesA] = this.boundaries();
-    const [keysB, statesB] = other.boundaries();
     const out: StateRange[] = [];
+    for (const w of windows ?? [{ gfn: 0, npages: this.npages }])
+      this.diffWindow(other, w.gfn, w.gfn + w.npages, out);
+    return out;
+  }
+
+  /**
+   * Merge-walks the boundaries of both maps inside [gfn, end), appending the
+   * differing segments to out (coalescing with out's last range).
+   */
+  private diffWindow(other: PageStateMap, gfn: number, end: number, out: StateRange[]): void {
+    const [keysA, statesA] = this.boundaries(gfn, end);
+    const [keysB, statesB] = other.boundaries(gfn, end);
     let ia = 0;
     let ib = 0;
-    let pos = 0;
-    while (pos < this.npages) {
-      const endA = ia + 1 < keysA.length ? keysA[ia + 1] : this.npages;
-      const endB = ib + 1 < keysB.length ? keysB[ib + 1] : this.npages;
+    let pos = gfn;
+    while (pos < end) {
+      const endA = ia + 1 < keysA.length ? keysA[ia + 1] : end;
+      const endB = ib + 1 < keysB.length ? keysB[ib + 1] : end;
       const segEnd = Math.min(endA, endB);
       const target = statesB[ib] === 1;
       if (statesA[ia] !== statesB[ib]) {
@@ -173,19 +184,20 @@ export class PageStateMap {
       if (endA === segEnd) ia++;
       if (endB === segEnd) ib++;
     }
-    return out;
   }
 
-  /** The range starts and their states (1 = encrypted) as flat arrays, for merge walks. */
-  private boundaries(): [Float64Array, Uint8Array] {
-    const keys = new Float64Array(this.tree.size);
-    const states = new Uint8Array(this.tree.size);
-    let i = 0;
-    this.tree.forEachPair((key, state) => {
-      keys[i] = key;
-      states[i++] = state ? 1 : 0;
+  /**
+   * The segment starts inside [gfn, end) and their states (1 = encrypted) as
+   * flat arrays; the first entry is gfn itself with the state there.
+   */
+  private boundaries(gfn: number, end: number): [number[], Uint8Array] {
+    const keys: number[] = [gfn];
+    const states: number[] = [this.tree.getPairOrNextLower(gfn)![1] ? 1 : 0];
+    this.tree.forRange(gfn + 1, end, false, (key, state) => {
+      keys.push(key);
+      states.push(state ? 1 : 0);
     });
-    return [keys, states];
+    return [keys, Uint8Array.from(states)];
   }
 
   /** Whether both maps hold the same state for every frame. */

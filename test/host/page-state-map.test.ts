@@ -196,3 +196,40 @@ describe('PageStateMap rejects bad input and corrupted buffers', () => {
     expect(() => PageStateMap.deserialize(buf)).toThrow(/range start in \(10, 1000\) at offset 40, got 9/);
   });
 });
+
+describe('PageStateMap.diff within windows', () => {
+  it('equals the full diff restricted to the windows', () => {
+    fc.assert(
+      fc.property(
+        scenario.chain((s) =>
+          fc.tuple(
+            fc.constant(s),
+            fc.array(changeArb(s.npages), { maxLength: 20 }),
+            fc.array(changeArb(s.npages), { maxLength: 6 }),
+          ),
+        ),
+        ([{ npages, initial, changes }, more, windowSeeds]) => {
+          const a = build(npages, initial, changes).map;
+          const b = a.clone();
+          for (const c of more) b.apply(c.gfn, c.npages, c.encrypted);
+          // Disjoint sorted windows from random ranges.
+          const marks = new PageStateMap(npages, false);
+          for (const w of windowSeeds) marks.apply(w.gfn, w.npages, true);
+          const windows = [...marks.ranges()].filter((r) => r.encrypted);
+          const inWindow = (g: number) => windows.some((w) => g >= w.gfn && g < w.gfn + w.npages);
+          const expected: boolean[] = [];
+          for (let g = 0; g < npages; g++)
+            expected.push(inWindow(g) && a.isEncrypted(g) !== b.isEncrypted(g));
+          const got = new Array<boolean>(npages).fill(false);
+          for (const r of a.diff(b, windows)) {
+            for (let g = r.gfn; g < r.gfn + r.npages; g++) {
+              got[g] = true;
+              expect(b.isEncrypted(g)).toBe(r.encrypted);
+            }
+          }
+          expect(got).toEqual(expected);
+        },
+      ),
+    );
+  });
+});

@@ -1,0 +1,167 @@
+/**
+ * Bounds-checked little-endian readers and writers for the wire and file
+ * formats. A reader's error says what it expected, what it got, and at which
+ * offset (FormatError).
+ */
+import { FormatError } from './errors.js';
+
+export class BinaryReader {
+  private off = 0;
+  constructor(
+    private readonly buf: Buffer,
+    private readonly what: string,
+    private readonly base = 0,
+  ) {}
+
+  get offset(): number {
+    return this.off;
+  }
+
+  get remaining(): number {
+    return this.buf.length - this.off;
+  }
+
+  private need(n: number, field: string): void {
+    if (this.off + n > this.buf.length) {
+      throw new FormatError(
+        this.what,
+        this.base + this.off,
+        `${n} more bytes for ${field}`,
+        `${this.buf.length - this.off}`,
+      );
+    }
+  }
+
+  u8(field: string): number {
+    this.need(1, field);
+    return this.buf.readUInt8(this.off++);
+  }
+
+  u16(field: string): number {
+    this.need(2, field);
+    const v = this.buf.readUInt16LE(this.off);
+    this.off += 2;
+    return v;
+  }
+
+  u32(field: string): number {
+    this.need(4, field);
+    const v = this.buf.readUInt32LE(this.off);
+    this.off += 4;
+    return v;
+  }
+
+  i32(field: string): number {
+    this.need(4, field);
+    const v = this.buf.readInt32LE(this.off);
+    this.off += 4;
+    return v;
+  }
+
+  u64(field: string): bigint {
+    this.need(8, field);
+    const v = this.buf.readBigUInt64LE(this.off);
+    this.off += 8;
+    return v;
+  }
+
+  /** A u64 that must fit a JS number exactly (gfns, counts, sequence numbers). */
+  u64n(field: string): number {
+    const at = this.off;
+    const v = this.u64(field);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw new FormatError(this.what, this.base + at, `${field} below 2^53`, `${v}`);
+    }
+    return Number(v);
+  }
+
+  bytes(n: number, field: string): Buffer {
+    this.need(n, field);
+    const v = this.buf.subarray(this.off, this.off + n);
+    this.off += n;
+    return v;
+  }
+
+  /** Checks a reserved field is zero. */
+  zero32(field: string): void {
+    const at = this.off;
+    const v = this.u32(field);
+    if (v !== 0) throw new FormatError(this.what, this.base + at, `${field} 0`, `${v}`);
+  }
+
+  /** Checks nothing is left over. */
+  end(): void {
+    if (this.off !== this.buf.length) {
+      throw new FormatError(
+        this.what,
+        this.base + this.off,
+        'end of payload',
+        `${this.buf.length - this.off} extra bytes`,
+      );
+    }
+  }
+}
+
+export class BinaryWriter {
+  private buf: Buffer;
+  private off = 0;
+  constructor(initial = 256) {
+    this.buf = Buffer.allocUnsafe(initial);
+  }
+
+  private ensure(n: number): void {
+    if (this.off + n <= this.buf.length) return;
+    const grown = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.off + n));
+    this.buf.copy(grown, 0, 0, this.off);
+    this.buf = grown;
+  }
+
+  u8(v: number): this {
+    this.ensure(1);
+    this.buf.writeUInt8(v, this.off++);
+    return this;
+  }
+
+  u16(v: number): this {
+    this.ensure(2);
+    this.buf.writeUInt16LE(v, this.off);
+    this.off += 2;
+    return this;
+  }
+
+  u32(v: number): this {
+    this.ensure(4);
+    this.buf.writeUInt32LE(v >>> 0, this.off);
+    this.off += 4;
+    return this;
+  }
+
+  i32(v: number): this {
+    this.ensure(4);
+    this.buf.writeInt32LE(v, this.off);
+    this.off += 4;
+    return this;
+  }
+
+  u64(v: bigint | number): this {
+    this.ensure(8);
+    this.buf.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)), this.off);
+    this.off += 8;
+    return this;
+  }
+
+  bytes(b: Uint8Array): this {
+    this.ensure(b.length);
+    this.buf.set(b, this.off);
+    this.off += b.length;
+    return this;
+  }
+
+  get length(): number {
+    return this.off;
+  }
+
+  finish(): Buffer {
+    return this.buf.subarray(0, this.off);
+  }
+}

@@ -1,0 +1,81 @@
+/**
+ * The change-log segment: the packed records of one committed batch of c-bit
+ * changes (docs/formats.md). 16 bytes a record, little-endian:
+ * u64 gfn | (encrypted << 63), u64 npages. The segment's row holds first_seq
+ * and count; record i has sequence number first_seq + i.
+ */
+import { FormatError } from '../common/errors.js';
+import type { StateRange } from '../common/ranges.js';
+
+export const RECORD_BYTES = 16;
+const TWO32 = 2 ** 32;
+
+/** Appends records to a growable buffer; one writer per pending batch. */
+export class SegmentWriter {
+  private buf = Buffer.allocUnsafe(RECORD_BYTES * 64);
+  private len = 0;
+
+  get count(): number {
+    return this.len / RECORD_BYTES;
+  }
+
+  push(gfn: number, npages: number, encrypted: boolean): void {
+    if (this.len + RECORD_BYTES > this.buf.length) {
+      const grown = Buffer.allocUnsafe(this.buf.length * 2);
+      this.buf.copy(grown, 0, 0, this.len);
+      this.buf = grown;
+    }
+    const b = this.buf;
+    const o = this.len;
+    b.writeUInt32LE(gfn % TWO32, o);
+    b.writeUInt32LE(Math.floor(gfn / TWO32) + (encrypted ? 0x8000_0000 : 0), o + 4);
+    b.writeUInt32LE(npages % TWO32, o + 8);
+    b.writeUInt32LE(Math.floor(npages / TWO32), o + 12);
+    this.len += RECORD_BYTES;
+  }
+
+  /** The records written so far (a copy); the writer is reset. */
+  take(): Buffer {
+    const out = Buffer.from(this.buf.subarray(0, this.len));
+    this.len = 0;
+    return out;
+  }
+}
+
+/**
+ * Calls fn for each of the first `limit` records of a segment (all by
+ * default). Throws FormatError if the blob does not hold `count` records.
+ */
+export function forEachRecord(
+  records: Uint8Array,
+  count: number,
+  fn: (gfn: number, npages: number, encrypted: boolean, index: number) => void,
+  limit = count,
+): void {
+  if (records.byteLength !== count * RECORD_BYTES) {
+    throw new FormatError(
+      'change-log segment',
+      0,
+      `${count * RECORD_BYTES} bytes (${count} records)`,
+      `${records.byteLength} bytes`,
+    );
+  }
+  const b = Buffer.from(records.buffer, records.byteOffset, records.byteLength);
+  for (let i = 0; i < Math.min(count, limit); i++) {
+    const o = i * RECORD_BYTES;
+    const hi = b.readUInt32LE(o + 4);
+    fn(
+      b.readUInt32LE(o) + (hi & 0x7fff_ffff) * TWO32,
+      b.readUInt32LE(o + 8) + b.readUInt32LE(o + 12) * TWO32,
+      hi >= 0x8000_0000,
+      i,
+    );
+  }
+}
+
+/** Decodes a whole segment into ranges (for tests and tools). */
+export function decodeSegment(records: Uint8Array, count: number): StateRange[] {
+  const out: StateRange[] = [];
+  forEachRecord(records, count, (gfn, npages, encrypted) => out.push({ gfn, npages, encrypted }));
+  return out;
+}

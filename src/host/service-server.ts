@@ -1,0 +1,365 @@
+/**
+ * The host service: serves a CbitStore over a Unix socket with the protocol
+ * of service-protocol.ts, so a VMM (or the guest shim's socket transport)
+ * can forward MAP_GPA_RANGE hypercalls.
+ *
+ * Group commit (DESIGN.md §6): hypercalls from every connection are applied
+ * as they arrive and their replies held back; one commit per event-loop turn
+ * makes the whole group durable, and only then are the replies written. Any
+ * other request first flushes that group, so it sees (and orders after)
+ * every hypercall received before it.
+ */
+import { chmodSync, chownSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
+import net from 'node:net';
+import { BinaryReader, type BinaryWriter } from '../common/binary.js';
+import { InvalidArgumentError, MisuseError, SevtrackError, UnknownVmError } from '../common/errors.js';
+import { encodeFrame, type Frame, FrameDecoder, isFrame } from '../common/frames.js';
+import { KVM_EINVAL } from '../common/kvm-abi.js';
+import type { CbitStore } from './cbit-store.js';
+import {
+  HOST_FRAME,
+  MAX_BATCH,
+  MAX_QUERY_RANGES,
+  MessageType,
+  REPLY_FLAG,
+  readHypercall,
+  replyWriter,
+  Status,
+  TYPE_PROTOCOL_ERROR,
+  writeRanges,
+  writeVmSummary,
+} from './service-protocol.js';
+
+export interface HostServiceOptions {
+  store: CbitStore;
+  socketPath: string;
+  /** A group name or gid: the socket becomes mode 0660 owned by that group (else 0600). */
+  group?: string;
+  /** Diagnostic lines (connections, protocol errors). */
+  log?: (line: string) => void;
+}
+
+interface HeldReply {
+  socket: net.Socket;
+  type: number;
+  id: number;
+  body: BinaryWriter;
+}
+
+/** Resolves a group name (or numeric gid) through /etc/group. */
+export function resolveGid(group: string): number {
+  if (/^\d+$/.test(group)) return Number(group);
+  const line = readFileSync('/etc/group', 'utf8')
+    .split('\n')
+    .find((l) => l.split(':')[0] === group);
+  if (!line)
+    throw new InvalidArgumentError(
+      '--group',
+      `group "${group}" does not exist in /etc/group; pass an existing group name or gid`,
+    );
+  return Number(line.split(':')[2]);
+}
+
+/**
+ * Makes path usable for a new server: refuses a path held by a live server
+ * or that is not a socket, and removes a stale socket left by a dead one.
+ */
+export async function claimSocketPath(path: string): Promise<void> {
+  let isSocket: boolean;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  if (!isSocket) {
+    throw new InvalidArgumentError(
+      '--socket',
+      `${path} exists and is not a socket; remove it or choose another --socket path`,
+    );
+  }
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = net.connect(path);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (live) {
+    throw new MisuseError(
+      'ERR_SOCKET_IN_USE',
+      `socket ${path} is held by a live server; stop it or choose another --socket path`,
+    );
+  }
+  unlinkSync(path);
+}
+
+export class HostService {
+  private readonly server: net.Server;
+  private readonly sockets = new Set<net.Socket>();
+  private held: HeldReply[] = [];
+  private flushScheduled = false;
+  private stopping = false;
+  private readonly log: (line: string) => void;
+
+  private constructor(
+    private readonly store: CbitStore,
+    readonly socketPath: string,
+    log?: (line: string) => void,
+  ) {
+    this.log = log ?? (() => {});
+    this.server = net.createServer((socket) => this.accept(socket));
+  }
+
+  /** Claims the socket path, listens (mode 0600, or 0660 with a group) and returns the running service. */
+  static async start(options: HostServiceOptions): Promise<HostService> {
+    await claimSocketPath(options.socketPath);
+    const gid = options.group === undefined ? undefined : resolveGid(options.group);
+    const service = new HostService(options.store, options.socketPath, options.log);
+    // The umask makes the socket private from the moment it exists; chmod below is the final word.
+    const oldMask = process.umask(0o177);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        service.server.once('error', reject);
+        service.server.listen(options.socketPath, () => {
+          service.server.off('error', reject);
+          resolve();
+        });
+      });
+    } finally {
+      process.umask(oldMask);
+    }
+    if (gid !== undefined) {
+      chownSync(options.socketPath, process.getuid?.() ?? 0, gid);
+      chmodSync(options.socketPath, 0o660);
+    } else {
+      chmodSync(options.socketPath, 0o600);
+    }
+    return service;
+  }
+
+  get connectionCount(): number {
+    return this.sockets.size;
+  }
+
+  /**
+   * Stops accepting, answers every request already received (committing held
+   * hypercalls), closes the connections and the listening socket. The store
+   * stays open; its owner closes it.
+   */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.flush();
+    for (const socket of this.sockets) socket.end();
+    await closed;
+  }
+
+  private accept(socket: net.Socket): void {
+    if (this.stopping) {
+      socket.destroy();
+      return;
+    }
+    this.sockets.add(socket);
+    const decoder = new FrameDecoder(HOST_FRAME);
+    socket.on('data', (chunk: Buffer) => {
+      for (const item of decoder.push(chunk)) {
+        if (isFrame(item)) {
+          this.handle(socket, item);
+        } else {
+          this.log(`protocol error: ${item.message}`);
+          this.flush();
+          const type = item.fatal ? TYPE_PROTOCOL_ERROR : item.type | REPLY_FLAG;
+          this.send(socket, type, item.id, replyWriter(-KVM_EINVAL, Status.BAD_FRAME, item.message));
+          if (item.fatal) socket.end();
+        }
+      }
+    });
+    socket.on('error', (err) => this.log(`connection error: ${err.message}`));
+    socket.on('close', () => {
+      this.sockets.delete(socket);
+      this.held = this.held.filter((h) => h.socket !== socket);
+    });
+  }
+
+  private send(socket: net.Socket, type: number, id: number, body: BinaryWriter): void {
+    if (!socket.destroyed) socket.write(encodeFrame(HOST_FRAME, type, id, body.finish()));
+  }
+
+  private hold(socket: net.Socket, frame: Frame, body: BinaryWriter): void {
+    this.held.push({ socket, type: frame.type | REPLY_FLAG, id: frame.id, body });
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  /** Commits the group of held hypercalls, then sends their replies. */
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.held.length === 0 && !this.store.hasPending) return;
+    const group = this.held;
+    this.held = [];
+    try {
+      this.store.commit();
+    } catch (err) {
+      // Nobody was told about these changes, and the store dropped them.
+      const message = `commit failed, changes not applied: ${(err as Error).message}`;
+      this.log(message);
+      for (const h of group)
+        this.send(h.socket, h.type, h.id, replyWriter(-KVM_EINVAL, Status.INTERNAL, message));
+      return;
+    }
+    for (const h of group) this.send(h.socket, h.type, h.id, h.body);
+  }
+
+  private handle(socket: net.Socket, frame: Frame): void {
+    const reply = (body: BinaryWriter) => this.send(socket, frame.type | REPLY_FLAG, frame.id, body);
+    try {
+      const r = new BinaryReader(frame.payload, `${messageName(frame.type)} payload`);
+      switch (frame.type) {
+        case MessageType.HYPERCALL: {
+          const vm = r.u32('vm');
+          r.zero32('reserved');
+          const h = readHypercall(r);
+          r.end();
+          const out = this.store.applyHypercall(vm, h.nr, h.a0, h.a1, h.a2);
+          if (out.seq === undefined) {
+            reply(replyWriter(out.ret, Status.HYPERCALL_REJECTED, out.message));
+          } else {
+            this.hold(socket, frame, replyWriter(0, Status.OK).u64(out.seq));
+          }
+          return;
+        }
+        case MessageType.HYPERCALL_BATCH: {
+          const vm = r.u32('vm');
+          const count = r.u32('count');
+          if (count > MAX_BATCH)
+            throw new InvalidArgumentError('count', `batch of ${count} hypercalls exceeds ${MAX_BATCH}`);
+          if (!this.store.hasVm(vm)) throw new UnknownVmError(vm);
+          const calls = Array.from({ length: count }, () => readHypercall(r));
+          r.end();
+          const body = replyWriter(0, Status.OK).u32(count).u32(0);
+          for (const h of calls) {
+            const out = this.store.applyHypercall(vm, h.nr, h.a0, h.a1, h.a2);
+            body
+              .i32(out.ret)
+              .u32(0)
+              .u64(out.seq ?? 0);
+          }
+          this.hold(socket, frame, body);
+          return;
+        }
+        default:
+          // Every other request orders after the hypercalls received before it.
+          this.flush();
+          reply(this.answer(frame.type, r));
+      }
+    } catch (err) {
+      reply(errorReply(err));
+    }
+  }
+
+  private answer(type: number, r: BinaryReader): BinaryWriter {
+    const store = this.store;
+    switch (type) {
+      case MessageType.REGISTER_VM: {
+        const vm = r.u32('vm');
+        const flags = r.u32('flags');
+        const npages = r.u64n('npages');
+        r.end();
+        if (flags > 1)
+          throw new InvalidArgumentError(
+            'flags',
+            `flags 0x${flags.toString(16)}: only bit 0 (initially encrypted) is defined`,
+          );
+        store.registerVm(vm, npages, { initialEncrypted: (flags & 1) === 1 });
+        return replyWriter(0, Status.OK);
+      }
+      case MessageType.QUERY_VM: {
+        const vm = r.u32('vm');
+        r.end();
+        const info = store.info(vm);
+        const body = replyWriter(0, Status.OK);
+        writeVmSummary(body, info);
+        return body;
+      }
+      case MessageType.QUERY_RANGES: {
+        const vm = r.u32('vm');
+        const max = r.u32('max ranges');
+        const from = r.u64n('from gfn');
+        r.end();
+        if (max < 1 || max > MAX_QUERY_RANGES) {
+          throw new InvalidArgumentError(
+            'max ranges',
+            `max ranges ${max} must be from 1 to ${MAX_QUERY_RANGES}`,
+          );
+        }
+        const ranges = [];
+        let next = 0;
+        for (const range of store.state(vm).ranges(from)) {
+          if (ranges.length === max) {
+            next = range.gfn;
+            break;
+          }
+          ranges.push(range);
+        }
+        const body = replyWriter(0, Status.OK).u32(ranges.length).u32(0).u64(next);
+        writeRanges(body, ranges);
+        return body;
+      }
+      case MessageType.SYNC: {
+        const vm = r.u32('vm');
+        r.end();
+        const s = store.sync(vm);
+        const state = s.state.serialize();
+        const body = replyWriter(0, Status.OK).u64(s.seq).u64(s.previousSeq).u32(s.delta.length).u32(0);
+        writeRanges(body, s.delta);
+        body.u32(state.length).bytes(state);
+        return body;
+      }
+      case MessageType.GET_MIGRATION_CONTROL: {
+        const vm = r.u32('vm');
+        r.end();
+        return replyWriter(0, Status.OK).u64(store.migrationControl(vm));
+      }
+      case MessageType.SET_MIGRATION_CONTROL: {
+        const vm = r.u32('vm');
+        r.zero32('reserved');
+        const value = r.u64('value');
+        r.end();
+        store.setMigrationControl(vm, value);
+        return replyWriter(0, Status.OK);
+      }
+      case MessageType.LIST_VMS: {
+        r.end();
+        const ids = store.vmIds();
+        const body = replyWriter(0, Status.OK).u32(ids.length);
+        for (const id of ids) body.u32(id);
+        return body;
+      }
+      default:
+        return replyWriter(
+          -KVM_EINVAL,
+          Status.UNKNOWN_TYPE,
+          `unknown message type ${type}; see docs/host-protocol.md`,
+        );
+    }
+  }
+}
+
+/** Turns an error into an error reply with the matching status. */
+function errorReply(err: unknown): BinaryWriter {
+  const message = err instanceof Error ? err.message : String(err);
+  if (err instanceof UnknownVmError) return replyWriter(-KVM_EINVAL, Status.UNKNOWN_VM, message);
+  if (err instanceof SevtrackError && err.code === 'ERR_BAD_FORMAT')
+    return replyWriter(-KVM_EINVAL, Status.BAD_PAYLOAD, message);
+  if (err instanceof MisuseError) return replyWriter(-KVM_EINVAL, Status.INVALID_ARGUMENT, message);
+  return replyWriter(-KVM_EINVAL, Status.INTERNAL, message);
+}
+
+function messageName(type: number): string {
+  return Object.entries(MessageType).find(([, v]) => v === type)?.[0] ?? `message type ${type}`;
+}

@@ -1,0 +1,43 @@
+/** Runs `sevtrack serve` as a real child process for integration tests. */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { HostServiceClient } from '../../src/host/service-client.js';
+import { CLI_MAIN, ROOT, tsNodeArgs } from './cli.js';
+
+export interface ServeProcess {
+  child: ChildProcess;
+  stderr: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** Starts the service and resolves once a client can connect. */
+export async function startServe(db: string, socket: string, extra: string[] = []): Promise<ServeProcess> {
+  const child = spawn(
+    process.execPath,
+    tsNodeArgs(CLI_MAIN, ['serve', '--db', db, '--socket', socket, ...extra]),
+    {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  let err = '';
+  child.stderr?.on('data', (d) => {
+    err += d;
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal })),
+  );
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      const probe = await HostServiceClient.connect(socket);
+      await probe.close();
+      break;
+    } catch {
+      if (child.exitCode !== null || Date.now() > deadline) {
+        throw new Error(`sevtrack serve did not come up: ${err}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return { child, stderr: () => err, exited };
+}
