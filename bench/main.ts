@@ -1,10 +1,12 @@
 /** Entry of `npm run bench [-- --json] [-- GROUP ...]`. */
 import { bitmapGroup } from './groups/bitmap.js';
+import { hostIngestGroup } from './groups/host-ingest.js';
+import { hostSyncGroup } from './groups/host-sync.js';
 import { pageStateGroup } from './groups/page-state.js';
 import type { BenchGroup } from './harness.js';
 import { runGroups } from './harness.js';
 
-const groups: BenchGroup[] = [pageStateGroup, bitmapGroup];
+const groups: BenchGroup[] = [pageStateGroup, bitmapGroup, hostIngestGroup, hostSyncGroup];
 
 const args = process.argv.slice(2);
 if (args.includes('--help')) {

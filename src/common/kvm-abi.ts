@@ -148,3 +148,43 @@ export function decodeHypercall(
 export function encodeAttributes(encrypted: boolean, pageSizeCode = KVM_MAP_GPA_RANGE_PAGE_SZ_4K): bigint {
   return (encrypted ? KVM_MAP_GPA_RANGE_ENCRYPTED : KVM_MAP_GPA_RANGE_DECRYPTED) | BigInt(pageSizeCode);
 }
+
+const TWO32 = 2 ** 32;
+
+/**
+ * decodeHypercall for (nr, a0, a1, a2) stored as four little-endian u64 at
+ * `offset` of buf (a kvm_run exit or a wire frame). The common valid case is
+ * decoded with 32-bit arithmetic; anything else goes through decodeHypercall,
+ * so the result, including every error, is the same for every input.
+ */
+export function decodeHypercallAt(buf: Buffer, offset: number, guestPages: number): DecodeResult {
+  const nrLo = buf.readUInt32LE(offset);
+  const nrHi = buf.readUInt32LE(offset + 4);
+  const gpaLo = buf.readUInt32LE(offset + 8);
+  const gpaHi = buf.readUInt32LE(offset + 12);
+  const npLo = buf.readUInt32LE(offset + 16);
+  const npHi = buf.readUInt32LE(offset + 20);
+  const atLo = buf.readUInt32LE(offset + 24);
+  const atHi = buf.readUInt32LE(offset + 28);
+  if (
+    nrLo === KVM_HC_MAP_GPA_RANGE &&
+    nrHi === 0 &&
+    (gpaLo & 0xfff) === 0 &&
+    gpaHi < 0x10_0000 &&
+    npHi === 0 &&
+    npLo !== 0 &&
+    atHi === 0 &&
+    (atLo & ~0x1f) === 0 &&
+    (atLo & 0xf) <= KVM_MAP_GPA_RANGE_PAGE_SZ_1G
+  ) {
+    const gfn = gpaHi * 2 ** 20 + (gpaLo >>> 12);
+    if (gfn + npLo <= guestPages) {
+      return {
+        ok: true,
+        change: { gfn, npages: npLo, encrypted: (atLo & 0x10) !== 0, pageSizeCode: atLo & 0xf },
+      };
+    }
+  }
+  const u64 = (lo: number, hi: number) => BigInt(hi) * BigInt(TWO32) + BigInt(lo);
+  return decodeHypercall(u64(nrLo, nrHi), u64(gpaLo, gpaHi), u64(npLo, npHi), u64(atLo, atHi), guestPages);
+}

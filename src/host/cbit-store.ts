@@ -21,6 +21,7 @@ import {
 import {
   type DecodeResult,
   decodeHypercall,
+  decodeHypercallAt,
   type GpaRangeChange,
   KVM_MIGRATION_READY,
 } from '../common/kvm-abi.js';
@@ -78,6 +79,7 @@ interface Vm {
   /**
    * (gfn, npages) pairs changed since the last sync, to bound the sync's
    * diff; null when unknown (after recovery), which means a full diff.
+   * A flat array keeps the per-change cost to one push.
    */
   touched: number[] | null;
   checkpointSeq: number;
@@ -337,8 +339,15 @@ export class CbitStore {
     a1: bigint | number,
     a2: bigint | number,
   ): HypercallOutcome {
-    const vm = this.vm(vmId);
-    const decoded: DecodeResult = decodeHypercall(nr, a0, a1, a2, vm.npages);
+    return this.applyDecoded(vmId, decodeHypercall(nr, a0, a1, a2, this.vm(vmId).npages));
+  }
+
+  /** applyHypercall for (nr, a0, a1, a2) as four little-endian u64 at offset of buf (a wire frame). */
+  applyHypercallAt(vmId: number, buf: Buffer, offset: number): HypercallOutcome {
+    return this.applyDecoded(vmId, decodeHypercallAt(buf, offset, this.vm(vmId).npages));
+  }
+
+  private applyDecoded(vmId: number, decoded: DecodeResult): HypercallOutcome {
     if (!decoded.ok) return { ret: decoded.ret, field: decoded.field, message: decoded.message };
     return { ret: 0, seq: this.applyChange(vmId, decoded.change), change: decoded.change };
   }
@@ -365,14 +374,23 @@ export class CbitStore {
    * memory too (nobody was told about them) and the error is rethrown.
    */
   commit(): void {
+    this.commitWith();
+  }
+
+  /**
+   * Commits the pending changes and whatever `also` writes in one transaction
+   * (one fsync), so a sync costs a single commit.
+   */
+  private commitWith(also?: () => void): void {
     const dirty = [...this.vmsById.values()].filter((vm) => vm.pending.count > 0);
-    if (dirty.length === 0) return;
+    if (dirty.length === 0 && !also) return;
     try {
       this.db.transaction(() => {
         for (const vm of dirty) {
           const count = vm.pending.count;
           this.stmts.insertSegment.run(vm.id, vm.committedSeq + 1, count, vm.pending.take());
         }
+        also?.();
       })();
     } catch (err) {
       for (const vm of dirty) this.vmsById.set(vm.id, this.reloadVm(vm.id));
@@ -403,21 +421,40 @@ export class CbitStore {
    */
   sync(vmId: number): SyncResult {
     const vm = this.vm(vmId);
-    this.commit();
     const previousSeq = vm.lastSyncSeq;
-    const delta = vm.lastSyncState.diff(vm.state, vm.touched ? mergeWindows(vm.touched) : undefined);
     const seq = vm.lastSeq;
     const takeCheckpoint = seq - vm.checkpointSeq >= this.checkpointInterval;
     const now = new Date().toISOString();
-    this.db.transaction(() => {
+    // Every change the sync covers is durable before it is answered. The
+    // sync row and checkpoint need no fsync of their own: losing them to a
+    // power cut only makes the next sync's delta larger (a superset), never
+    // smaller, so they ride along without one when nothing else is pending.
+    const record = () => {
       this.stmts.insertSync.run(vm.id, seq, now);
       if (takeCheckpoint) this.stmts.insertCheckpoint.run(vm.id, seq, vm.state.serialize());
-    })();
+    };
+    if (this.hasPending) this.commitWith(record);
+    else this.withoutFsync(() => this.db.transaction(record)());
+    const delta = vm.lastSyncState.diff(
+      vm.state,
+      vm.touched ? touchedWindows(vm.npages, vm.touched) : undefined,
+    );
     if (takeCheckpoint) vm.checkpointSeq = seq;
     vm.lastSyncSeq = seq;
     vm.lastSyncState = vm.state.clone();
     vm.touched = [];
     return { seq, previousSeq, delta, state: vm.state.clone() };
+  }
+
+  /** Runs fn with SQLite's synchronous level at NORMAL (no fsync per commit), then restores it. */
+  private withoutFsync(fn: () => void): void {
+    const level = this.db.pragma('synchronous', { simple: true });
+    this.db.pragma('synchronous = NORMAL');
+    try {
+      fn();
+    } finally {
+      this.db.pragma(`synchronous = ${level}`);
+    }
   }
 
   /** The state of a VM after change seq (0 = the initial state), rebuilt from the log. */
@@ -488,18 +525,14 @@ export class CbitStore {
   }
 }
 
-/** Sorts (gfn, npages) pairs and merges overlapping or adjacent ones into disjoint windows. */
-export function mergeWindows(pairs: readonly number[]): PageRange[] {
-  const order: number[] = [];
-  for (let i = 0; i < pairs.length; i += 2) order.push(i);
-  order.sort((x, y) => pairs[x] - pairs[y]);
+/**
+ * Merges (gfn, npages) pairs into disjoint, ascending windows, by marking them
+ * in a scratch map (cheaper than sorting the pairs).
+ */
+export function touchedWindows(npages: number, pairs: readonly number[]): PageRange[] {
+  const scratch = new PageStateMap(npages, false);
+  for (let i = 0; i < pairs.length; i += 2) scratch.apply(pairs[i], pairs[i + 1], true);
   const out: PageRange[] = [];
-  for (const i of order) {
-    const gfn = pairs[i];
-    const end = gfn + pairs[i + 1];
-    const last = out[out.length - 1];
-    if (last && gfn <= last.gfn + last.npages) last.npages = Math.max(last.npages, end - last.gfn);
-    else out.push({ gfn, npages: end - gfn });
-  }
+  for (const r of scratch.ranges()) if (r.encrypted) out.push({ gfn: r.gfn, npages: r.npages });
   return out;
 }

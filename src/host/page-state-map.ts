@@ -1,6 +1,6 @@
 /**
  * PageStateMap: the encryption state (c-bit) of every 4 KiB frame of one
- * guest, kept as sorted, coalesced ranges in a B+ tree keyed by the first gfn
+ * guest, kept as sorted, coalesced ranges in a BoundaryList keyed by the first gfn
  * of each range. Frame 0 always starts a range, and two adjacent ranges never
  * share a state, so the map of a guest with one state is a single key.
  *
@@ -9,19 +9,13 @@
  * depends on the guest's size (DESIGN.md §3 rule 1 keeps the FULL state).
  */
 
-import { createRequire } from 'node:module';
-import type sortedBtree from 'sorted-btree';
 import { FormatError, InvalidArgumentError } from '../common/errors.js';
 import { zlib } from '../common/node-compat.js';
 import type { PageRange, StateRange } from '../common/ranges.js';
+import { BoundaryList } from './boundary-list.js';
 
 /** A guest has at most 2^52 frames so every gfn is an exact JS number. */
 export const MAX_GUEST_PAGES = 2 ** 52;
-
-// sorted-btree is CommonJS with `exports.default`; Node and bundlers disagree on
-// what a default import of it is, so require it and take the class off it.
-const BTree = (createRequire(import.meta.url)('sorted-btree') as typeof sortedBtree).default;
-type BTree<K, V> = sortedBtree.default<K, V>;
 
 const MAGIC = 0x53505653; // "SVPS" little-endian
 const FORMAT_VERSION = 1;
@@ -30,7 +24,8 @@ const TRAILER_BYTES = 4;
 
 export class PageStateMap {
   readonly npages: number;
-  private tree: BTree<number, boolean>;
+  /** Range starts; value 1 = encrypted. */
+  private tree: BoundaryList;
   private encryptedPages: number;
 
   /** A map of npages frames, all in state `encrypted` (SEV guests start private). */
@@ -42,7 +37,7 @@ export class PageStateMap {
       );
     }
     this.npages = npages;
-    this.tree = new BTree<number, boolean>([[0, encrypted]]);
+    this.tree = new BoundaryList(0, encrypted ? 1 : 0);
     this.encryptedPages = encrypted ? npages : 0;
   }
 
@@ -76,7 +71,7 @@ export class PageStateMap {
   /** The state of frame gfn. */
   isEncrypted(gfn: number): boolean {
     this.checkRange(gfn, 1);
-    return this.tree.getPairOrNextLower(gfn)![1];
+    return this.tree.valueAt(this.tree.floor(gfn)!) === 1;
   }
 
   /**
@@ -86,20 +81,23 @@ export class PageStateMap {
   apply(gfn: number, npages: number, encrypted: boolean): number {
     this.checkRange(gfn, npages);
     const end = gfn + npages;
-    const [firstKey, firstState] = this.tree.getPairOrNextLower(gfn)!;
-    const nextKey = this.tree.nextHigherPair(firstKey)?.[0] ?? this.npages;
+    const at = this.tree.floor(gfn)!;
+    const firstKey = this.tree.keyAt(at);
+    const firstState = this.tree.valueAt(at) === 1;
+    const nextKey = this.tree.nextKey(at) ?? this.npages;
+    const value = encrypted ? 1 : 0;
     if (nextKey >= end) {
       if (firstState === encrypted) return 0;
       // Fast path: the change lies inside one range of the other state. With
       // two states, the neighbours of that range hold `encrypted`, so a change
       // touching a range edge merges into the neighbour.
-      if (firstKey < gfn) this.tree.set(gfn, encrypted);
-      else if (gfn === 0) this.tree.set(0, encrypted);
+      if (firstKey < gfn) this.tree.set(gfn, value);
+      else if (gfn === 0) this.tree.set(0, value);
       else this.tree.delete(gfn);
       if (nextKey === end) {
         if (end < this.npages) this.tree.delete(end);
       } else {
-        this.tree.set(end, firstState);
+        this.tree.set(end, 1 - value);
       }
       this.encryptedPages += encrypted ? npages : -npages;
       return npages;
@@ -109,18 +107,19 @@ export class PageStateMap {
     let flipped = 0;
     let segStart = gfn;
     let segState = firstState;
-    this.tree.forRange(gfn + 1, end, false, (key, state) => {
+    this.tree.forRange(gfn + 1, end, (key, state) => {
       if (segState !== encrypted) flipped += key - segStart;
       segStart = key;
-      segState = state;
+      segState = state === 1;
     });
     if (segState !== encrypted) flipped += end - segStart;
-    const stateAtEnd = this.tree.get(end) ?? segState;
-    const stateBefore = gfn > 0 ? this.tree.getPairOrNextLower(gfn - 1)![1] : undefined;
+    const atEnd = this.tree.get(end);
+    const stateAtEnd = atEnd === undefined ? segState : atEnd === 1;
+    const stateBefore = gfn > 0 ? this.tree.valueAt(this.tree.floor(gfn - 1)!) === 1 : undefined;
 
-    this.tree.deleteRange(gfn, end, true);
-    if (stateBefore !== encrypted) this.tree.set(gfn, encrypted);
-    if (end < this.npages && stateAtEnd !== encrypted) this.tree.set(end, stateAtEnd);
+    this.tree.deleteRange(gfn, end);
+    if (stateBefore !== encrypted) this.tree.set(gfn, value);
+    if (end < this.npages && stateAtEnd !== encrypted) this.tree.set(end, stateAtEnd ? 1 : 0);
     this.encryptedPages += encrypted ? flipped : -flipped;
     return flipped;
   }
@@ -128,11 +127,13 @@ export class PageStateMap {
   /** The ranges in ascending gfn order, starting with the one holding fromGfn. */
   *ranges(fromGfn = 0): IterableIterator<StateRange> {
     if (fromGfn >= this.npages) return;
-    let [start, state] = this.tree.getPairOrNextLower(fromGfn)!;
-    for (const [key, next] of this.tree.entries(start + 1)) {
+    const at = this.tree.floor(fromGfn)!;
+    let start = this.tree.keyAt(at);
+    let state = this.tree.valueAt(at) === 1;
+    for (const [key, value] of this.tree.entries(start + 1)) {
       yield { gfn: start, npages: key - start, encrypted: state };
       start = key;
-      state = next;
+      state = value === 1;
     }
     yield { gfn: start, npages: this.npages - start, encrypted: state };
   }
@@ -158,21 +159,24 @@ export class PageStateMap {
   }
 
   /**
-   * Merge-walks the boundaries of both maps inside [gfn, end), appending the
-   * differing segments to out (coalescing with out's last range).
+   * Merge-walks the boundaries of both maps inside [gfn, end) with two
+   * cursors, appending the differing segments to out (coalescing with out's
+   * last range). Allocation-free but for the output.
    */
   private diffWindow(other: PageStateMap, gfn: number, end: number, out: StateRange[]): void {
-    const [keysA, statesA] = this.boundaries(gfn, end);
-    const [keysB, statesB] = other.boundaries(gfn, end);
-    let ia = 0;
-    let ib = 0;
+    const ta = this.tree;
+    const tb = other.tree;
+    const ca = ta.floor(gfn)!;
+    const cb = tb.floor(gfn)!;
+    let stateA = ta.valueAt(ca);
+    let stateB = tb.valueAt(cb);
+    let nextA = ta.nextKey(ca) ?? Number.POSITIVE_INFINITY;
+    let nextB = tb.nextKey(cb) ?? Number.POSITIVE_INFINITY;
     let pos = gfn;
     while (pos < end) {
-      const endA = ia + 1 < keysA.length ? keysA[ia + 1] : end;
-      const endB = ib + 1 < keysB.length ? keysB[ib + 1] : end;
-      const segEnd = Math.min(endA, endB);
-      const target = statesB[ib] === 1;
-      if (statesA[ia] !== statesB[ib]) {
+      const segEnd = Math.min(nextA, nextB, end);
+      if (stateA !== stateB) {
+        const target = stateB === 1;
         const last = out[out.length - 1];
         if (last !== undefined && last.gfn + last.npages === pos && last.encrypted === target) {
           last.npages += segEnd - pos;
@@ -181,23 +185,17 @@ export class PageStateMap {
         }
       }
       pos = segEnd;
-      if (endA === segEnd) ia++;
-      if (endB === segEnd) ib++;
+      if (nextA === segEnd) {
+        ta.advance(ca);
+        stateA = ta.valueAt(ca);
+        nextA = ta.nextKey(ca) ?? Number.POSITIVE_INFINITY;
+      }
+      if (nextB === segEnd) {
+        tb.advance(cb);
+        stateB = tb.valueAt(cb);
+        nextB = tb.nextKey(cb) ?? Number.POSITIVE_INFINITY;
+      }
     }
-  }
-
-  /**
-   * The segment starts inside [gfn, end) and their states (1 = encrypted) as
-   * flat arrays; the first entry is gfn itself with the state there.
-   */
-  private boundaries(gfn: number, end: number): [number[], Uint8Array] {
-    const keys: number[] = [gfn];
-    const states: number[] = [this.tree.getPairOrNextLower(gfn)![1] ? 1 : 0];
-    this.tree.forRange(gfn + 1, end, false, (key, state) => {
-      keys.push(key);
-      states.push(state ? 1 : 0);
-    });
-    return [keys, Uint8Array.from(states)];
   }
 
   /** Whether both maps hold the same state for every frame. */
@@ -205,7 +203,7 @@ export class PageStateMap {
     if (other.npages !== this.npages || other.rangeCount !== this.rangeCount) return false;
     const a = this.tree.entries();
     for (const [key, state] of other.tree.entries()) {
-      const mine = a.next().value as [number, boolean];
+      const mine = a.next().value as [number, number];
       if (mine[0] !== key || mine[1] !== state) return false;
     }
     return true;
@@ -233,12 +231,12 @@ export class PageStateMap {
     buf.writeUInt16LE(FORMAT_VERSION, 4);
     buf.writeBigUInt64LE(BigInt(this.npages), 8);
     buf.writeBigUInt64LE(BigInt(nranges), 16);
-    buf.writeUInt8(this.tree.get(0) ? 1 : 0, 24);
+    buf.writeUInt8(this.tree.get(0)!, 24);
     let off = HEADER_BYTES;
-    for (const key of this.tree.keys(1)) {
+    this.tree.forRange(1, this.npages, (key) => {
       buf.writeBigUInt64LE(BigInt(key), off);
       off += 8;
-    }
+    });
     buf.writeUInt32LE(zlib.crc32(buf.subarray(0, off)), off);
     return buf;
   }
@@ -289,7 +287,6 @@ export class PageStateMap {
       throw new FormatError(what, crcOffset, `CRC-32 0x${actual.toString(16)}`, `0x${crc.toString(16)}`);
     }
     const map = new PageStateMap(Number(npages), first === 1);
-    const entries: [number, boolean][] = [[0, first === 1]];
     let prev = 0;
     let state = first === 1;
     let encrypted = 0;
@@ -300,11 +297,10 @@ export class PageStateMap {
       }
       if (state) encrypted += key - prev;
       state = !state;
-      entries.push([key, state]);
+      map.tree.set(key, state ? 1 : 0);
       prev = key;
     }
     if (state) encrypted += map.npages - prev;
-    map.tree = new BTree<number, boolean>(entries);
     map.encryptedPages = encrypted;
     return map;
   }

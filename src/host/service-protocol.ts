@@ -78,10 +78,6 @@ export function writeHypercall(w: BinaryWriter, h: HypercallArgs): void {
   w.u64(h.nr).u64(h.a0).u64(h.a1).u64(h.a2);
 }
 
-export function readHypercall(r: BinaryReader): HypercallArgs {
-  return { nr: r.u64('nr'), a0: r.u64('a0'), a1: r.u64('a1'), a2: r.u64('a2') };
-}
-
 export function writeRanges(w: BinaryWriter, ranges: readonly StateRange[]): void {
   for (const x of ranges)
     w.u64(x.gfn)

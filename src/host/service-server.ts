@@ -18,11 +18,11 @@ import { KVM_EINVAL } from '../common/kvm-abi.js';
 import type { CbitStore } from './cbit-store.js';
 import {
   HOST_FRAME,
+  HYPERCALL_BYTES,
   MAX_BATCH,
   MAX_QUERY_RANGES,
   MessageType,
   REPLY_FLAG,
-  readHypercall,
   replyWriter,
   Status,
   TYPE_PROTOCOL_ERROR,
@@ -223,9 +223,10 @@ export class HostService {
         case MessageType.HYPERCALL: {
           const vm = r.u32('vm');
           r.zero32('reserved');
-          const h = readHypercall(r);
+          const at = r.offset;
+          r.bytes(HYPERCALL_BYTES, 'hypercall (nr, a0, a1, a2)');
           r.end();
-          const out = this.store.applyHypercall(vm, h.nr, h.a0, h.a1, h.a2);
+          const out = this.store.applyHypercallAt(vm, frame.payload, at);
           if (out.seq === undefined) {
             reply(replyWriter(out.ret, Status.HYPERCALL_REJECTED, out.message));
           } else {
@@ -239,11 +240,12 @@ export class HostService {
           if (count > MAX_BATCH)
             throw new InvalidArgumentError('count', `batch of ${count} hypercalls exceeds ${MAX_BATCH}`);
           if (!this.store.hasVm(vm)) throw new UnknownVmError(vm);
-          const calls = Array.from({ length: count }, () => readHypercall(r));
+          const first = r.offset;
+          r.bytes(count * HYPERCALL_BYTES, `${count} hypercalls`);
           r.end();
           const body = replyWriter(0, Status.OK).u32(count).u32(0);
-          for (const h of calls) {
-            const out = this.store.applyHypercall(vm, h.nr, h.a0, h.a1, h.a2);
+          for (let i = 0; i < count; i++) {
+            const out = this.store.applyHypercallAt(vm, frame.payload, first + i * HYPERCALL_BYTES);
             body
               .i32(out.ret)
               .u32(0)

@@ -97,3 +97,49 @@ describe('decodeHypercall', () => {
     expectError(decodeHypercall(5, 0, 1, 0, GUEST_PAGES), -KVM_ENOSYS, 'nr', /hypercall 5 is not handled/);
   });
 });
+
+describe('decodeHypercallAt (the wire fast path) equals decodeHypercall', () => {
+  it('for random and edge-case arguments', async () => {
+    const fc = (await import('fast-check')).default;
+    const { decodeHypercallAt } = await import('../../src/common/kvm-abi.js');
+    const u64 = fc.oneof(
+      fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }),
+      fc.constantFrom(
+        0n,
+        1n,
+        12n,
+        0x10n,
+        0x11n,
+        0x12n,
+        0x13n,
+        0x20n,
+        0x1000n,
+        0x1003n,
+        1n << 52n,
+        (1n << 64n) - 1n,
+      ),
+      fc.bigInt({ min: 0n, max: 1n << 40n }).map((g) => g << 12n),
+      fc.integer({ min: 0, max: 600 }).map(BigInt),
+    );
+    fc.assert(
+      fc.property(u64, u64, u64, u64, fc.constantFrom(1, 256, 2 ** 28, 2 ** 40), (nr, a0, a1, a2, pages) => {
+        const buf = Buffer.alloc(40);
+        buf.writeBigUInt64LE(nr, 8);
+        buf.writeBigUInt64LE(a0, 16);
+        buf.writeBigUInt64LE(a1, 24);
+        buf.writeBigUInt64LE(a2, 32);
+        expect(decodeHypercallAt(buf, 8, pages)).toEqual(decodeHypercall(nr, a0, a1, a2, pages));
+      }),
+      { numRuns: 3000 },
+    );
+    const buf = Buffer.alloc(32);
+    buf.writeBigUInt64LE(12n, 0);
+    buf.writeBigUInt64LE(0x5000n, 8);
+    buf.writeBigUInt64LE(2n, 16);
+    buf.writeBigUInt64LE(0x10n, 24);
+    expect(decodeHypercallAt(buf, 0, 100)).toEqual({
+      ok: true,
+      change: { gfn: 5, npages: 2, encrypted: true, pageSizeCode: 0 },
+    });
+  });
+});

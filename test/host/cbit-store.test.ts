@@ -11,7 +11,7 @@ import {
   KVM_MIGRATION_READY,
 } from '../../src/common/kvm-abi.js';
 import type { StateRange } from '../../src/common/ranges.js';
-import { CbitStore, mergeWindows } from '../../src/host/cbit-store.js';
+import { CbitStore, touchedWindows } from '../../src/host/cbit-store.js';
 import { PageStateMap } from '../../src/host/page-state-map.js';
 import { SCHEMA_VERSION } from '../../src/host/schema.js';
 import { tempDir } from '../support/tmp.js';
@@ -170,12 +170,15 @@ describe('CbitStore: sync deltas and stateAt against a replay of the log', () =>
       { numRuns: 40 },
     );
   });
+});
 
-  it('mergeWindows merges overlapping and adjacent ranges', () => {
-    expect(mergeWindows([10, 5, 0, 2, 2, 3, 14, 1, 30, 1])).toEqual([
+describe('touchedWindows', () => {
+  it('merges overlapping and adjacent pairs into disjoint ascending windows', () => {
+    expect(touchedWindows(100, [10, 5, 0, 2, 2, 3, 14, 1, 30, 1, 99, 1])).toEqual([
       { gfn: 0, npages: 5 },
       { gfn: 10, npages: 5 },
       { gfn: 30, npages: 1 },
+      { gfn: 99, npages: 1 },
     ]);
   });
 });

@@ -141,7 +141,9 @@ describe('host service: bad input gets a precise error and changes nothing', () 
       new BinaryWriter().u32(1).u32(0).u64(12).finish(),
     );
     expect(truncated.status).toBe(Status.BAD_PAYLOAD);
-    expect(truncated.message).toMatch(/HYPERCALL payload: expected 8 more bytes for a0 at offset 16/);
+    expect(truncated.message).toMatch(
+      /HYPERCALL payload: expected 32 more bytes for hypercall \(nr, a0, a1, a2\) at offset 8, got 8/,
+    );
     const extra = await c.rawRequest(MessageType.QUERY_VM, new BinaryWriter().u32(1).u32(5).finish());
     expect(extra.message).toMatch(/expected end of payload at offset 4, got 4 extra bytes/);
     const badFlags = await c.rawRequest(
