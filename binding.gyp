@@ -5,7 +5,8 @@
       "sources": [
         "native/addon.cc",
         "native/bitmap.cc",
-        "native/bitmap_binding.cc"
+        "native/bitmap_binding.cc",
+        "native/crypto_binding.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

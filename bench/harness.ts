@@ -62,17 +62,7 @@ export async function medianMsAsync(fn: () => Promise<void>, runs = 5): Promise<
   return times[Math.floor(times.length / 2)];
 }
 
-/** A small seeded PRNG (mulberry32) so every run benchmarks the same inputs. */
-export function seededRandom(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { seededRandom } from '../src/common/rng.js';
 
 function formatNumber(v: number): string {
   if (v >= 1e6) return `${(v / 1e6).toFixed(2)}M`;

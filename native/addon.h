@@ -18,5 +18,6 @@ WordsArg GetWords(const Napi::CallbackInfo& info, size_t index, const char* name
 uint64_t GetIndex(const Napi::CallbackInfo& info, size_t index, const char* name);
 
 void InitBitmap(Napi::Env env, Napi::Object exports);
+void InitCrypto(Napi::Env env, Napi::Object exports);
 
 }  // namespace sevtrack

@@ -37,6 +37,14 @@ void BitmapClearRange(uint64_t* words, uint64_t gfn, uint64_t npages) {
   ForEachWord(gfn, npages, [words](uint64_t w, uint64_t m) { words[w] &= ~m; });
 }
 
+void BitmapSetRangeAtomic(uint64_t* words, uint64_t gfn, uint64_t npages) {
+  ForEachWord(gfn, npages, [words](uint64_t w, uint64_t m) { __atomic_fetch_or(&words[w], m, __ATOMIC_SEQ_CST); });
+}
+
+void BitmapClearRangeAtomic(uint64_t* words, uint64_t gfn, uint64_t npages) {
+  ForEachWord(gfn, npages, [words](uint64_t w, uint64_t m) { __atomic_fetch_and(&words[w], ~m, __ATOMIC_SEQ_CST); });
+}
+
 uint64_t BitmapCountRange(const uint64_t* words, uint64_t gfn, uint64_t npages) {
   uint64_t count = 0;
   ForEachWord(gfn, npages, [&](uint64_t w, uint64_t m) {

@@ -10,6 +10,10 @@ namespace sevtrack {
 
 void BitmapSetRange(uint64_t* words, uint64_t gfn, uint64_t npages);
 void BitmapClearRange(uint64_t* words, uint64_t gfn, uint64_t npages);
+// Atomic variants (lock or / lock and per word), for bitmaps other threads
+// update concurrently.
+void BitmapSetRangeAtomic(uint64_t* words, uint64_t gfn, uint64_t npages);
+void BitmapClearRangeAtomic(uint64_t* words, uint64_t gfn, uint64_t npages);
 uint64_t BitmapCountRange(const uint64_t* words, uint64_t gfn, uint64_t npages);
 
 // Appends the maximal runs of set bits among the first nbits bits as

@@ -37,6 +37,22 @@ Napi::Value ClearRange(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Napi::Value SetRangeAtomic(const Napi::CallbackInfo& info) {
+  WordsArg bm = GetWords(info, 0, "bitmap");
+  uint64_t gfn, npages;
+  GetRange(info, bm, &gfn, &npages);
+  BitmapSetRangeAtomic(bm.words, gfn, npages);
+  return info.Env().Undefined();
+}
+
+Napi::Value ClearRangeAtomic(const Napi::CallbackInfo& info) {
+  WordsArg bm = GetWords(info, 0, "bitmap");
+  uint64_t gfn, npages;
+  GetRange(info, bm, &gfn, &npages);
+  BitmapClearRangeAtomic(bm.words, gfn, npages);
+  return info.Env().Undefined();
+}
+
 Napi::Value CountRange(const Napi::CallbackInfo& info) {
   WordsArg bm = GetWords(info, 0, "bitmap");
   uint64_t gfn, npages;
@@ -86,6 +102,8 @@ Napi::Value Harvest(const Napi::CallbackInfo& info) {
 void InitBitmap(Napi::Env env, Napi::Object exports) {
   exports.Set("bitmapSetRange", Napi::Function::New(env, SetRange, "bitmapSetRange"));
   exports.Set("bitmapClearRange", Napi::Function::New(env, ClearRange, "bitmapClearRange"));
+  exports.Set("bitmapSetRangeAtomic", Napi::Function::New(env, SetRangeAtomic, "bitmapSetRangeAtomic"));
+  exports.Set("bitmapClearRangeAtomic", Napi::Function::New(env, ClearRangeAtomic, "bitmapClearRangeAtomic"));
   exports.Set("bitmapCountRange", Napi::Function::New(env, CountRange, "bitmapCountRange"));
   exports.Set("bitmapToRuns", Napi::Function::New(env, ToRuns, "bitmapToRuns"));
   exports.Set("bitmapOr", Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return Combine(i, BitmapOp::kOr); }, "bitmapOr"));

@@ -13,6 +13,9 @@ import { NativeAddonMissingError } from './errors.js';
 export interface NativeAddon {
   bitmapSetRange(bitmap: Uint32Array, gfn: number, npages: number): void;
   bitmapClearRange(bitmap: Uint32Array, gfn: number, npages: number): void;
+  /** setRange/clearRange with one atomic read-modify-write per word, for shared bitmaps. */
+  bitmapSetRangeAtomic(bitmap: Uint32Array, gfn: number, npages: number): void;
+  bitmapClearRangeAtomic(bitmap: Uint32Array, gfn: number, npages: number): void;
   bitmapCountRange(bitmap: Uint32Array, gfn: number, npages: number): number;
   /** Runs of set bits among the first nbits bits: [gfn0, npages0, gfn1, npages1, ...], ascending. */
   bitmapToRuns(bitmap: Uint32Array, nbits: number): Float64Array;
@@ -28,6 +31,33 @@ export interface NativeAddon {
    * Atomics.or writers on the same SharedArrayBuffer: no bit is lost.
    */
   bitmapHarvest(shared: Uint32Array, out: Uint32Array): number;
+  /**
+   * AES-128-XTS over npages 4 KiB pages, each one data unit with tweak = its
+   * GPA (firstGpa + i * 4096). key is 32 bytes (two different halves); src
+   * and dst may be the same memory.
+   */
+  xtsPages(
+    key: Uint8Array,
+    encrypt: boolean,
+    src: Uint8Array,
+    dst: Uint8Array,
+    firstGpa: number,
+    npages: number,
+  ): void;
+  /**
+   * AES-256-GCM seals page i of src into dst at i * 4112 (ciphertext, 16-byte
+   * tag); nonce = seq (u64 LE) + 4 zero bytes, AAD = gpa (u64 LE) + seq (u64 LE),
+   * seq = firstSeq + i.
+   */
+  gcmSealPages(key: Uint8Array, src: Uint8Array, dst: Uint8Array, gpas: Float64Array, firstSeq: number): void;
+  /** The inverse of gcmSealPages; returns the index of the first page that fails to verify, or -1. */
+  gcmOpenPages(
+    key: Uint8Array,
+    src: Uint8Array,
+    dst: Uint8Array,
+    gpas: Float64Array,
+    firstSeq: number,
+  ): number;
 }
 
 const here = fileURLToPath(new URL('.', import.meta.url));

@@ -86,6 +86,18 @@ export class PageBitmap {
     nativeAddon().bitmapClearRange(this.words, gfn, npages);
   }
 
+  /** setRange safe against other threads updating the same words (Atomics.or, harvests, atomic ranges). */
+  setRangeAtomic(gfn: number, npages: number): void {
+    this.checkRange(gfn, npages);
+    nativeAddon().bitmapSetRangeAtomic(this.words, gfn, npages);
+  }
+
+  /** clearRange safe against other threads updating the same words. */
+  clearRangeAtomic(gfn: number, npages: number): void {
+    this.checkRange(gfn, npages);
+    nativeAddon().bitmapClearRangeAtomic(this.words, gfn, npages);
+  }
+
   /** Number of set bits in (gfn, npages); the whole bitmap by default. */
   count(gfn = 0, npages = this.npages - gfn): number {
     this.checkRange(gfn, npages);

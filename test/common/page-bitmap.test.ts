@@ -42,14 +42,18 @@ describe('PageBitmap native kernels match the TypeScript reference', () => {
     fc.assert(
       fc.property(bitmapWithRange, fc.boolean(), ([bm, gfn, npages], set) => {
         const ref = bm.words.slice();
+        const atomic = bm.clone();
         if (set) {
           bm.setRange(gfn, npages);
+          atomic.setRangeAtomic(gfn, npages);
           refSetRange(ref, gfn, npages);
         } else {
           bm.clearRange(gfn, npages);
+          atomic.clearRangeAtomic(gfn, npages);
           refClearRange(ref, gfn, npages);
         }
         expect(Array.from(bm.words)).toEqual(Array.from(ref));
+        expect(Array.from(atomic.words)).toEqual(Array.from(ref));
       }),
     );
   });

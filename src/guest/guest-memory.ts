@@ -1,0 +1,170 @@
+/**
+ * The SEV memory model (DESIGN.md §4) for the simulated backend.
+ *
+ * Guest memory is a SharedArrayBuffer the host reads raw. The guest's own
+ * page tables carry the c-bit (`cbits`, 1 = encrypted/private), separate from
+ * anything the host tracks. A guest write to a page whose c-bit is set stores
+ * AES-XTS(VM key, tweak = GPA) of the data; a write to a shared page stores it
+ * as is. Reads decrypt according to the guest's c-bit. Every write sets the
+ * page's bit in the dirty log AFTER the data is stored, so a harvest that
+ * races with a write either reports it or leaves it for the next harvest.
+ *
+ * Every piece lives in shared memory so vCPU worker threads attach to the same
+ * guest with GuestMemory.attach(descriptor).
+ */
+import { InvalidArgumentError } from '../common/errors.js';
+import { PageBitmap } from '../common/page-bitmap.js';
+import { newMemoryKey, xtsDecryptPages, xtsEncryptPages } from '../common/page-crypto.js';
+import { PAGE_SIZE } from '../common/ranges.js';
+
+/** What a worker thread needs to attach to the same guest memory. */
+export interface GuestMemoryDescriptor {
+  npages: number;
+  memory: SharedArrayBuffer;
+  cbits: SharedArrayBuffer;
+  dirty: SharedArrayBuffer;
+  written: SharedArrayBuffer;
+  key: Uint8Array;
+}
+
+export class GuestMemory {
+  readonly npages: number;
+  /** The raw bytes the host sees. */
+  readonly bytes: Uint8Array;
+  /** The guest's own c-bit per page (1 = encrypted). */
+  readonly cbits: PageBitmap;
+  /** The dirty log: set after every guest write, harvested by the host. */
+  readonly dirty: PageBitmap;
+  /**
+   * Set when the guest writes a page, cleared when it converts it: the pages
+   * whose content is defined (verification mode `defined`, DESIGN.md §3).
+   */
+  readonly written: PageBitmap;
+  /** The VM's memory encryption key (never leaves the "hardware" but for the PSP model). */
+  readonly key: Uint8Array;
+  private readonly scratch = new Uint8Array(PAGE_SIZE);
+
+  private constructor(d: GuestMemoryDescriptor) {
+    this.npages = d.npages;
+    this.bytes = new Uint8Array(d.memory);
+    this.cbits = new PageBitmap(d.npages, { buffer: d.cbits });
+    this.dirty = new PageBitmap(d.npages, { buffer: d.dirty });
+    this.written = new PageBitmap(d.npages, { buffer: d.written });
+    this.key = d.key;
+  }
+
+  /**
+   * A new guest of npages pages (zeroed raw memory), every page encrypted in
+   * the guest's page tables unless `encrypted` is false, with a fresh key.
+   */
+  static create(npages: number, options: { encrypted?: boolean; key?: Uint8Array } = {}): GuestMemory {
+    if (!Number.isInteger(npages) || npages < 1 || npages > 2 ** 28) {
+      throw new InvalidArgumentError('npages', `guest size ${npages} pages must be from 1 to 2^28 (1 TiB)`);
+    }
+    const words = new PageBitmap(npages).words.byteLength;
+    const memory = GuestMemory.allocateMemory(npages);
+    const mem = new GuestMemory({
+      npages,
+      memory,
+      cbits: new SharedArrayBuffer(words),
+      dirty: new SharedArrayBuffer(words),
+      written: new SharedArrayBuffer(words),
+      key: options.key ?? newMemoryKey(),
+    });
+    if (options.encrypted ?? true) mem.cbits.setRange(0, npages);
+    return mem;
+  }
+
+  private static allocateMemory(npages: number): SharedArrayBuffer {
+    try {
+      return new SharedArrayBuffer(npages * PAGE_SIZE);
+    } catch (err) {
+      throw new InvalidArgumentError(
+        'memory',
+        `cannot allocate ${npages * PAGE_SIZE} bytes of guest memory (${(err as Error).message}); choose a smaller --memory`,
+      );
+    }
+  }
+
+  /** Attaches to a guest created elsewhere (in another thread). */
+  static attach(d: GuestMemoryDescriptor): GuestMemory {
+    return new GuestMemory(d);
+  }
+
+  descriptor(): GuestMemoryDescriptor {
+    return {
+      npages: this.npages,
+      memory: this.bytes.buffer as SharedArrayBuffer,
+      cbits: this.cbits.buffer as SharedArrayBuffer,
+      dirty: this.dirty.buffer as SharedArrayBuffer,
+      written: this.written.buffer as SharedArrayBuffer,
+      key: this.key,
+    };
+  }
+
+  private checkGfn(gfn: number): void {
+    if (!Number.isInteger(gfn) || gfn < 0 || gfn >= this.npages) {
+      throw new InvalidArgumentError('gfn', `gfn ${gfn} is outside guest memory (${this.npages} pages)`);
+    }
+  }
+
+  /** The raw (host-visible) bytes of one page: a view, not a copy. */
+  hostView(gfn: number): Uint8Array {
+    this.checkGfn(gfn);
+    return this.bytes.subarray(gfn * PAGE_SIZE, (gfn + 1) * PAGE_SIZE);
+  }
+
+  /** Whether the guest's page tables map gfn encrypted. */
+  isEncrypted(gfn: number): boolean {
+    return this.cbits.test(gfn);
+  }
+
+  /**
+   * A guest write of a whole page: encrypted under the guest's c-bit, then
+   * the dirty bit is set (after the store, so a racing harvest cannot lose it).
+   */
+  writePage(gfn: number, data: Uint8Array): void {
+    this.checkGfn(gfn);
+    if (data.byteLength !== PAGE_SIZE)
+      throw new InvalidArgumentError('data', `a page write takes ${PAGE_SIZE} bytes, got ${data.byteLength}`);
+    const raw = this.hostView(gfn);
+    if (this.cbits.test(gfn)) xtsEncryptPages(this.key, data, raw, gfn * PAGE_SIZE, 1);
+    else raw.set(data);
+    this.written.markAtomic(gfn);
+    this.dirty.markAtomic(gfn);
+  }
+
+  /** A guest read of a whole page into out (decrypted under the guest's c-bit). */
+  readPage(gfn: number, out: Uint8Array = new Uint8Array(PAGE_SIZE)): Uint8Array {
+    this.checkGfn(gfn);
+    this.readPageAs(gfn, this.cbits.test(gfn), out);
+    return out;
+  }
+
+  /** Reads a page as if the guest's c-bit were `encrypted` (to show what a wrong perspective yields). */
+  readPageAs(gfn: number, encrypted: boolean, out: Uint8Array = new Uint8Array(PAGE_SIZE)): Uint8Array {
+    this.checkGfn(gfn);
+    const raw = this.hostView(gfn);
+    if (encrypted) xtsDecryptPages(this.key, raw, out, gfn * PAGE_SIZE, 1);
+    else out.set(raw);
+    return out;
+  }
+
+  /**
+   * Changes the guest page tables' c-bit for (gfn, npages) (the guest side of
+   * set_memory_encrypted/decrypted). The data is not converted: under the new
+   * bit the old content reads as garbage, exactly as on SEV, and the pages
+   * count as undefined until rewritten.
+   */
+  setCbits(gfn: number, npages: number, encrypted: boolean): void {
+    // Atomic: other vCPUs convert and write neighbouring pages concurrently.
+    if (encrypted) this.cbits.setRangeAtomic(gfn, npages);
+    else this.cbits.clearRangeAtomic(gfn, npages);
+    this.written.clearRangeAtomic(gfn, npages);
+  }
+
+  /** Scratch page buffer for callers on this thread. */
+  get scratchPage(): Uint8Array {
+    return this.scratch;
+  }
+}

@@ -1,0 +1,30 @@
+/**
+ * The shared control block between the VMM thread and its vCPU workers:
+ * run/pause/stop commands, the parked count (pause completes when every
+ * vCPU is parked at a clean point, between two guest operations), the setup
+ * flag, and per-vCPU statistics.
+ */
+export const CMD = 0;
+export const PARKED = 1;
+export const SETUP_DONE = 2;
+export const STATS_BASE = 8;
+export const STATS_PER_VCPU = 4;
+
+export const CMD_RUN = 0;
+export const CMD_PAUSE = 1;
+export const CMD_STOP = 2;
+
+/** Per-vCPU statistics fields (offsets inside a vCPU's block). */
+export const STAT_WRITES = 0;
+export const STAT_CONVERSIONS = 1;
+export const STAT_REJECTED = 2;
+export const STAT_STEPS = 3;
+
+export function controlBytes(vcpus: number): number {
+  return (STATS_BASE + vcpus * STATS_PER_VCPU) * 4;
+}
+
+/** Adds to a vCPU's statistic. */
+export function bump(control: Int32Array, vcpu: number, stat: number, n = 1): void {
+  Atomics.add(control, STATS_BASE + vcpu * STATS_PER_VCPU + stat, n);
+}

@@ -1,0 +1,181 @@
+/**
+ * VcpuPool: the VMM side of a simulated guest's vCPUs. It starts one worker
+ * thread per vCPU running a workload over the shared guest memory, serves
+ * their exits through a HypercallBackend, and pauses, resumes and stops them
+ * at clean points (DESIGN.md §3: the source pauses the guest for the final
+ * round; a failure resumes it).
+ */
+import type { Worker } from 'node:worker_threads';
+import { RuntimeFailure } from '../common/errors.js';
+import { startWorker } from '../common/worker-script.js';
+import type { GuestMemory } from './guest-memory.js';
+import type { HypercallBackend } from './hypercall-backend.js';
+import {
+  CMD,
+  CMD_PAUSE,
+  CMD_RUN,
+  CMD_STOP,
+  controlBytes,
+  PARKED,
+  SETUP_DONE,
+  STAT_CONVERSIONS,
+  STAT_REJECTED,
+  STAT_STEPS,
+  STAT_WRITES,
+  STATS_BASE,
+  STATS_PER_VCPU,
+} from './vcpu-control.js';
+import { EXIT_SLOT_BYTES, serveExits } from './vcpu-exit.js';
+import type { VcpuWorkerData } from './vcpu-worker.js';
+import type { WorkloadName } from './workloads.js';
+
+export interface VcpuPoolOptions {
+  memory: GuestMemory;
+  backend: HypercallBackend;
+  vm: number;
+  vcpus: number;
+  workload: WorkloadName;
+  seed: number;
+  /** Page operations per millisecond per vCPU (default 32; 0 = unpaced). */
+  opsPerMs?: number;
+  sizeHints?: boolean;
+  /** Each vCPU stops by itself after this many steps (default: run until stop()). */
+  maxSteps?: number;
+  /** Per-page write counters the writers keep (tests). */
+  counters?: SharedArrayBuffer;
+}
+
+export interface GuestStats {
+  writes: number;
+  conversions: number;
+  rejectedNotifications: number;
+  steps: number;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export class VcpuPool {
+  private readonly control: Int32Array;
+  private readonly workers: Worker[] = [];
+  private running: number;
+  private failure: Error | undefined;
+  private readonly exited: Promise<void>[] = [];
+  /** Whether vCPU 0 found the host supports the protocol (known once stopped). */
+  migrationSupported: boolean | undefined;
+
+  private constructor(readonly options: VcpuPoolOptions) {
+    this.control = new Int32Array(new SharedArrayBuffer(controlBytes(options.vcpus)));
+    this.running = options.vcpus;
+    for (let vcpu = 0; vcpu < options.vcpus; vcpu++) {
+      const slot = new SharedArrayBuffer(EXIT_SLOT_BYTES);
+      const workerData: VcpuWorkerData = {
+        vcpu,
+        vcpus: options.vcpus,
+        memory: options.memory.descriptor(),
+        slot,
+        control: this.control.buffer as SharedArrayBuffer,
+        workload: options.workload,
+        seed: options.seed,
+        features: options.backend.cpuidFeatures,
+        sizeHints: options.sizeHints ?? false,
+        opsPerMs: options.opsPerMs ?? 32,
+        maxSteps: options.maxSteps ?? 0,
+        counters: options.counters,
+      };
+      const worker = startWorker(import.meta.url, './vcpu-worker.js', { workerData });
+      serveExits(worker, slot, options.backend, options.vm, (e) => this.fail(e));
+      worker.on('message', (m: { type: string; migrationSupported?: boolean }) => {
+        if (m.type === 'stopped' && vcpu === 0) this.migrationSupported = m.migrationSupported;
+      });
+      this.exited.push(
+        new Promise((resolve) => {
+          worker.on('error', (e) => this.fail(e));
+          worker.on('exit', () => {
+            this.running--;
+            resolve();
+          });
+        }),
+      );
+      this.workers.push(worker);
+    }
+  }
+
+  static start(options: VcpuPoolOptions): VcpuPool {
+    return new VcpuPool(options);
+  }
+
+  private fail(e: Error): void {
+    this.failure ??= e;
+  }
+
+  /** The first error a vCPU or an exit hit, if any. */
+  get error(): Error | undefined {
+    return this.failure;
+  }
+
+  private check(): void {
+    if (this.failure)
+      throw new RuntimeFailure('ERR_VCPU', `a vCPU failed: ${this.failure.message}`, { cause: this.failure });
+  }
+
+  /** Resolves once vCPU 0 has finished the workload's setup (boot storm, pool). */
+  async waitSetup(): Promise<void> {
+    while (Atomics.load(this.control, SETUP_DONE) === 0) {
+      this.check();
+      if (this.running < this.options.vcpus)
+        throw new RuntimeFailure('ERR_VCPU', 'a vCPU exited during setup');
+      await sleep(2);
+    }
+  }
+
+  /**
+   * Stops every vCPU at a clean point; resolves when all are parked. Exits in
+   * flight complete first (they are served on this thread meanwhile).
+   */
+  async pause(): Promise<void> {
+    Atomics.store(this.control, CMD, CMD_PAUSE);
+    Atomics.notify(this.control, CMD);
+    while (Atomics.load(this.control, PARKED) < this.running) {
+      this.check();
+      await sleep(0);
+    }
+  }
+
+  resume(): void {
+    Atomics.store(this.control, CMD, CMD_RUN);
+    Atomics.notify(this.control, CMD);
+  }
+
+  get paused(): boolean {
+    return (
+      Atomics.load(this.control, CMD) === CMD_PAUSE && Atomics.load(this.control, PARKED) >= this.running
+    );
+  }
+
+  stats(): GuestStats {
+    const s: GuestStats = { writes: 0, conversions: 0, rejectedNotifications: 0, steps: 0 };
+    for (let v = 0; v < this.options.vcpus; v++) {
+      const at = STATS_BASE + v * STATS_PER_VCPU;
+      s.writes += Atomics.load(this.control, at + STAT_WRITES);
+      s.conversions += Atomics.load(this.control, at + STAT_CONVERSIONS);
+      s.rejectedNotifications += Atomics.load(this.control, at + STAT_REJECTED);
+      s.steps += Atomics.load(this.control, at + STAT_STEPS);
+    }
+    return s;
+  }
+
+  /** Resolves when every vCPU has finished by itself (with maxSteps). */
+  async finished(): Promise<GuestStats> {
+    await Promise.all(this.exited);
+    this.check();
+    return this.stats();
+  }
+
+  /** Stops and joins every vCPU; returns the final statistics. */
+  async stop(): Promise<GuestStats> {
+    Atomics.store(this.control, CMD, CMD_STOP);
+    Atomics.notify(this.control, CMD);
+    await Promise.all(this.exited);
+    return this.stats();
+  }
+}

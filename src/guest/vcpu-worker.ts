@@ -1,0 +1,99 @@
+/**
+ * A simulated vCPU: a worker thread running one guest workload over shared
+ * guest memory. It parks at clean points (between two guest operations) when
+ * the VMM pauses the guest, and exits through ExitPort for every hypercall.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { seededRandom } from '../common/rng.js';
+import { GuestKernel } from './guest-kernel.js';
+import { GuestMemory, type GuestMemoryDescriptor } from './guest-memory.js';
+import {
+  bump,
+  CMD,
+  CMD_PAUSE,
+  CMD_RUN,
+  CMD_STOP,
+  PARKED,
+  SETUP_DONE,
+  STAT_REJECTED,
+  STAT_STEPS,
+} from './vcpu-control.js';
+import { ExitPort } from './vcpu-exit.js';
+import { layout, type WorkloadContext, type WorkloadName, workloads } from './workloads.js';
+
+export interface VcpuWorkerData {
+  vcpu: number;
+  vcpus: number;
+  memory: GuestMemoryDescriptor;
+  slot: SharedArrayBuffer;
+  control: SharedArrayBuffer;
+  workload: WorkloadName;
+  seed: number;
+  features: number;
+  sizeHints: boolean;
+  /** Page operations per millisecond per vCPU (0 = as fast as possible). */
+  opsPerMs: number;
+  /** Stop after this many steps (0 = run until stopped): makes a run's final state deterministic. */
+  maxSteps: number;
+  counters?: SharedArrayBuffer;
+}
+
+const data = workerData as VcpuWorkerData;
+const control = new Int32Array(data.control);
+const memory = GuestMemory.attach(data.memory);
+const port = new ExitPort(data.slot, parentPort!, data.features);
+const kernel = new GuestKernel(memory, port, { sizeHints: data.sizeHints });
+const ctx: WorkloadContext = {
+  memory,
+  kernel,
+  rng: seededRandom((data.seed * 1_000_003 + data.vcpu * 7919) >>> 0),
+  vcpu: data.vcpu,
+  vcpus: data.vcpus,
+  control,
+  counters: data.counters ? new Int32Array(data.counters) : undefined,
+};
+const l = layout(memory.npages, data.vcpu, data.vcpus);
+const workload = workloads[data.workload];
+
+/** A clean point: parks while paused; returns false when told to stop. */
+function checkpoint(): boolean {
+  for (;;) {
+    const cmd = Atomics.load(control, CMD);
+    if (cmd === CMD_RUN) return true;
+    if (cmd === CMD_STOP) return false;
+    Atomics.add(control, PARKED, 1);
+    Atomics.notify(control, PARKED);
+    while (Atomics.load(control, CMD) === CMD_PAUSE) Atomics.wait(control, CMD, CMD_PAUSE);
+    Atomics.sub(control, PARKED, 1);
+  }
+}
+
+function run(): void {
+  if (data.vcpu === 0) {
+    // Boot: the kernel reports every change from here on, so it may say READY.
+    kernel.enableMigration();
+    if (checkpoint()) workload.setup?.(ctx, l);
+    Atomics.store(control, SETUP_DONE, 1);
+    Atomics.notify(control, SETUP_DONE);
+  } else {
+    while (Atomics.load(control, SETUP_DONE) === 0 && Atomics.load(control, CMD) !== CMD_STOP) {
+      Atomics.wait(control, SETUP_DONE, 0, 5);
+    }
+  }
+  let budget = data.opsPerMs;
+  let steps = 0;
+  while (checkpoint() && (data.maxSteps === 0 || steps++ < data.maxSteps)) {
+    const ops = workload.step(ctx, l, {});
+    bump(control, data.vcpu, STAT_STEPS);
+    budget -= ops;
+    if (ops === 0 || (data.opsPerMs > 0 && budget <= 0)) {
+      // Pace the guest: sleep up to 1 ms, woken early by a pause or stop.
+      Atomics.wait(control, CMD, CMD_RUN, 1);
+      budget = data.opsPerMs;
+    }
+  }
+  bump(control, data.vcpu, STAT_REJECTED, kernel.rejectedNotifications);
+  parentPort!.postMessage({ type: 'stopped', migrationSupported: kernel.migrationSupported });
+}
+
+run();

@@ -1,0 +1,173 @@
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { KVM_MIGRATION_READY } from '../../src/common/kvm-abi.js';
+import { PageBitmap } from '../../src/common/page-bitmap.js';
+import { GuestMemory } from '../../src/guest/guest-memory.js';
+import { InProcessBackend, SocketBackend, UnsupportedBackend } from '../../src/guest/hypercall-backend.js';
+import { VcpuPool } from '../../src/guest/vcpu-pool.js';
+import type { WorkloadName } from '../../src/guest/workloads.js';
+import { CbitStore } from '../../src/host/cbit-store.js';
+import { HostServiceClient } from '../../src/host/service-client.js';
+import { HostService } from '../../src/host/service-server.js';
+import { tempDir } from '../support/tmp.js';
+
+const pools: VcpuPool[] = [];
+afterEach(async () => {
+  for (const p of pools.splice(0)) await p.stop();
+});
+
+/** The guest's own c-bit table as ranges, for comparison with the host's. */
+function guestRanges(mem: GuestMemory) {
+  const enc = mem.cbits.runs().map((r) => ({ ...r, encrypted: true }));
+  const out = [];
+  let pos = 0;
+  for (const r of enc) {
+    if (r.gfn > pos) out.push({ gfn: pos, npages: r.gfn - pos, encrypted: false });
+    out.push(r);
+    pos = r.gfn + r.npages;
+  }
+  if (pos < mem.npages) out.push({ gfn: pos, npages: mem.npages - pos, encrypted: false });
+  return out;
+}
+
+describe('simulated vCPUs', () => {
+  it('the dirty log loses no write of two concurrent writer threads across harvests', async () => {
+    const npages = 4096;
+    const mem = GuestMemory.create(npages);
+    const store = CbitStore.open(join(tempDir(), 'h.db'));
+    store.registerVm(1, npages);
+    const counters = new SharedArrayBuffer(npages * 4);
+    const pool = VcpuPool.start({
+      memory: mem,
+      backend: new InProcessBackend(store),
+      vm: 1,
+      vcpus: 2,
+      workload: 'churn',
+      seed: 3,
+      opsPerMs: 0,
+      maxSteps: 3000,
+      counters,
+    });
+    pools.push(pool);
+    const seen = new PageBitmap(npages);
+    let harvests = 0;
+    const done = pool.finished();
+    let finished = false;
+    done
+      .finally(() => {
+        finished = true;
+      })
+      .catch(() => {});
+    while (!finished) {
+      const round = new PageBitmap(npages);
+      mem.dirty.harvestInto(round);
+      seen.or(round);
+      harvests++;
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    const stats = await done;
+    mem.dirty.harvestInto(seen);
+    const perPage = new Int32Array(counters);
+    let total = 0;
+    for (let gfn = 0; gfn < npages; gfn++) {
+      total += perPage[gfn];
+      expect(seen.test(gfn)).toBe(perPage[gfn] > 0);
+    }
+    expect(total).toBe(stats.writes);
+    expect(stats.conversions).toBeGreaterThan(100);
+    expect(harvests).toBeGreaterThan(1);
+    store.close();
+  });
+
+  it('the same seeded workload over the in-process and the socket transports leaves the same c-bit state', async () => {
+    const npages = 8192;
+    const results = [];
+    for (const transport of ['inproc', 'unix'] as const) {
+      const dir = tempDir();
+      const store = CbitStore.open(join(dir, 'h.db'));
+      store.registerVm(1, npages);
+      let service: HostService | undefined;
+      let client: HostServiceClient | undefined;
+      let backend: InProcessBackend | SocketBackend;
+      if (transport === 'unix') {
+        service = await HostService.start({ store, socketPath: join(dir, 's.sock') });
+        client = await HostServiceClient.connect(join(dir, 's.sock'));
+        backend = new SocketBackend(client);
+      } else {
+        backend = new InProcessBackend(store);
+      }
+      const mem = GuestMemory.create(npages);
+      const workload: WorkloadName = 'mixed';
+      const pool = VcpuPool.start({
+        memory: mem,
+        backend,
+        vm: 1,
+        vcpus: 2,
+        workload,
+        seed: 11,
+        opsPerMs: 0,
+        maxSteps: 400,
+      });
+      pools.push(pool);
+      const stats = await pool.finished();
+      await client?.close();
+      await service?.stop();
+      // The guest reported every change: the host's state is the guest's own table.
+      expect([...store.state(1).ranges()]).toEqual(guestRanges(mem));
+      expect(store.migrationControl(1)).toBe(KVM_MIGRATION_READY);
+      results.push({ ranges: [...store.state(1).ranges()], conversions: stats.conversions });
+      store.close();
+    }
+    expect(results[0].conversions).toBeGreaterThan(100);
+    expect(results[1]).toEqual(results[0]);
+  });
+
+  it('a host without the hypercall: the guest stops notifying and never says READY', async () => {
+    const mem = GuestMemory.create(2048);
+    const backend = new UnsupportedBackend(0b11 << 16);
+    const pool = VcpuPool.start({
+      memory: mem,
+      backend,
+      vm: 1,
+      vcpus: 1,
+      workload: 'boot',
+      seed: 1,
+      maxSteps: 1,
+    });
+    pools.push(pool);
+    await pool.finished();
+    expect(pool.migrationSupported).toBe(false);
+    expect(await backend.getMigrationControl()).toBe(0n);
+  });
+
+  it('pause parks every vCPU at a clean point: no write lands until resume', async () => {
+    const mem = GuestMemory.create(4096);
+    const store = CbitStore.open(join(tempDir(), 'h.db'));
+    store.registerVm(1, 4096);
+    const pool = VcpuPool.start({
+      memory: mem,
+      backend: new InProcessBackend(store),
+      vm: 1,
+      vcpus: 2,
+      workload: 'mixed',
+      seed: 5,
+    });
+    pools.push(pool);
+    await pool.waitSetup();
+    await new Promise((r) => setTimeout(r, 20));
+    await pool.pause();
+    expect(pool.paused).toBe(true);
+    const before = pool.stats();
+    mem.dirty.harvestInto(new PageBitmap(4096));
+    const seqBefore = store.info(1).lastSeq;
+    await new Promise((r) => setTimeout(r, 50));
+    expect(mem.dirty.count()).toBe(0);
+    expect(pool.stats()).toEqual(before);
+    expect(store.info(1).lastSeq).toBe(seqBefore);
+    pool.resume();
+    await new Promise((r) => setTimeout(r, 30));
+    expect(pool.stats().writes).toBeGreaterThan(before.writes);
+    await pool.stop();
+    store.close();
+  });
+});
