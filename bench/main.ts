@@ -1,12 +1,13 @@
 /** Entry of `npm run bench [-- --json] [-- GROUP ...]`. */
 import { bitmapGroup } from './groups/bitmap.js';
+import { guestGroup } from './groups/guest.js';
 import { hostIngestGroup } from './groups/host-ingest.js';
 import { hostSyncGroup } from './groups/host-sync.js';
 import { pageStateGroup } from './groups/page-state.js';
 import type { BenchGroup } from './harness.js';
 import { runGroups } from './harness.js';
 
-const groups: BenchGroup[] = [pageStateGroup, bitmapGroup, hostIngestGroup, hostSyncGroup];
+const groups: BenchGroup[] = [pageStateGroup, bitmapGroup, hostIngestGroup, hostSyncGroup, guestGroup];
 
 const args = process.argv.slice(2);
 if (args.includes('--help')) {
