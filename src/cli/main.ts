@@ -2,6 +2,7 @@
 /** The sevtrack CLI: one module per command under commands/, each only parses and calls the library. */
 import { Command, CommanderError } from 'commander';
 import { registerDecode } from './commands/decode.js';
+import { registerMigrate } from './commands/migrate.js';
 import { registerServe } from './commands/serve.js';
 import { registerState } from './commands/state.js';
 import { EXIT_USAGE } from './run-action.js';
@@ -14,6 +15,7 @@ export function buildProgram(): Command {
     .version('0.1.0')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
+  registerMigrate(program);
   registerServe(program);
   registerState(program);
   registerDecode(program);

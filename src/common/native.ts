@@ -58,6 +58,25 @@ export interface NativeAddon {
     gpas: Float64Array,
     firstSeq: number,
   ): number;
+  /** XTS of memory page gfns[i] (tweak = its GPA) into out at i * 4096. */
+  xtsGather(key: Uint8Array, encrypt: boolean, memory: Uint8Array, out: Uint8Array, gfns: Float64Array): void;
+  /** XTS of src page i into memory page gfns[i] (tweak = its GPA). */
+  xtsScatter(
+    key: Uint8Array,
+    encrypt: boolean,
+    src: Uint8Array,
+    memory: Uint8Array,
+    gfns: Float64Array,
+  ): void;
+  /** SHA-256 of the guest view of pages (firstGfn, npages): decrypted where cbits has the bit set. */
+  viewDigests(
+    key: Uint8Array,
+    memory: Uint8Array,
+    cbits: Uint32Array,
+    firstGfn: number,
+    npages: number,
+    out: Uint8Array,
+  ): void;
 }
 
 const here = fileURLToPath(new URL('.', import.meta.url));

@@ -83,3 +83,45 @@ export function openPages(
   checkPages('dst', dst, gpas.length);
   return nativeAddon().gcmOpenPages(key, src, dst, gpas, firstSeq);
 }
+
+/** Decrypts (or copies through XTS) memory pages gfns[i] into out at i * 4096. */
+export function xtsGather(
+  key: Uint8Array,
+  encrypt: boolean,
+  memory: Uint8Array,
+  out: Uint8Array,
+  gfns: Float64Array,
+): void {
+  checkPages('out', out, gfns.length);
+  nativeAddon().xtsGather(key, encrypt, memory, out, gfns);
+}
+
+/** Encrypts (or decrypts) src page i into memory page gfns[i]. */
+export function xtsScatter(
+  key: Uint8Array,
+  encrypt: boolean,
+  src: Uint8Array,
+  memory: Uint8Array,
+  gfns: Float64Array,
+): void {
+  checkPages('src', src, gfns.length);
+  nativeAddon().xtsScatter(key, encrypt, src, memory, gfns);
+}
+
+export const DIGEST_BYTES = 32;
+
+/**
+ * SHA-256 of the guest's view of every page in (firstGfn, npages): what the
+ * guest reads under its c-bit table `cbits`. 32 bytes a page, in order.
+ */
+export function viewDigests(
+  key: Uint8Array,
+  memory: Uint8Array,
+  cbits: Uint32Array,
+  firstGfn: number,
+  npages: number,
+): Uint8Array {
+  const out = new Uint8Array(npages * DIGEST_BYTES);
+  nativeAddon().viewDigests(key, memory, cbits, firstGfn, npages, out);
+  return out;
+}

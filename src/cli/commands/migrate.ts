@@ -1,0 +1,225 @@
+/** `sevtrack migrate`: the main job. With no flags: the embedded default run (see DEFAULT_PARAMS). */
+import type { Command } from 'commander';
+import { InvalidArgumentError } from '../../common/errors.js';
+import { formatBytes, parseIntIn, parseSize } from '../../common/units.js';
+import { parseWorkload, WORKLOADS } from '../../guest/workloads.js';
+import {
+  connectChannel,
+  describeEndpoint,
+  listenChannel,
+  parseEndpoint,
+  type Transport,
+} from '../../migration/endpoints.js';
+import {
+  DEFAULT_PARAMS,
+  type MigrateParams,
+  migrateLocally,
+  runDestination,
+  runSource,
+} from '../../migration/run-migration.js';
+import type { MigrationSummary, RoundProgress } from '../../migration/source.js';
+import { PROTOCOLS, type Protocol, VERIFY_MODES, type VerifyMode } from '../../migration/stream.js';
+import { CheckFailedError, runAction } from '../run-action.js';
+
+interface MigrateFlags {
+  backend: string;
+  memory: string;
+  vcpus: string;
+  workload: string;
+  protocol: string;
+  seed: string;
+  transport: string;
+  role: string;
+  listen?: string;
+  connect?: string;
+  log?: string;
+  maxDowntime: string;
+  maxRounds: string;
+  pspRate: string;
+  pspBatch: string;
+  verify: string;
+  forceUnsafe?: boolean;
+  peerTimeout: string;
+  json?: boolean;
+}
+
+function oneOf<T extends string>(value: string, allowed: readonly T[], flag: string): T {
+  if (!(allowed as readonly string[]).includes(value)) {
+    throw new InvalidArgumentError(flag, `${flag} "${value}" is not one of ${allowed.join(', ')}`);
+  }
+  return value as T;
+}
+
+function toParams(f: MigrateFlags): MigrateParams {
+  if (f.backend === 'kvm') {
+    throw new InvalidArgumentError(
+      '--backend',
+      '--backend kvm is not available in this build yet; use --backend sim',
+    );
+  }
+  oneOf(f.backend, ['sim'], '--backend');
+  return {
+    ...DEFAULT_PARAMS,
+    memoryBytes: parseSize(f.memory, '--memory'),
+    vcpus: parseIntIn(f.vcpus, '--vcpus', 1, 64),
+    workload: parseWorkload(f.workload),
+    protocol: oneOf<Protocol>(f.protocol, PROTOCOLS, '--protocol'),
+    verify: oneOf<VerifyMode>(f.verify, VERIFY_MODES, '--verify'),
+    seed: parseIntIn(f.seed, '--seed', 0, 2 ** 31),
+    transport: oneOf<Transport>(f.transport, ['inproc', 'unix', 'tcp'], '--transport'),
+    maxDowntimeMs: parseIntIn(f.maxDowntime, '--max-downtime', 0, 3_600_000),
+    maxRounds: parseIntIn(f.maxRounds, '--max-rounds', 1, 10_000),
+    psp: {
+      rate: parseIntIn(f.pspRate, '--psp-rate', 0, 100_000_000),
+      batch: parseIntIn(f.pspBatch, '--psp-batch', 1, 65_536),
+    },
+    forceUnsafe: f.forceUnsafe ?? false,
+    peerTimeoutMs: parseIntIn(f.peerTimeout, '--peer-timeout', 100, 3_600_000),
+    log: f.log,
+  };
+}
+
+function progressLine(p: RoundProgress): string {
+  return p.paused
+    ? `round ${p.round} (paused): ${p.pagesSent} pages sent in all, ${p.cbitRetransmits} resent for a c-bit change`
+    : `round ${p.round}: ${p.pagesSent} pages sent in all, ${p.cbitRetransmits} c-bit resends, ${p.dirtyLeft} dirty, expected downtime ${p.expectedDowntimeMs.toFixed(1)} ms at ${p.bandwidthMBps.toFixed(0)} MB/s`;
+}
+
+function printSummary(s: MigrationSummary, memoryBytes: number): void {
+  const lines = [
+    `migration ${s.verified ? 'verified' : 'FAILED verification'} (${s.protocol}, ${s.verify}): ${formatBytes(memoryBytes)} guest`,
+    `  rounds ${s.rounds}, pages sent ${s.pagesSent} (${s.sealedPages} through the PSP, ${s.rawPages} raw), resent for a c-bit change ${s.cbitRetransmits}`,
+    `  bytes ${formatBytes(s.bytes)}, throughput ${s.throughputMBps.toFixed(1)} MB/s, downtime ${s.downtimeMs.toFixed(1)} ms, total ${s.totalMs.toFixed(0)} ms`,
+    `  verification: ${s.message}`,
+    `  generation ${s.generationBefore} -> ${s.generationAfter}`,
+  ];
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+function jsonSummary(s: MigrationSummary): string {
+  return JSON.stringify({
+    verified: s.verified,
+    mismatchedPages: s.mismatchedPages,
+    firstMismatchedGfns: s.firstMismatches,
+    rounds: s.rounds,
+    pagesSent: s.pagesSent,
+    sealedPages: s.sealedPages,
+    rawPages: s.rawPages,
+    cbitRetransmits: s.cbitRetransmits,
+    bytes: s.bytes,
+    throughputMBps: s.throughputMBps,
+    downtimeMs: s.downtimeMs,
+    totalMs: s.totalMs,
+    generationBefore: s.generationBefore,
+    generationAfter: s.generationAfter,
+    protocol: s.protocol,
+    verify: s.verify,
+  });
+}
+
+export function registerMigrate(program: Command): void {
+  const d = DEFAULT_PARAMS;
+  program
+    .command('migrate')
+    .description(
+      'live-migrate a simulated SEV guest (with no flags: 256 MiB, 2 vCPUs, mixed workload, safe protocol, in one process)',
+    )
+    .option('--backend <name>', 'guest backend: sim', 'sim')
+    .option('--memory <size>', 'guest memory', '256M')
+    .option('--vcpus <n>', 'guest vCPUs (worker threads)', String(d.vcpus))
+    .option('--workload <name>', `guest workload: ${WORKLOADS.join(', ')}`, d.workload)
+    .option('--protocol <name>', `protocol variant: ${PROTOCOLS.join(', ')}`, d.protocol)
+    .option(
+      '--verify <mode>',
+      'verification: strict (every page) or defined (pages written since their last conversion)',
+      d.verify,
+    )
+    .option('--seed <n>', 'workload seed', String(d.seed))
+    .option('--transport <kind>', 'inproc, unix or tcp', d.transport)
+    .option('--role <role>', 'both (one process), source or destination', 'both')
+    .option('--listen <address>', 'destination: HOST:PORT (tcp) or PATH (unix) to listen on')
+    .option('--connect <address>', 'source: HOST:PORT (tcp) or PATH (unix) of the destination')
+    .option('--log <file>', 'record every migration event in this new SQLite file')
+    .option(
+      '--max-downtime <ms>',
+      'pause once the expected downtime is at most this',
+      String(d.maxDowntimeMs),
+    )
+    .option('--max-rounds <n>', 'pause after this many rounds at the latest', String(d.maxRounds))
+    .option(
+      '--psp-rate <pages/s>',
+      'model a PSP of this many pages per second (0 = unlimited; a real one does 350-450)',
+      '0',
+    )
+    .option('--psp-batch <n>', 'pages per PSP firmware call', String(d.psp.batch))
+    .option('--force-unsafe', 'migrate even if the guest has not set KVM_MIGRATION_READY')
+    .option(
+      '--peer-timeout <ms>',
+      'abort when the peer sends or takes nothing for this long',
+      String(d.peerTimeoutMs),
+    )
+    .option('--json', 'print the summary as one JSON object')
+    .action(
+      runAction(async (f: MigrateFlags) => {
+        const p = toParams(f);
+        const role = oneOf(f.role, ['both', 'source', 'destination'] as const, '--role');
+        const tty = process.stderr.isTTY && !f.json;
+        p.onRound = f.json
+          ? undefined
+          : (r) =>
+              process.stderr.write(
+                tty ? `\r\x1b[K${progressLine(r)}${r.paused ? '\n' : ''}` : `${progressLine(r)}\n`,
+              );
+        if (role === 'destination') {
+          if (!f.listen)
+            throw new InvalidArgumentError('--listen', '--role destination needs --listen HOST:PORT or PATH');
+          const listener = await listenChannel(
+            parseEndpoint(f.listen, p.transport, '--listen'),
+            p.peerTimeoutMs,
+          );
+          if (!f.json)
+            process.stderr.write(`destination listening on ${describeEndpoint(listener.endpoint)}\n`);
+          try {
+            const r = await runDestination(p, await listener.accept());
+            const out = {
+              verified: r.verified,
+              mismatchedPages: r.mismatched,
+              firstMismatchedGfns: r.firstMismatches,
+              pagesReceived: r.pagesReceived,
+              generationAfter: r.generationAfter,
+            };
+            process.stdout.write(
+              f.json
+                ? `${JSON.stringify(out)}\n`
+                : `destination: ${r.message}; ${r.pagesReceived} pages received; generation ${r.generationAfter}\n`,
+            );
+            if (!r.verified) throw new CheckFailedError(r.message);
+            return 0;
+          } finally {
+            listener.close();
+          }
+        }
+        let summary: MigrationSummary;
+        if (role === 'source') {
+          if (!f.connect)
+            throw new InvalidArgumentError('--connect', '--role source needs --connect HOST:PORT or PATH');
+          summary = await runSource(
+            p,
+            await connectChannel(parseEndpoint(f.connect, p.transport, '--connect'), p.peerTimeoutMs),
+          );
+        } else {
+          if (f.listen || f.connect)
+            throw new InvalidArgumentError('--role', '--listen/--connect need --role destination/source');
+          summary = (await migrateLocally(p)).summary;
+        }
+        if (f.json) process.stdout.write(`${jsonSummary(summary)}\n`);
+        else printSummary(summary, p.memoryBytes);
+        if (!summary.verified) {
+          throw new CheckFailedError(
+            `${summary.mismatchedPages} pages corrupted; first gfns: ${summary.firstMismatches.join(', ')}`,
+          );
+        }
+        return 0;
+      }),
+    );
+}

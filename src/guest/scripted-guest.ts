@@ -1,0 +1,91 @@
+/**
+ * A guest driven in-thread by a seeded script: at each of the migration
+ * engine's interleaving points it performs a few guest operations (convert a
+ * buffer, write pages, or both), obeying the guest contract (DESIGN.md §3
+ * rule 5) unless told to break it. Deterministic for a seed, so a scenario
+ * that corrupts under an unsafe protocol variant corrupts every time.
+ */
+
+import { PAGE_SIZE } from '../common/ranges.js';
+import { type Rng, randomInt, seededRandom } from '../common/rng.js';
+import type { CbitStore } from '../host/cbit-store.js';
+import { type InterleavingPoint, type SourceGuest, syntheticVmsa } from '../migration/source-guest.js';
+import { DirectPort } from './direct-port.js';
+import { GuestKernel } from './guest-kernel.js';
+import type { GuestMemory } from './guest-memory.js';
+
+export interface ScriptedGuestOptions {
+  /** Operations per interleaving point. */
+  opsPerTick?: number;
+  /** Probability that a converted buffer is rewritten (the rest stay undefined). */
+  rewriteProbability?: number;
+  /** Pages (from 0) the script converts and writes in; defaults to all. */
+  workingSet?: number;
+}
+
+export class ScriptedGuest implements SourceGuest {
+  generation = 0;
+  readonly vcpus = 1;
+  readonly kernel: GuestKernel;
+  private readonly rng: Rng;
+  private isPaused = false;
+  private counter = 0;
+  private readonly page = new Uint8Array(PAGE_SIZE);
+  operations = 0;
+
+  constructor(
+    readonly memory: GuestMemory,
+    store: CbitStore,
+    vm: number,
+    seed: number,
+    private readonly options: ScriptedGuestOptions = {},
+  ) {
+    this.kernel = new GuestKernel(memory, new DirectPort(store, vm));
+    this.kernel.enableMigration();
+    this.rng = seededRandom(seed);
+  }
+
+  private write(gfn: number): void {
+    this.counter++;
+    new Uint32Array(this.page.buffer).fill((gfn * 40503 + this.counter) >>> 0);
+    this.memory.writePage(gfn, this.page);
+  }
+
+  /** One seeded guest operation. */
+  step(): void {
+    const set = this.options.workingSet ?? this.memory.npages;
+    const gfn = randomInt(this.rng, set);
+    const r = this.rng();
+    this.operations++;
+    if (r < 0.5) {
+      // A conversion, with the notification returning before any write (rule 5).
+      const toShared = this.memory.isEncrypted(gfn);
+      if (toShared) this.kernel.setMemoryDecrypted(gfn * PAGE_SIZE, 1);
+      else this.kernel.setMemoryEncrypted(gfn * PAGE_SIZE, 1);
+      if (this.rng() < (this.options.rewriteProbability ?? 0.7)) this.write(gfn);
+    } else {
+      this.write(gfn);
+    }
+  }
+
+  tick(_point: InterleavingPoint, _round: number): void {
+    if (this.isPaused) return;
+    for (let i = 0; i < (this.options.opsPerTick ?? 3); i++) this.step();
+  }
+
+  async pause(): Promise<void> {
+    this.isPaused = true;
+  }
+
+  resume(): void {
+    this.isPaused = false;
+  }
+
+  get paused(): boolean {
+    return this.isPaused;
+  }
+
+  vcpuState(): Uint8Array {
+    return syntheticVmsa(1, [this.operations]);
+  }
+}

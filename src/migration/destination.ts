@@ -1,0 +1,198 @@
+/**
+ * MigrationDestination: receives pages (opening sealed ones through the PSP
+ * model with its own VM key), the guest's page tables, the host c-bit state,
+ * migration control and vCPU state; then verifies that every page's guest
+ * view equals the source's at pause (by digest), and only then resumes the
+ * guest with a bumped generation (DESIGN.md §3 rule 6). On any failure the
+ * partial guest is discarded.
+ */
+import { PeerError } from '../common/errors.js';
+import { PageBitmap } from '../common/page-bitmap.js';
+import { DIGEST_BYTES, viewDigests } from '../common/page-crypto.js';
+import { PAGE_SIZE } from '../common/ranges.js';
+import { GuestMemory } from '../guest/guest-memory.js';
+import { PageStateMap } from '../host/page-state-map.js';
+import type { FrameChannel } from './channel.js';
+import type { MigrationLog } from './migration-log.js';
+import { type PspLimits, PspSession, UNLIMITED_PSP } from './psp.js';
+import {
+  decodeDigests,
+  decodeHello,
+  decodePages,
+  decodeText,
+  decodeU64,
+  encodeHelloAck,
+  encodeResult,
+  encodeText,
+  type Hello,
+  Msg,
+  type VerifyResult,
+} from './stream.js';
+
+export interface DestinationOptions {
+  channel: FrameChannel;
+  peerTimeoutMs: number;
+  psp?: PspLimits;
+  log?: MigrationLog;
+  /** Allocates the destination guest (tests inject failures here). */
+  allocate?: (npages: number) => GuestMemory;
+  /** The lowest generation the resumed guest may have (sysgenid min). */
+  minGeneration?: number;
+}
+
+export interface DestinationResult extends VerifyResult {
+  hello: Hello;
+  /** The resumed guest (undefined when verification failed: it was discarded). */
+  memory?: GuestMemory;
+  cbitState?: PageStateMap;
+  migrationControl: bigint;
+  pagesReceived: number;
+  vcpuState?: Uint8Array;
+}
+
+const MAX_LISTED_MISMATCHES = 16;
+
+export class MigrationDestination {
+  constructor(private readonly o: DestinationOptions) {}
+
+  async run(): Promise<DestinationResult> {
+    const ch = this.o.channel;
+    const first = await ch.next();
+    if (first.type !== Msg.HELLO)
+      throw new PeerError(`expected HELLO from the source, got message ${first.type}`);
+    const hello = decodeHello(first.payload);
+    let memory: GuestMemory | undefined;
+    try {
+      memory = (this.o.allocate ?? ((n) => GuestMemory.create(n)))(hello.npages);
+    } catch (err) {
+      const message = `destination cannot allocate the guest (${hello.npages} pages): ${(err as Error).message}`;
+      await ch.send(Msg.HELLO_ACK, encodeHelloAck(undefined, message)).catch(() => {});
+      throw new PeerError(message, { cause: err });
+    }
+    // The destination guest's page tables arrive with its memory: start clear.
+    memory.cbits.clearRange(0, memory.npages);
+    const psp = new PspSession(memory.key, this.o.psp ?? UNLIMITED_PSP);
+    psp.start(hello.publicKey, 'v1');
+    await ch.send(Msg.HELLO_ACK, encodeHelloAck(psp.publicKey));
+    this.o.log?.event('start', 0, { npages: hello.npages, protocol: hello.protocol, verify: hello.verify });
+
+    let cbitState: PageStateMap | undefined;
+    let migrationControl = 0n;
+    let vcpuState: Uint8Array | undefined;
+    let pagesReceived = 0;
+    try {
+      for (;;) {
+        const f = await ch.next(this.o.peerTimeoutMs);
+        switch (f.type) {
+          case Msg.PAGES_SEALED: {
+            const b = decodePages(f.payload, true);
+            psp.receiveUpdateData(memory.bytes, b.gfns, b.firstSeq, b.data);
+            pagesReceived += b.gfns.length;
+            break;
+          }
+          case Msg.PAGES_RAW: {
+            const b = decodePages(f.payload, false);
+            for (let i = 0; i < b.gfns.length; i++) {
+              const g = b.gfns[i];
+              if (g >= memory.npages)
+                throw new PeerError(`PAGES_RAW: gfn ${g} is outside the guest (${memory.npages} pages)`);
+              memory.bytes.set(b.data.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), g * PAGE_SIZE);
+            }
+            pagesReceived += b.gfns.length;
+            break;
+          }
+          case Msg.ROUND_END:
+            await ch.send(Msg.ROUND_ACK, f.payload);
+            this.o.log?.event('round-end', f.payload.readUInt32LE(0), { pagesReceived });
+            break;
+          case Msg.GUEST_PAGE_TABLES: {
+            if (f.payload.length !== memory.cbits.words.byteLength) {
+              throw new PeerError(
+                `GUEST_PAGE_TABLES: expected ${memory.cbits.words.byteLength} bytes, got ${f.payload.length}`,
+              );
+            }
+            new Uint8Array(
+              memory.cbits.words.buffer,
+              memory.cbits.words.byteOffset,
+              memory.cbits.words.byteLength,
+            ).set(f.payload);
+            break;
+          }
+          case Msg.CBIT_STATE:
+            cbitState = PageStateMap.deserialize(f.payload);
+            if (cbitState.npages !== memory.npages)
+              throw new PeerError(`CBIT_STATE covers ${cbitState.npages} pages, the guest ${memory.npages}`);
+            break;
+          case Msg.MIGRATION_CONTROL:
+            migrationControl = decodeU64(f.payload, 'MIGRATION_CONTROL');
+            break;
+          case Msg.VMSA: {
+            const b = decodePages(f.payload, true);
+            vcpuState = psp.open(b.gfns, b.firstSeq, b.data);
+            break;
+          }
+          case Msg.DIGESTS: {
+            if (!cbitState || vcpuState === undefined)
+              throw new PeerError('DIGESTS arrived before the c-bit state and vCPU state');
+            const verdict = this.verify(memory, decodeDigests(f.payload, memory.npages), hello);
+            this.o.log?.event(verdict.verified ? 'resume' : 'verify-failed', 0, { ...verdict });
+            await ch.send(Msg.RESULT, encodeResult(verdict));
+            if (!verdict.verified) {
+              return { ...verdict, hello, migrationControl, pagesReceived };
+            }
+            return { ...verdict, hello, memory, cbitState, migrationControl, pagesReceived, vcpuState };
+          }
+          case Msg.ABORT:
+            throw new PeerError(`the source aborted: ${decodeText(f.payload, 'ABORT')}`);
+          default:
+            throw new PeerError(`unexpected message ${f.type} from the source`);
+        }
+      }
+    } catch (err) {
+      // Discard the partial guest; tell the source why if it is still there.
+      memory.bytes.fill(0, 0, Math.min(memory.bytes.length, PAGE_SIZE));
+      memory = undefined;
+      this.o.log?.event('abort', 0, { reason: (err as Error).message });
+      await ch.send(Msg.ABORT, encodeText((err as Error).message)).catch(() => {});
+      throw err;
+    } finally {
+      this.o.log?.flush();
+    }
+  }
+
+  /** Compares the destination guest's view of every page with the source's digests. */
+  private verify(
+    memory: GuestMemory,
+    source: { digests: Uint8Array; defined: Uint32Array },
+    hello: Hello,
+  ): VerifyResult {
+    const mine = viewDigests(memory.key, memory.bytes, memory.cbits.words, 0, memory.npages);
+    const defined = new PageBitmap(memory.npages);
+    defined.words.set(source.defined.subarray(0, defined.words.length));
+    const a = Buffer.from(mine.buffer, mine.byteOffset, mine.byteLength);
+    const b = Buffer.from(source.digests.buffer, source.digests.byteOffset, source.digests.byteLength);
+    let mismatched = 0;
+    const first: number[] = [];
+    for (let g = 0; g < memory.npages; g++) {
+      if (hello.verify === 'defined' && !defined.test(g)) continue;
+      const o = g * DIGEST_BYTES;
+      if (a.compare(b, o, o + DIGEST_BYTES, o, o + DIGEST_BYTES) !== 0) {
+        mismatched++;
+        if (first.length < MAX_LISTED_MISMATCHES) first.push(g);
+      }
+    }
+    const verified = mismatched === 0;
+    const generationAfter = verified
+      ? Math.max(this.o.minGeneration ?? 0, hello.generation + 1)
+      : hello.generation;
+    return {
+      verified,
+      mismatched,
+      firstMismatches: first,
+      generationAfter,
+      message: verified
+        ? `all ${memory.npages} pages verified (${hello.verify})`
+        : `${mismatched} pages differ from the source's view at pause (${hello.verify}); first: ${first.join(', ')}`,
+    };
+  }
+}

@@ -1,0 +1,186 @@
+/**
+ * The main job: a whole migration of a simulated guest, source and
+ * destination in one process (the default, over an in-memory channel, a unix
+ * socket or tcp on loopback) or one side of a two-process migration.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { InvalidArgumentError } from '../common/errors.js';
+import { PAGE_SIZE } from '../common/ranges.js';
+import { GuestMemory } from '../guest/guest-memory.js';
+import { InProcessBackend } from '../guest/hypercall-backend.js';
+import { VcpuPool } from '../guest/vcpu-pool.js';
+import type { WorkloadName } from '../guest/workloads.js';
+import { CbitStore } from '../host/cbit-store.js';
+import { type FrameChannel, memoryChannelPair } from './channel.js';
+import { type DestinationResult, MigrationDestination } from './destination.js';
+import { connectChannel, type Endpoint, listenChannel, type Transport } from './endpoints.js';
+import { MigrationLog } from './migration-log.js';
+import type { PspLimits } from './psp.js';
+import { MigrationSource, type MigrationSummary, type RoundProgress } from './source.js';
+import { ThreadedGuest } from './source-guest.js';
+import { MIGRATION_FRAME, type Protocol, type VerifyMode } from './stream.js';
+
+export interface MigrateParams {
+  memoryBytes: number;
+  vcpus: number;
+  workload: WorkloadName;
+  protocol: Protocol;
+  verify: VerifyMode;
+  seed: number;
+  transport: Transport;
+  maxDowntimeMs: number;
+  maxRounds: number;
+  psp: PspLimits;
+  forceUnsafe: boolean;
+  peerTimeoutMs: number;
+  /** How long the guest runs before the migration starts. */
+  warmupMs: number;
+  batchPages: number;
+  log?: string;
+  onRound?: (p: RoundProgress) => void;
+}
+
+export const DEFAULT_PARAMS: MigrateParams = {
+  memoryBytes: 256 * 2 ** 20,
+  vcpus: 2,
+  workload: 'mixed',
+  protocol: 'safe',
+  verify: 'strict',
+  seed: 1,
+  transport: 'inproc',
+  maxDowntimeMs: 300,
+  maxRounds: 30,
+  psp: { rate: 0, batch: 4096 },
+  forceUnsafe: false,
+  peerTimeoutMs: 30_000,
+  warmupMs: 300,
+  batchPages: 256,
+};
+
+export function guestPages(p: MigrateParams): number {
+  if (p.memoryBytes % PAGE_SIZE !== 0 || p.memoryBytes < PAGE_SIZE * 64) {
+    throw new InvalidArgumentError(
+      '--memory',
+      `--memory ${p.memoryBytes} must be a multiple of 4 KiB and at least 256 KiB`,
+    );
+  }
+  return p.memoryBytes / PAGE_SIZE;
+}
+
+/** The source side: a running guest, its host store, and the migration of it over `channel`. */
+export async function runSource(p: MigrateParams, channel: FrameChannel): Promise<MigrationSummary> {
+  const npages = guestPages(p);
+  const dir = mkdtempSync(join(tmpdir(), 'sevtrack-src-'));
+  const store = CbitStore.open(join(dir, 'host.db'), { synchronous: 'NORMAL' });
+  const log = p.log ? MigrationLog.create(p.log, 'source', npages, { ...p, onRound: undefined }) : undefined;
+  let pool: VcpuPool | undefined;
+  try {
+    store.registerVm(1, npages);
+    const memory = GuestMemory.create(npages);
+    pool = VcpuPool.start({
+      memory,
+      backend: new InProcessBackend(store),
+      vm: 1,
+      vcpus: p.vcpus,
+      workload: p.workload,
+      seed: p.seed,
+    });
+    await pool.waitSetup();
+    await new Promise((r) => setTimeout(r, p.warmupMs));
+    const guest = new ThreadedGuest(memory, pool);
+    const source = new MigrationSource({
+      guest,
+      store,
+      vm: 1,
+      channel,
+      protocol: p.protocol,
+      verify: p.verify,
+      psp: p.psp,
+      maxDowntimeMs: p.maxDowntimeMs,
+      maxRounds: p.maxRounds,
+      forceUnsafe: p.forceUnsafe,
+      batchPages: p.batchPages,
+      peerTimeoutMs: p.peerTimeoutMs,
+      log,
+      onRound: p.onRound,
+    });
+    const summary = await source.run();
+    log?.close({ ...summary });
+    return summary;
+  } catch (err) {
+    log?.close({ aborted: (err as Error).message });
+    throw err;
+  } finally {
+    await pool?.stop();
+    channel.close();
+    store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The destination side over `channel`. */
+export async function runDestination(
+  p: Pick<MigrateParams, 'peerTimeoutMs' | 'psp' | 'log'>,
+  channel: FrameChannel,
+): Promise<DestinationResult> {
+  let log: MigrationLog | undefined;
+  const dest = new MigrationDestination({
+    channel,
+    peerTimeoutMs: p.peerTimeoutMs,
+    psp: p.psp,
+    allocate: (npages) => {
+      if (p.log) log = MigrationLog.create(p.log, 'destination', npages, {});
+      return GuestMemory.create(npages);
+    },
+    get log() {
+      return log;
+    },
+  });
+  try {
+    const r = await dest.run();
+    log?.close({ verified: r.verified, mismatched: r.mismatched });
+    return r;
+  } catch (err) {
+    log?.close({ aborted: (err as Error).message });
+    throw err;
+  } finally {
+    channel.close();
+  }
+}
+
+/** Both sides in this process, over the chosen transport. */
+export async function migrateLocally(
+  p: MigrateParams,
+): Promise<{ summary: MigrationSummary; destination: DestinationResult }> {
+  let srcChannel: FrameChannel;
+  let dstChannel: Promise<FrameChannel>;
+  let closeListener = () => {};
+  if (p.transport === 'inproc') {
+    const [a, b] = memoryChannelPair(MIGRATION_FRAME);
+    srcChannel = a;
+    dstChannel = Promise.resolve(b);
+  } else {
+    const dir = mkdtempSync(join(tmpdir(), 'sevtrack-mig-'));
+    const ep: Endpoint =
+      p.transport === 'tcp'
+        ? { kind: 'tcp', host: '127.0.0.1', port: 0 }
+        : { kind: 'unix', path: join(dir, 'm.sock') };
+    const listener = await listenChannel(ep, p.peerTimeoutMs);
+    closeListener = () => {
+      listener.close();
+      rmSync(dir, { recursive: true, force: true });
+    };
+    dstChannel = listener.accept();
+    srcChannel = await connectChannel(listener.endpoint, p.peerTimeoutMs);
+  }
+  try {
+    // One log per migration: the source's (a two-process destination keeps its own).
+    const destination = dstChannel.then((ch) => runDestination({ ...p, log: undefined }, ch));
+    const [summary, dest] = await Promise.all([runSource(p, srcChannel), destination]);
+    return { summary, destination: dest };
+  } finally {
+    closeListener();
+  }
+}

@@ -1,0 +1,225 @@
+/**
+ * The migration stream (docs/migration-stream.md): frames with magic "SVMG",
+ * version 1, and these messages. Every reader checks lengths and names the
+ * field and offset of the first problem.
+ */
+import { BinaryReader, BinaryWriter } from '../common/binary.js';
+import { FormatError } from '../common/errors.js';
+import type { FrameSpec } from '../common/frames.js';
+import { SEALED_PAGE_BYTES } from '../common/page-crypto.js';
+import { PAGE_SIZE } from '../common/ranges.js';
+
+export const MIGRATION_FRAME: FrameSpec = {
+  what: 'migration stream frame',
+  magic: 0x474d_5653, // "SVMG"
+  version: 1,
+  maxPayload: 64 * 2 ** 20,
+};
+
+export const Msg = {
+  HELLO: 1,
+  HELLO_ACK: 2,
+  PAGES_SEALED: 3,
+  PAGES_RAW: 4,
+  ROUND_END: 5,
+  GUEST_PAGE_TABLES: 6,
+  CBIT_STATE: 7,
+  MIGRATION_CONTROL: 8,
+  VMSA: 9,
+  DIGESTS: 10,
+  RESULT: 11,
+  ABORT: 12,
+  ROUND_ACK: 13,
+} as const;
+
+export const PROTOCOLS = ['safe', 'no-cbit-dirty', 'cbit-first', 'no-final-diff', 'naive'] as const;
+export type Protocol = (typeof PROTOCOLS)[number];
+export const VERIFY_MODES = ['strict', 'defined'] as const;
+export type VerifyMode = (typeof VERIFY_MODES)[number];
+
+export interface Hello {
+  npages: number;
+  vcpus: number;
+  protocol: Protocol;
+  verify: VerifyMode;
+  generation: number;
+  publicKey: Uint8Array;
+}
+
+export function encodeHello(h: Hello): Uint8Array {
+  return new BinaryWriter()
+    .u64(h.npages)
+    .u32(h.vcpus)
+    .u8(PROTOCOLS.indexOf(h.protocol))
+    .u8(VERIFY_MODES.indexOf(h.verify))
+    .u16(0)
+    .u32(h.generation)
+    .u32(0)
+    .bytes(h.publicKey)
+    .finish();
+}
+
+export function decodeHello(payload: Buffer): Hello {
+  const r = new BinaryReader(payload, 'HELLO');
+  const npages = r.u64n('npages');
+  const vcpus = r.u32('vcpus');
+  const p = r.u8('protocol');
+  const v = r.u8('verify');
+  r.u16('reserved');
+  const generation = r.u32('generation');
+  r.zero32('reserved');
+  const publicKey = new Uint8Array(r.bytes(32, 'public key'));
+  r.end();
+  if (p >= PROTOCOLS.length)
+    throw new FormatError('HELLO', 12, `a protocol below ${PROTOCOLS.length}`, `${p}`);
+  if (v >= VERIFY_MODES.length)
+    throw new FormatError('HELLO', 13, `a verify mode below ${VERIFY_MODES.length}`, `${v}`);
+  return { npages, vcpus, protocol: PROTOCOLS[p], verify: VERIFY_MODES[v], generation, publicKey };
+}
+
+/** HELLO_ACK: status 0 with the destination's public key, or an error message. */
+export function encodeHelloAck(publicKey: Uint8Array | undefined, error?: string): Uint8Array {
+  const w = new BinaryWriter().u32(error ? 1 : 0);
+  if (error) {
+    const text = Buffer.from(error);
+    return w.u32(text.length).bytes(text).finish();
+  }
+  return w.bytes(publicKey!).finish();
+}
+
+export function decodeHelloAck(payload: Buffer): { publicKey?: Uint8Array; error?: string } {
+  const r = new BinaryReader(payload, 'HELLO_ACK');
+  if (r.u32('status') !== 0) return { error: r.bytes(r.u32('length'), 'message').toString() };
+  const publicKey = new Uint8Array(r.bytes(32, 'public key'));
+  r.end();
+  return { publicKey };
+}
+
+/** A batch of pages: sealed (PSP) when the source believed them encrypted, raw when shared. */
+export interface PageBatch {
+  round: number;
+  gfns: Float64Array;
+  /** First PSP sequence number (sealed batches). */
+  firstSeq: number;
+  data: Uint8Array;
+}
+
+export function encodePages(b: PageBatch): Uint8Array {
+  const w = new BinaryWriter(24 + b.gfns.length * 8 + b.data.length)
+    .u32(b.round)
+    .u32(b.gfns.length)
+    .u64(b.firstSeq);
+  for (const g of b.gfns) w.u64(g);
+  return w.bytes(b.data).finish();
+}
+
+export function decodePages(payload: Buffer, sealed: boolean): PageBatch {
+  const what = sealed ? 'PAGES_SEALED' : 'PAGES_RAW';
+  const r = new BinaryReader(payload, what);
+  const round = r.u32('round');
+  const count = r.u32('count');
+  const firstSeq = r.u64n('first sequence');
+  const gfns = new Float64Array(count);
+  for (let i = 0; i < count; i++) gfns[i] = r.u64n('gfn');
+  const data = new Uint8Array(r.bytes(count * (sealed ? SEALED_PAGE_BYTES : PAGE_SIZE), 'page data'));
+  r.end();
+  return { round, gfns, firstSeq, data };
+}
+
+export interface Digests {
+  /** SHA-256 of the source guest's view of every page at pause. */
+  digests: Uint8Array;
+  /** Pages written since their last conversion (verification mode `defined`). */
+  defined: Uint32Array;
+}
+
+export function encodeDigests(d: Digests): Uint8Array {
+  return new BinaryWriter(16 + d.digests.length + d.defined.byteLength)
+    .u64(d.digests.length / 32)
+    .u32(d.defined.length)
+    .u32(0)
+    .bytes(d.digests)
+    .bytes(new Uint8Array(d.defined.buffer, d.defined.byteOffset, d.defined.byteLength))
+    .finish();
+}
+
+export function decodeDigests(payload: Buffer, npages: number): Digests {
+  const r = new BinaryReader(payload, 'DIGESTS');
+  const n = r.u64n('page count');
+  if (n !== npages) throw new FormatError('DIGESTS', 0, `${npages} pages`, `${n}`);
+  const words = r.u32('bitmap words');
+  r.zero32('reserved');
+  const digests = new Uint8Array(r.bytes(n * 32, 'digests'));
+  const bytes = r.bytes(words * 4, 'defined bitmap');
+  r.end();
+  const defined = new Uint32Array(words);
+  new Uint8Array(defined.buffer).set(bytes);
+  return { digests, defined };
+}
+
+export interface VerifyResult {
+  verified: boolean;
+  mismatched: number;
+  firstMismatches: number[];
+  generationAfter: number;
+  message: string;
+}
+
+export function encodeResult(r: VerifyResult): Uint8Array {
+  const text = Buffer.from(r.message);
+  const w = new BinaryWriter()
+    .u8(r.verified ? 1 : 0)
+    .u8(0)
+    .u16(r.firstMismatches.length)
+    .u32(r.generationAfter)
+    .u64(r.mismatched);
+  for (const g of r.firstMismatches) w.u64(g);
+  return w.u32(text.length).bytes(text).finish();
+}
+
+export function decodeResult(payload: Buffer): VerifyResult {
+  const r = new BinaryReader(payload, 'RESULT');
+  const verified = r.u8('verified') === 1;
+  r.u8('reserved');
+  const n = r.u16('mismatch list length');
+  const generationAfter = r.u32('generation');
+  const mismatched = r.u64n('mismatched');
+  const firstMismatches = Array.from({ length: n }, () => r.u64n('gfn'));
+  const message = r.bytes(r.u32('message length'), 'message').toString();
+  r.end();
+  return { verified, mismatched, firstMismatches, generationAfter, message };
+}
+
+export function encodeText(text: string): Uint8Array {
+  const t = Buffer.from(text);
+  return new BinaryWriter().u32(t.length).bytes(t).finish();
+}
+
+export function decodeText(payload: Buffer, what: string): string {
+  const r = new BinaryReader(payload, what);
+  const text = r.bytes(r.u32('length'), 'text').toString();
+  r.end();
+  return text;
+}
+
+export function encodeU64(v: bigint | number): Uint8Array {
+  return new BinaryWriter().u64(v).finish();
+}
+
+export function decodeU64(payload: Buffer, what: string): bigint {
+  const r = new BinaryReader(payload, what);
+  const v = r.u64('value');
+  r.end();
+  return v;
+}
+
+export function encodeU32(v: number): Uint8Array {
+  return new BinaryWriter().u32(v).finish();
+}
+
+export function decodeU32(payload: Buffer, what: string): number {
+  const r = new BinaryReader(payload, what);
+  const v = r.u32('value');
+  r.end();
+  return v;
+}
