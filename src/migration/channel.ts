@@ -123,8 +123,12 @@ export class SocketChannel implements FrameChannel {
     return this.inbox.next(timeoutMs);
   }
 
+  /** Ends the connection; a peer that does not finish closing within 2 s (link down) is cut off. */
   close(): void {
+    if (this.socket.destroyed) return;
     this.socket.end();
+    const timer = setTimeout(() => this.socket.destroy(), 2000);
+    this.socket.once('close', () => clearTimeout(timer));
   }
 }
 

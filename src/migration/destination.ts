@@ -58,9 +58,15 @@ export class MigrationDestination {
   async run(): Promise<DestinationResult> {
     const ch = this.o.channel;
     const first = await ch.next();
-    if (first.type !== Msg.HELLO)
-      throw new PeerError(`expected HELLO from the source, got message ${first.type}`);
-    const hello = decodeHello(first.payload);
+    let hello: Hello;
+    try {
+      if (first.type !== Msg.HELLO)
+        throw new PeerError(`expected HELLO from the source, got message ${first.type}`);
+      hello = decodeHello(first.payload);
+    } catch (err) {
+      await ch.send(Msg.ABORT, encodeText((err as Error).message)).catch(() => {});
+      throw err;
+    }
     let memory: GuestMemory | undefined;
     try {
       memory = (this.o.allocate ?? ((n) => GuestMemory.create(n)))(hello.npages);

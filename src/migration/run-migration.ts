@@ -19,7 +19,7 @@ import { connectChannel, type Endpoint, listenChannel, type Transport } from './
 import { MigrationLog } from './migration-log.js';
 import type { PspLimits } from './psp.js';
 import { MigrationSource, type MigrationSummary, type RoundProgress } from './source.js';
-import { ThreadedGuest } from './source-guest.js';
+import { type SourceGuest, ThreadedGuest } from './source-guest.js';
 import { MIGRATION_FRAME, type Protocol, type VerifyMode } from './stream.js';
 
 export interface MigrateParams {
@@ -90,23 +90,7 @@ export async function runSource(p: MigrateParams, channel: FrameChannel): Promis
     await pool.waitSetup();
     await new Promise((r) => setTimeout(r, p.warmupMs));
     const guest = new ThreadedGuest(memory, pool);
-    const source = new MigrationSource({
-      guest,
-      store,
-      vm: 1,
-      channel,
-      protocol: p.protocol,
-      verify: p.verify,
-      psp: p.psp,
-      maxDowntimeMs: p.maxDowntimeMs,
-      maxRounds: p.maxRounds,
-      forceUnsafe: p.forceUnsafe,
-      batchPages: p.batchPages,
-      peerTimeoutMs: p.peerTimeoutMs,
-      log,
-      onRound: p.onRound,
-    });
-    const summary = await source.run();
+    const summary = await new MigrationSource(sourceOptions(p, guest, store, 1, channel, log)).run();
     log?.close({ ...summary });
     return summary;
   } catch (err) {
@@ -117,6 +101,61 @@ export async function runSource(p: MigrateParams, channel: FrameChannel): Promis
     channel.close();
     store.close();
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Options of a source built around an existing guest. */
+function sourceOptions(
+  p: MigrateParams,
+  guest: SourceGuest,
+  store: CbitStore,
+  vm: number,
+  channel: FrameChannel,
+  log?: MigrationLog,
+) {
+  return {
+    guest,
+    store,
+    vm,
+    channel,
+    protocol: p.protocol,
+    verify: p.verify,
+    psp: p.psp,
+    maxDowntimeMs: p.maxDowntimeMs,
+    maxRounds: p.maxRounds,
+    forceUnsafe: p.forceUnsafe,
+    batchPages: p.batchPages,
+    peerTimeoutMs: p.peerTimeoutMs,
+    log,
+    onRound: p.onRound,
+  };
+}
+
+/**
+ * Migrates an existing guest (threaded or scripted) whose host state lives in
+ * `store`, to a destination in this process over an in-memory channel.
+ */
+export async function migrateGuest(
+  p: MigrateParams,
+  guest: SourceGuest,
+  store: CbitStore,
+  vm: number,
+  options: { allocate?: (npages: number) => GuestMemory } = {},
+): Promise<{ summary: MigrationSummary; destination: DestinationResult }> {
+  const [a, b] = memoryChannelPair(MIGRATION_FRAME);
+  const dest = new MigrationDestination({
+    channel: b,
+    peerTimeoutMs: p.peerTimeoutMs,
+    psp: p.psp,
+    allocate: options.allocate,
+  });
+  const destination = dest.run();
+  destination.catch(() => {});
+  try {
+    const summary = await new MigrationSource(sourceOptions(p, guest, store, vm, a)).run();
+    return { summary, destination: await destination };
+  } finally {
+    a.close();
   }
 }
 

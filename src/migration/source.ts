@@ -43,8 +43,8 @@ import {
   type VerifyResult,
 } from './stream.js';
 
-/** The guest has not said it reports every c-bit change. */
-export class MigrationRefusedError extends MisuseError {
+/** The guest has not said it reports every c-bit change: the migration does not start. */
+export class MigrationRefusedError extends RuntimeFailure {
   constructor(message: string) {
     super('ERR_NOT_READY', message);
   }

@@ -177,8 +177,9 @@ export function registerMigrate(program: Command): void {
             parseEndpoint(f.listen, p.transport, '--listen'),
             p.peerTimeoutMs,
           );
-          if (!f.json)
-            process.stderr.write(`destination listening on ${describeEndpoint(listener.endpoint)}\n`);
+          // Always on stderr (also with --json): a script reads the bound port from it.
+          process.stderr.write(`destination listening on ${describeEndpoint(listener.endpoint)}
+`);
           try {
             const r = await runDestination(p, await listener.accept());
             const out = {

@@ -1,0 +1,116 @@
+/**
+ * Source and destination in two network namespaces joined by a veth pair;
+ * the link goes down mid-stream. Both sides must notice (no data for
+ * --peer-timeout) and abort with exit 3. Needs root and `ip netns`; skipped
+ * with the reason otherwise.
+ */
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLI_MAIN, ROOT, tsNodeArgs } from '../support/cli.js';
+
+const tag = `${process.pid % 10000}`;
+const NS_A = `sevtrack-a-${tag}`;
+const NS_B = `sevtrack-b-${tag}`;
+// Link-local addresses inside namespaces this test creates and removes.
+const ADDR_A = '169.254.213.1';
+const ADDR_B = '169.254.213.2';
+
+function ip(...args: string[]): { ok: boolean; err: string } {
+  const r = spawnSync('ip', args, { encoding: 'utf8' });
+  return { ok: r.status === 0, err: `${r.stderr ?? ''}${r.error?.message ?? ''}`.trim() };
+}
+
+function setUp(): string | undefined {
+  if (process.getuid?.() !== 0) return 'not root: network namespaces need CAP_SYS_ADMIN';
+  const probe = ip('netns', 'add', NS_A);
+  if (!probe.ok) return `cannot create a network namespace (${probe.err || 'ip netns add failed'})`;
+  const steps: string[][] = [
+    ['netns', 'add', NS_B],
+    ['link', 'add', `sva${tag}`, 'type', 'veth', 'peer', 'name', `svb${tag}`],
+    ['link', 'set', `sva${tag}`, 'netns', NS_A],
+    ['link', 'set', `svb${tag}`, 'netns', NS_B],
+    ['-n', NS_A, 'addr', 'add', `${ADDR_A}/24`, 'dev', `sva${tag}`],
+    ['-n', NS_B, 'addr', 'add', `${ADDR_B}/24`, 'dev', `svb${tag}`],
+    ['-n', NS_A, 'link', 'set', `sva${tag}`, 'up'],
+    ['-n', NS_B, 'link', 'set', `svb${tag}`, 'up'],
+    ['-n', NS_A, 'link', 'set', 'lo', 'up'],
+    ['-n', NS_B, 'link', 'set', 'lo', 'up'],
+  ];
+  for (const s of steps) {
+    const r = ip(...s);
+    if (!r.ok) return `cannot set up the veth pair (ip ${s.join(' ')}: ${r.err})`;
+  }
+  return undefined;
+}
+
+let skipReason: string | undefined;
+beforeAll(() => {
+  skipReason = setUp();
+  if (skipReason) console.warn(`netns test skipped: ${skipReason}`);
+});
+afterAll(() => {
+  ip('netns', 'del', NS_A);
+  ip('netns', 'del', NS_B);
+});
+
+function inNamespace(
+  ns: string,
+  args: string[],
+): { child: ChildProcess; out: () => string; err: () => string; exit: Promise<number | null> } {
+  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, ...tsNodeArgs(CLI_MAIN, args)], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stdout?.on('data', (d) => {
+    out += d;
+  });
+  child.stderr?.on('data', (d) => {
+    err += d;
+  });
+  return { child, out: () => out, err: () => err, exit: new Promise((r) => child.on('exit', (c) => r(c))) };
+}
+
+describe('migration across network namespaces', () => {
+  it('aborts on both sides with exit 3 when the link goes down mid-stream', async (ctx) => {
+    if (skipReason) ctx.skip();
+    const dest = inNamespace(NS_B, [
+      'migrate',
+      '--role',
+      'destination',
+      '--transport',
+      'tcp',
+      '--listen',
+      `${ADDR_B}:7700`,
+      '--peer-timeout',
+      '3000',
+    ]);
+    for (let i = 0; i < 200 && !/listening/.test(dest.err()); i++)
+      await new Promise((r) => setTimeout(r, 50));
+    expect(dest.err()).toMatch(/listening on/);
+    const src = inNamespace(NS_A, [
+      'migrate',
+      '--role',
+      'source',
+      '--transport',
+      'tcp',
+      '--connect',
+      `${ADDR_B}:7700`,
+      '--memory',
+      '64M',
+      '--psp-rate',
+      '4000',
+      '--peer-timeout',
+      '3000',
+    ]);
+    // Mid-stream: once round 0 is under way (a slow PSP makes it take seconds).
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(ip('-n', NS_A, 'link', 'set', `sva${tag}`, 'down').ok).toBe(true);
+    const [srcCode, destCode] = await Promise.all([src.exit, dest.exit]);
+    expect(srcCode, src.err()).toBe(3);
+    expect(src.err()).toMatch(/peer|link/);
+    expect(destCode, dest.err()).toBe(3);
+    expect(dest.err()).toMatch(/sent nothing for 3000 ms|link or the peer is down|closed/);
+  }, 60_000);
+});

@@ -1,0 +1,204 @@
+import { spawn } from 'node:child_process';
+import net from 'node:net';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { PeerError } from '../../src/common/errors.js';
+import { viewDigests } from '../../src/common/page-crypto.js';
+import { GuestMemory } from '../../src/guest/guest-memory.js';
+import { InProcessBackend } from '../../src/guest/hypercall-backend.js';
+import { ScriptedGuest } from '../../src/guest/scripted-guest.js';
+import { VcpuPool } from '../../src/guest/vcpu-pool.js';
+import { CbitStore } from '../../src/host/cbit-store.js';
+import { type FrameChannel, memoryChannelPair } from '../../src/migration/channel.js';
+import { MigrationDestination } from '../../src/migration/destination.js';
+import { connectChannel, listenChannel } from '../../src/migration/endpoints.js';
+import { DEFAULT_PARAMS, migrateGuest } from '../../src/migration/run-migration.js';
+import { MigrationRefusedError, MigrationSource } from '../../src/migration/source.js';
+import { ThreadedGuest } from '../../src/migration/source-guest.js';
+import { MIGRATION_FRAME, Msg } from '../../src/migration/stream.js';
+import { CLI_MAIN, ROOT, tsNodeArgs } from '../support/cli.js';
+import { tempDir } from '../support/tmp.js';
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+function scriptedSetup(npages = 256) {
+  const store = CbitStore.open(join(tempDir(), 'h.db'), { synchronous: 'NORMAL' });
+  store.registerVm(1, npages);
+  const memory = GuestMemory.create(npages);
+  const guest = new ScriptedGuest(memory, store, 1, 9, { workingSet: 64 });
+  for (let i = 0; i < 100; i++) guest.step();
+  cleanups.push(() => store.close());
+  return { store, memory, guest };
+}
+
+/** The guest's state a failed migration must leave untouched. */
+function snapshot(memory: GuestMemory, store: CbitStore) {
+  return {
+    digests: Buffer.from(
+      viewDigests(memory.key, memory.bytes, memory.cbits.words, 0, memory.npages),
+    ).toString('hex'),
+    cbits: Array.from(memory.cbits.words),
+    host: [...store.state(1).ranges()],
+  };
+}
+
+describe('migration failure paths leave the source guest running and intact', () => {
+  it('refuses a guest that has not set READY, unless forced', async () => {
+    const { store, guest } = scriptedSetup();
+    guest.kernel.prepareKexec();
+    await expect(migrateGuest(DEFAULT_PARAMS, guest, store, 1)).rejects.toBeInstanceOf(MigrationRefusedError);
+    await expect(migrateGuest(DEFAULT_PARAMS, guest, store, 1)).rejects.toThrow(
+      /KVM_MIGRATION_READY.*--force-unsafe/,
+    );
+    const forced = await migrateGuest({ ...DEFAULT_PARAMS, forceUnsafe: true }, guest, store, 1);
+    expect(forced.summary.verified).toBe(true);
+  });
+
+  it('a destination that cannot allocate the guest: abort, guest unpaused and unchanged', async () => {
+    const { store, memory, guest } = scriptedSetup();
+    const before = snapshot(memory, store);
+    const attempt = migrateGuest(DEFAULT_PARAMS, guest, store, 1, {
+      allocate: () => {
+        throw new Error('out of memory');
+      },
+    });
+    await expect(attempt).rejects.toThrow(
+      /destination refused the migration: destination cannot allocate the guest \(256 pages\): out of memory/,
+    );
+    expect(guest.paused).toBe(false);
+    expect(snapshot(memory, store)).toEqual(before);
+  });
+
+  it('a page corrupted in transit fails the PSP authentication: both sides abort, the source resumes', async () => {
+    const { store, memory, guest } = scriptedSetup();
+    const [a, b] = memoryChannelPair(MIGRATION_FRAME);
+    let sealedFrames = 0;
+    // A man in the middle that flips one byte of the third sealed batch.
+    const tampering: FrameChannel = {
+      send: (type, payload) => {
+        if (type === Msg.PAGES_SEALED && ++sealedFrames === 3) {
+          const copy = new Uint8Array(payload);
+          copy[copy.length - 100] ^= 0xff;
+          return a.send(type, copy);
+        }
+        return a.send(type, payload);
+      },
+      next: (t) => a.next(t),
+      close: () => a.close(),
+    };
+    const dest = new MigrationDestination({ channel: b, peerTimeoutMs: 5000 }).run();
+    dest.catch(() => {});
+    const source = new MigrationSource({
+      ...DEFAULT_PARAMS,
+      log: undefined,
+      guest,
+      store,
+      vm: 1,
+      channel: tampering,
+      psp: DEFAULT_PARAMS.psp,
+      batchPages: 16,
+    });
+    await expect(source.run()).rejects.toThrow(
+      /destination aborted: PSP: sealed page for gfn \d+ .* failed authentication/,
+    );
+    await expect(dest).rejects.toThrow(/failed authentication/);
+    expect(guest.paused).toBe(false);
+    expect(memory.npages).toBe(256);
+  });
+
+  it('a bad frame on the wire: the destination aborts naming the offset and the expected magic', async () => {
+    const sock = join(tempDir(), 'd.sock');
+    const listener = await listenChannel({ kind: 'unix', path: sock }, 5000);
+    cleanups.push(() => listener.close());
+    const raw = net.connect(sock);
+    await new Promise((r) => raw.once('connect', r));
+    const dest = new MigrationDestination({ channel: await listener.accept(), peerTimeoutMs: 5000 }).run();
+    const outcome = dest.then(
+      () => 'resolved',
+      (e: Error) => e.message,
+    );
+    raw.write(Buffer.alloc(40, 0x41));
+    expect(await outcome).toMatch(
+      /bad frame from the peer: migration stream frame: expected magic 0x474d5653 at offset 0, got 0x41414141/,
+    );
+    raw.destroy();
+  });
+
+  it('a malformed HELLO: the destination answers ABORT naming the field', async () => {
+    const [a, b] = memoryChannelPair(MIGRATION_FRAME);
+    const dest = new MigrationDestination({ channel: b, peerTimeoutMs: 5000 }).run();
+    const outcome = dest.then(
+      () => 'resolved',
+      (e: Error) => e.message,
+    );
+    await a.send(Msg.HELLO, new Uint8Array(8));
+    expect(await outcome).toMatch(/HELLO: expected 4 more bytes for vcpus at offset 8, got 0/);
+    const reply = await a.next(1000);
+    expect(reply.type).toBe(Msg.ABORT);
+  });
+
+  it('the destination process killed mid-stream: the source aborts and its guest runs on, memory intact', async () => {
+    const dir = tempDir();
+    const sock = join(dir, 'dest.sock');
+    const child = spawn(
+      process.execPath,
+      tsNodeArgs(CLI_MAIN, ['migrate', '--role', 'destination', '--transport', 'unix', '--listen', sock]),
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    const exited = new Promise((r) => child.on('exit', r));
+    cleanups.push(async () => {
+      child.kill('SIGKILL');
+      await exited;
+    });
+    let channel: FrameChannel | undefined;
+    for (let i = 0; i < 300 && !channel; i++) {
+      channel = await connectChannel({ kind: 'unix', path: sock }, 5000).catch(() => undefined);
+      if (!channel) await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(channel).toBeDefined();
+
+    const npages = 4096;
+    const store = CbitStore.open(join(dir, 'h.db'), { synchronous: 'NORMAL' });
+    cleanups.push(() => store.close());
+    store.registerVm(1, npages);
+    const memory = GuestMemory.create(npages);
+    const pool = VcpuPool.start({
+      memory,
+      backend: new InProcessBackend(store),
+      vm: 1,
+      vcpus: 2,
+      workload: 'swiotlb',
+      seed: 4,
+      maxSteps: 50,
+    });
+    cleanups.push(() => pool.stop().then(() => {}));
+    await pool.waitSetup();
+    // Let the guest finish its writes so its memory is a fixed point to compare against.
+    while (pool.stats().steps < 100) await new Promise((r) => setTimeout(r, 5));
+    const before = snapshot(memory, store);
+    const guest = new ThreadedGuest(memory, pool);
+    const source = new MigrationSource({
+      ...DEFAULT_PARAMS,
+      log: undefined,
+      guest,
+      store,
+      vm: 1,
+      channel: channel!,
+      // A slow PSP keeps the stream going long enough to cut it.
+      psp: { rate: 2000, batch: 1 },
+      batchPages: 32,
+      peerTimeoutMs: 5000,
+    });
+    const run = source.run();
+    setTimeout(() => child.kill('SIGKILL'), 400);
+    const err = await run.catch((e) => e);
+    expect(err).toBeInstanceOf(PeerError);
+    expect(String(err.message)).toMatch(/peer|closed|connection/);
+    expect(guest.paused).toBe(false);
+    expect(pool.paused).toBe(false);
+    expect(snapshot(memory, store)).toEqual(before);
+  });
+});
