@@ -3,11 +3,19 @@ import { bitmapGroup } from './groups/bitmap.js';
 import { guestGroup } from './groups/guest.js';
 import { hostIngestGroup } from './groups/host-ingest.js';
 import { hostSyncGroup } from './groups/host-sync.js';
+import { migrateGroup } from './groups/migrate.js';
 import { pageStateGroup } from './groups/page-state.js';
 import type { BenchGroup } from './harness.js';
 import { runGroups } from './harness.js';
 
-const groups: BenchGroup[] = [pageStateGroup, bitmapGroup, hostIngestGroup, hostSyncGroup, guestGroup];
+const groups: BenchGroup[] = [
+  pageStateGroup,
+  bitmapGroup,
+  hostIngestGroup,
+  hostSyncGroup,
+  guestGroup,
+  migrateGroup,
+];
 
 const args = process.argv.slice(2);
 if (args.includes('--help')) {

@@ -8,7 +8,8 @@
  */
 import { PeerError } from '../common/errors.js';
 import { PageBitmap } from '../common/page-bitmap.js';
-import { DIGEST_BYTES, viewDigests } from '../common/page-crypto.js';
+import { DIGEST_BYTES } from '../common/page-crypto.js';
+import { guestViewDigests, warmDigestWorkers } from '../common/parallel-digests.js';
 import { PAGE_SIZE } from '../common/ranges.js';
 import { GuestMemory } from '../guest/guest-memory.js';
 import { PageStateMap } from '../host/page-state-map.js';
@@ -75,6 +76,7 @@ export class MigrationDestination {
       await ch.send(Msg.HELLO_ACK, encodeHelloAck(undefined, message)).catch(() => {});
       throw new PeerError(message, { cause: err });
     }
+    warmDigestWorkers(hello.npages);
     // The destination guest's page tables arrive with its memory: start clear.
     memory.cbits.clearRange(0, memory.npages);
     const psp = new PspSession(memory.key, this.o.psp ?? UNLIMITED_PSP);
@@ -86,6 +88,7 @@ export class MigrationDestination {
     let migrationControl = 0n;
     let vcpuState: Uint8Array | undefined;
     let pagesReceived = 0;
+    let ownDigests: Promise<Uint8Array> | undefined;
     try {
       for (;;) {
         const f = await ch.next(this.o.peerTimeoutMs);
@@ -122,6 +125,10 @@ export class MigrationDestination {
               memory.cbits.words.byteOffset,
               memory.cbits.words.byteLength,
             ).set(f.payload);
+            // Every page is in and the page tables too: hash the view on other
+            // cores while the rest (c-bit state, VMSA, digests) arrives.
+            ownDigests = guestViewDigests(memory.key, memory.bytes, memory.cbits.words, memory.npages);
+            ownDigests.catch(() => {});
             break;
           }
           case Msg.CBIT_STATE:
@@ -140,7 +147,13 @@ export class MigrationDestination {
           case Msg.DIGESTS: {
             if (!cbitState || vcpuState === undefined)
               throw new PeerError('DIGESTS arrived before the c-bit state and vCPU state');
-            const verdict = this.verify(memory, decodeDigests(f.payload, memory.npages), hello);
+            if (!ownDigests) throw new PeerError('DIGESTS arrived before the guest page tables');
+            const verdict = this.verify(
+              memory.npages,
+              await ownDigests,
+              decodeDigests(f.payload, memory.npages),
+              hello,
+            );
             this.o.log?.event(verdict.verified ? 'resume' : 'verify-failed', 0, { ...verdict });
             await ch.send(Msg.RESULT, encodeResult(verdict));
             if (!verdict.verified) {
@@ -168,18 +181,18 @@ export class MigrationDestination {
 
   /** Compares the destination guest's view of every page with the source's digests. */
   private verify(
-    memory: GuestMemory,
+    npages: number,
+    mine: Uint8Array,
     source: { digests: Uint8Array; defined: Uint32Array },
     hello: Hello,
   ): VerifyResult {
-    const mine = viewDigests(memory.key, memory.bytes, memory.cbits.words, 0, memory.npages);
-    const defined = new PageBitmap(memory.npages);
+    const defined = new PageBitmap(npages);
     defined.words.set(source.defined.subarray(0, defined.words.length));
     const a = Buffer.from(mine.buffer, mine.byteOffset, mine.byteLength);
     const b = Buffer.from(source.digests.buffer, source.digests.byteOffset, source.digests.byteLength);
     let mismatched = 0;
     const first: number[] = [];
-    for (let g = 0; g < memory.npages; g++) {
+    for (let g = 0; g < npages; g++) {
       if (hello.verify === 'defined' && !defined.test(g)) continue;
       const o = g * DIGEST_BYTES;
       if (a.compare(b, o, o + DIGEST_BYTES, o, o + DIGEST_BYTES) !== 0) {
@@ -197,7 +210,7 @@ export class MigrationDestination {
       firstMismatches: first,
       generationAfter,
       message: verified
-        ? `all ${memory.npages} pages verified (${hello.verify})`
+        ? `all ${npages} pages verified (${hello.verify})`
         : `${mismatched} pages differ from the source's view at pause (${hello.verify}); first: ${first.join(', ')}`,
     };
   }

@@ -18,7 +18,7 @@
 import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { KVM_MIGRATION_READY } from '../common/kvm-abi.js';
 import { PageBitmap } from '../common/page-bitmap.js';
-import { viewDigests } from '../common/page-crypto.js';
+import { guestViewDigests, warmDigestWorkers } from '../common/parallel-digests.js';
 import { PAGE_SIZE, type PageRange, type StateRange } from '../common/ranges.js';
 import type { CbitStore } from '../host/cbit-store.js';
 import type { PageStateMap } from '../host/page-state-map.js';
@@ -192,6 +192,7 @@ export class MigrationSource {
     }
     const memory = guest.memory;
     const npages = memory.npages;
+    warmDigestWorkers(npages);
     const generationBefore = guest.generation;
     let pausedAt = 0;
     try {
@@ -265,6 +266,10 @@ export class MigrationSource {
       // Pause, then the final round (rule 4).
       await guest.pause();
       pausedAt = performance.now();
+      // The source's view at pause never changes again: hash it on other
+      // cores while the final round goes out.
+      const sourceDigests = guestViewDigests(memory.key, memory.bytes, memory.cbits.words, npages);
+      sourceDigests.catch(() => {});
       round++;
       this.o.log?.event('pause', round, {});
       let d: PageBitmap;
@@ -317,7 +322,7 @@ export class MigrationSource {
       await this.o.channel.send(
         Msg.DIGESTS,
         encodeDigests({
-          digests: viewDigests(memory.key, memory.bytes, words, 0, npages),
+          digests: await sourceDigests,
           defined: memory.written.words,
         }),
       );

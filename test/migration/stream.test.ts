@@ -1,0 +1,113 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { PageStateMap } from '../../src/host/page-state-map.js';
+import { perspectiveBatches } from '../../src/migration/page-sender.js';
+import {
+  decodeDigests,
+  decodeHello,
+  decodePages,
+  decodeResult,
+  encodeDigests,
+  encodeHello,
+  encodePages,
+  encodeResult,
+} from '../../src/migration/stream.js';
+
+const buf = (u: Uint8Array) => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+
+describe('migration stream messages', () => {
+  it('round-trip', () => {
+    const hello = {
+      npages: 2 ** 28,
+      vcpus: 4,
+      protocol: 'cbit-first' as const,
+      verify: 'defined' as const,
+      generation: 7,
+      publicKey: new Uint8Array(32).fill(3),
+    };
+    expect(decodeHello(buf(encodeHello(hello)))).toEqual(hello);
+    const pages = {
+      round: 2,
+      gfns: new Float64Array([2 ** 40, 5]),
+      firstSeq: 99,
+      data: new Uint8Array(2 * 4096).fill(9),
+    };
+    expect(decodePages(buf(encodePages(pages)), false)).toEqual(pages);
+    const result = {
+      verified: false,
+      mismatched: 3,
+      firstMismatches: [1, 2, 2 ** 33],
+      generationAfter: 0,
+      message: 'x',
+    };
+    expect(decodeResult(buf(encodeResult(result)))).toEqual(result);
+    const digests = { digests: new Uint8Array(64).fill(1), defined: new Uint32Array([5, 0]) };
+    expect(decodeDigests(buf(encodeDigests(digests)), 2)).toEqual(digests);
+  });
+
+  it('reject malformed payloads naming the field and offset', () => {
+    const hello = buf(
+      encodeHello({
+        npages: 1,
+        vcpus: 1,
+        protocol: 'safe',
+        verify: 'strict',
+        generation: 0,
+        publicKey: new Uint8Array(32),
+      }),
+    );
+    const badProto = Buffer.from(hello);
+    badProto[12] = 9;
+    expect(() => decodeHello(badProto)).toThrow(/HELLO: expected a protocol below 5 at offset 12, got 9/);
+    expect(() => decodeHello(hello.subarray(0, 30))).toThrow(
+      /HELLO: expected 32 more bytes for public key at offset 24, got 6/,
+    );
+    const pages = buf(
+      encodePages({ round: 0, gfns: new Float64Array([1]), firstSeq: 0, data: new Uint8Array(4096) }),
+    );
+    expect(() => decodePages(pages.subarray(0, pages.length - 1), false)).toThrow(
+      /PAGES_RAW: expected 4096 more bytes for page data/,
+    );
+    expect(() => decodePages(pages, true)).toThrow(/PAGES_SEALED: expected 4112 more bytes/);
+    expect(() =>
+      decodeDigests(buf(encodeDigests({ digests: new Uint8Array(32), defined: new Uint32Array(2) })), 2),
+    ).toThrow(/DIGESTS: expected 2 pages at offset 0, got 1/);
+  });
+
+  it('perspectiveBatches covers every page once, split by the perspective, in batches', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 300 }).chain((n) =>
+          fc.record({
+            n: fc.constant(n),
+            flips: fc.array(fc.tuple(fc.nat(n - 1), fc.integer({ min: 1, max: 20 }), fc.boolean()), {
+              maxLength: 10,
+            }),
+            runs: fc.array(fc.tuple(fc.nat(n - 1), fc.integer({ min: 1, max: 40 })), { maxLength: 6 }),
+            batch: fc.integer({ min: 1, max: 17 }),
+          }),
+        ),
+        ({ n, flips, runs, batch }) => {
+          const state = new PageStateMap(n);
+          for (const [g, k, e] of flips) state.apply(g, Math.min(k, n - g), e);
+          // Disjoint ascending runs.
+          const marks = new PageStateMap(n, false);
+          for (const [g, k] of runs) marks.apply(g, Math.min(k, n - g), true);
+          const pageRuns = [...marks.ranges()].filter((r) => r.encrypted);
+          const seen = new Map<number, boolean>();
+          for (const b of perspectiveBatches(pageRuns, state, batch)) {
+            expect(b.gfns.length).toBeGreaterThan(0);
+            expect(b.gfns.length).toBeLessThanOrEqual(batch);
+            for (const g of b.gfns) {
+              expect(seen.has(g)).toBe(false);
+              seen.set(g, b.encrypted);
+              expect(state.isEncrypted(g)).toBe(b.encrypted);
+            }
+          }
+          const expected = pageRuns.reduce((s, r) => s + r.npages, 0);
+          expect(seen.size).toBe(expected);
+        },
+      ),
+    );
+  });
+});
