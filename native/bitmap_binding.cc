@@ -21,35 +21,13 @@ void GetRange(const Napi::CallbackInfo& info, const WordsArg& bm, uint64_t* gfn,
   }
 }
 
-Napi::Value SetRange(const Napi::CallbackInfo& info) {
+// The four range writers share one argument check: (bitmap, gfn, npages).
+template <void (*Op)(uint64_t*, uint64_t, uint64_t)>
+Napi::Value RangeWriter(const Napi::CallbackInfo& info) {
   WordsArg bm = GetWords(info, 0, "bitmap");
   uint64_t gfn, npages;
   GetRange(info, bm, &gfn, &npages);
-  BitmapSetRange(bm.words, gfn, npages);
-  return info.Env().Undefined();
-}
-
-Napi::Value ClearRange(const Napi::CallbackInfo& info) {
-  WordsArg bm = GetWords(info, 0, "bitmap");
-  uint64_t gfn, npages;
-  GetRange(info, bm, &gfn, &npages);
-  BitmapClearRange(bm.words, gfn, npages);
-  return info.Env().Undefined();
-}
-
-Napi::Value SetRangeAtomic(const Napi::CallbackInfo& info) {
-  WordsArg bm = GetWords(info, 0, "bitmap");
-  uint64_t gfn, npages;
-  GetRange(info, bm, &gfn, &npages);
-  BitmapSetRangeAtomic(bm.words, gfn, npages);
-  return info.Env().Undefined();
-}
-
-Napi::Value ClearRangeAtomic(const Napi::CallbackInfo& info) {
-  WordsArg bm = GetWords(info, 0, "bitmap");
-  uint64_t gfn, npages;
-  GetRange(info, bm, &gfn, &npages);
-  BitmapClearRangeAtomic(bm.words, gfn, npages);
+  Op(bm.words, gfn, npages);
   return info.Env().Undefined();
 }
 
@@ -100,10 +78,10 @@ Napi::Value Harvest(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitBitmap(Napi::Env env, Napi::Object exports) {
-  exports.Set("bitmapSetRange", Napi::Function::New(env, SetRange, "bitmapSetRange"));
-  exports.Set("bitmapClearRange", Napi::Function::New(env, ClearRange, "bitmapClearRange"));
-  exports.Set("bitmapSetRangeAtomic", Napi::Function::New(env, SetRangeAtomic, "bitmapSetRangeAtomic"));
-  exports.Set("bitmapClearRangeAtomic", Napi::Function::New(env, ClearRangeAtomic, "bitmapClearRangeAtomic"));
+  exports.Set("bitmapSetRange", Napi::Function::New(env, RangeWriter<BitmapSetRange>, "bitmapSetRange"));
+  exports.Set("bitmapClearRange", Napi::Function::New(env, RangeWriter<BitmapClearRange>, "bitmapClearRange"));
+  exports.Set("bitmapSetRangeAtomic", Napi::Function::New(env, RangeWriter<BitmapSetRangeAtomic>, "bitmapSetRangeAtomic"));
+  exports.Set("bitmapClearRangeAtomic", Napi::Function::New(env, RangeWriter<BitmapClearRangeAtomic>, "bitmapClearRangeAtomic"));
   exports.Set("bitmapCountRange", Napi::Function::New(env, CountRange, "bitmapCountRange"));
   exports.Set("bitmapToRuns", Napi::Function::New(env, ToRuns, "bitmapToRuns"));
   exports.Set("bitmapOr", Napi::Function::New(env, [](const Napi::CallbackInfo& i) { return Combine(i, BitmapOp::kOr); }, "bitmapOr"));

@@ -5,18 +5,16 @@
  * (a vCPU worker's exits served in-process or by `sevtrack serve`), against
  * direct synchronous store calls with one fsync'd commit each.
  */
-import { spawn } from 'node:child_process';
 import { createCipheriv } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { encodeAttributes, KVM_HC_MAP_GPA_RANGE } from '../../src/common/kvm-abi.js';
 import { GuestMemory } from '../../src/guest/guest-memory.js';
 import { type HypercallBackend, InProcessBackend, SocketBackend } from '../../src/guest/hypercall-backend.js';
 import { VcpuPool } from '../../src/guest/vcpu-pool.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
-import { HostServiceClient } from '../../src/host/service-client.js';
+import { withServe } from '../../test/support/serve.js';
 import { type BenchGroup, opsPerSecond } from '../harness.js';
 
 const NPAGES = 65536; // 256 MiB
@@ -105,36 +103,17 @@ export const guestGroup: BenchGroup = {
         store.close();
       }
 
-      const socket = join(dir, 'g.sock');
-      const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
-      const child = spawn(
-        process.execPath,
-        ['--import', 'tsx', main, 'serve', '--quiet', '--db', join(dir, 'sock.db'), '--socket', socket],
-        {
-          stdio: 'inherit',
-        },
-      );
-      const exited = new Promise((r) => child.on('exit', r));
-      try {
-        let client: HostServiceClient | undefined;
-        for (let i = 0; i < 600 && !client; i++) {
-          client = await HostServiceClient.connect(socket).catch(() => undefined);
-          if (!client) await new Promise((r) => setTimeout(r, 50));
-        }
-        if (!client) throw new Error('sevtrack serve did not start');
+      const rate = await withServe(join(dir, 'sock.db'), join(dir, 'g.sock'), async (client) => {
         await client.registerVm(1, NPAGES);
-        report({
-          name: 'conversions, 1 vCPU boot storm, unix socket transport',
-          value: await stormRate(new SocketBackend(client), 1),
-          unit: 'conv/s',
-          baseline: directRate,
-          baselineName,
-        });
-        await client.close();
-      } finally {
-        child.kill('SIGTERM');
-        await exited;
-      }
+        return stormRate(new SocketBackend(client), 1);
+      });
+      report({
+        name: 'conversions, 1 vCPU boot storm, unix socket transport',
+        value: rate,
+        unit: 'conv/s',
+        baseline: directRate,
+        baselineName,
+      });
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -4,17 +4,15 @@
  * ranges), in-process and through the socket (batches of 1 and 256), against
  * one SQLite row per page measured in the same run.
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { encodeAttributes, KVM_HC_MAP_GPA_RANGE } from '../../src/common/kvm-abi.js';
 import type { StateRange } from '../../src/common/ranges.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
-import { HostServiceClient } from '../../src/host/service-client.js';
 import type { HypercallArgs } from '../../src/host/service-protocol.js';
+import { withServe } from '../../test/support/serve.js';
 import { type BenchGroup, seededRandom } from '../harness.js';
 
 export const GUEST_64G_PAGES = 16 * 2 ** 20;
@@ -83,21 +81,7 @@ async function throughSocket(
   batch: number,
   window: number,
 ): Promise<number> {
-  const socket = join(dir, `s${batch}.sock`);
-  const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', main, 'serve', '--quiet', '--db', join(dir, `sock${batch}.db`), '--socket', socket],
-    { stdio: 'inherit' },
-  );
-  const exited = new Promise((r) => child.on('exit', r));
-  let client: HostServiceClient | undefined;
-  for (let i = 0; i < 600 && !client; i++) {
-    client = await HostServiceClient.connect(socket).catch(() => undefined);
-    if (!client) await new Promise((r) => setTimeout(r, 50));
-  }
-  if (!client) throw new Error('sevtrack serve did not start');
-  try {
+  return withServe(join(dir, `sock${batch}.db`), join(dir, `s${batch}.sock`), async (client) => {
     await client.registerVm(1, GUEST_64G_PAGES);
     const calls = changes.map(toHypercall);
     const start = process.hrtime.bigint();
@@ -111,11 +95,7 @@ async function throughSocket(
     }
     await Promise.all(inflight);
     return calls.length / seconds(start);
-  } finally {
-    await client.close();
-    child.kill('SIGTERM');
-    await exited;
-  }
+  });
 }
 
 export const hostIngestGroup: BenchGroup = {

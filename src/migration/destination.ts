@@ -80,7 +80,7 @@ export class MigrationDestination {
     // The destination guest's page tables arrive with its memory: start clear.
     memory.cbits.clearRange(0, memory.npages);
     const psp = new PspSession(memory.key, this.o.psp ?? UNLIMITED_PSP);
-    psp.start(hello.publicKey, 'v1');
+    psp.receiveStart(hello.publicKey);
     await ch.send(Msg.HELLO_ACK, encodeHelloAck(psp.publicKey));
     this.o.log?.event('start', 0, { npages: hello.npages, protocol: hello.protocol, verify: hello.verify });
 
@@ -141,7 +141,7 @@ export class MigrationDestination {
             break;
           case Msg.VMSA: {
             const b = decodePages(f.payload, true);
-            vcpuState = psp.open(b.gfns, b.firstSeq, b.data);
+            vcpuState = psp.receiveUpdateVmsa(b.gfns, b.firstSeq, b.data);
             break;
           }
           case Msg.DIGESTS: {
@@ -175,6 +175,7 @@ export class MigrationDestination {
       await ch.send(Msg.ABORT, encodeText((err as Error).message)).catch(() => {});
       throw err;
     } finally {
+      psp.finish(); // RECEIVE_FINISH
       this.o.log?.flush();
     }
   }

@@ -59,13 +59,26 @@ export class PageSender {
     private readonly log?: MigrationLog,
   ) {}
 
-  /** Sends every page of `runs` from `perspective`; resolves when all frames are handed to the channel. */
-  async send(round: number, runs: Iterable<PageRange>, perspective: PageStateMap): Promise<SendStats> {
+  /**
+   * Sends every page of `runs` from `perspective`; resolves when all frames
+   * are handed to the channel. onFrame sees (pages sent, pages in all) after
+   * each frame, for progress displays.
+   */
+  async send(
+    round: number,
+    runs: Iterable<PageRange>,
+    perspective: PageStateMap,
+    onFrame?: (sent: number, total: number) => void,
+  ): Promise<SendStats> {
     const stats: SendStats = { sealedPages: 0, rawPages: 0, bytes: 0 };
     const sealedQueue: Float64Array[] = [];
     const rawQueue: Float64Array[] = [];
-    for (const b of perspectiveBatches(runs, perspective, this.batch))
+    let total = 0;
+    for (const b of perspectiveBatches(runs, perspective, this.batch)) {
       (b.encrypted ? sealedQueue : rawQueue).push(b.gfns);
+      total += b.gfns.length;
+    }
+    const progress = () => onFrame?.(stats.sealedPages + stats.rawPages, total);
     const pspLoop = async () => {
       for (const gfns of sealedQueue) {
         // The PSP takes `limits.batch` pages per firmware call.
@@ -83,6 +96,7 @@ export class PageSender {
         );
         await this.channel.send(Msg.PAGES_SEALED, frame);
         stats.sealedPages += gfns.length;
+        progress();
         stats.bytes += frame.length;
       }
     };
@@ -100,6 +114,7 @@ export class PageSender {
         );
         await this.channel.send(Msg.PAGES_RAW, frame);
         stats.rawPages += gfns.length;
+        progress();
         stats.bytes += frame.length;
       }
     };

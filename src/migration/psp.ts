@@ -53,6 +53,7 @@ export class PspSession {
   private nextSeq = 0;
   private budgetStart = 0;
   private budgetPages = 0;
+  private finished = false;
 
   constructor(
     private readonly memoryKey: Uint8Array,
@@ -67,8 +68,38 @@ export class PspSession {
     this.publicKey = rawPublicKey(pair.publicKey);
   }
 
-  /** SEND_START / RECEIVE_START: derives the transport key from the peer's public key. */
-  start(peerPublicKey: Uint8Array, context: string): void {
+  /** SEND_START: derives the transport key from the destination PSP's public key. */
+  sendStart(peerPublicKey: Uint8Array): void {
+    this.derive(peerPublicKey, 'v1');
+  }
+
+  /** RECEIVE_START: derives the transport key from the source PSP's public key. */
+  receiveStart(peerPublicKey: Uint8Array): void {
+    this.derive(peerPublicKey, 'v1');
+  }
+
+  /**
+   * SEND_FINISH / RECEIVE_FINISH: forgets the transport key; no page can be
+   * sealed or opened afterwards. Returns how many pages (and VMSAs) went through.
+   */
+  finish(): number {
+    this.transportKey?.fill(0);
+    this.transportKey = undefined;
+    this.finished = true;
+    return this.nextSeq;
+  }
+
+  /** SEND_UPDATE_VMSA: seals one page of vCPU state per vCPU (ids are the vCPU indices). */
+  sendUpdateVmsa(vmsa: Uint8Array, vcpuIds: Float64Array): { firstSeq: number; sealed: Uint8Array } {
+    return this.seal(vmsa, vcpuIds);
+  }
+
+  /** RECEIVE_UPDATE_VMSA: opens the vCPU states. */
+  receiveUpdateVmsa(vcpuIds: Float64Array, firstSeq: number, sealed: Uint8Array): Uint8Array {
+    return this.open(vcpuIds, firstSeq, sealed);
+  }
+
+  private derive(peerPublicKey: Uint8Array, context: string): void {
     const shared = diffieHellman({ privateKey: this.privateKey, publicKey: publicKeyFromRaw(peerPublicKey) });
     this.transportKey = new Uint8Array(
       hkdfSync('sha256', shared, Buffer.alloc(0), `sevtrack psp transport ${context}`, 32),
@@ -76,8 +107,12 @@ export class PspSession {
   }
 
   private key(): Uint8Array {
-    if (!this.transportKey)
+    if (this.finished) {
+      throw new RuntimeFailure('ERR_PSP_STATE', 'PSP: the session is finished (SEND_FINISH/RECEIVE_FINISH)');
+    }
+    if (!this.transportKey) {
       throw new RuntimeFailure('ERR_PSP_STATE', 'PSP: SEND_START/RECEIVE_START has not run');
+    }
     return this.transportKey;
   }
 
@@ -103,7 +138,7 @@ export class PspSession {
   }
 
   /** Seals plaintext pages (i at gpa gfns[i] * 4096) with the next sequence numbers. */
-  seal(plain: Uint8Array, gfns: Float64Array): { firstSeq: number; sealed: Uint8Array } {
+  private seal(plain: Uint8Array, gfns: Float64Array): { firstSeq: number; sealed: Uint8Array } {
     const sealed = new Uint8Array(gfns.length * SEALED_PAGE_BYTES);
     const gpas = gfns.map((g) => g * PAGE_SIZE);
     const firstSeq = this.nextSeq;
@@ -124,8 +159,8 @@ export class PspSession {
     plain.fill(0);
   }
 
-  /** Opens sealed pages into plaintext (for the VMSA path). */
-  open(gfns: Float64Array, firstSeq: number, sealed: Uint8Array): Uint8Array {
+  /** Opens sealed pages into plaintext, checking sequence and authentication. */
+  private open(gfns: Float64Array, firstSeq: number, sealed: Uint8Array): Uint8Array {
     if (firstSeq !== this.nextSeq) {
       throw new RuntimeFailure(
         'ERR_PSP_SEQUENCE',

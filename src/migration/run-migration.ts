@@ -40,6 +40,7 @@ export interface MigrateParams {
   batchPages: number;
   log?: string;
   onRound?: (p: RoundProgress) => void;
+  onPages?: (round: number, sent: number, total: number) => void;
 }
 
 export const DEFAULT_PARAMS: MigrateParams = {
@@ -128,6 +129,7 @@ function sourceOptions(
     peerTimeoutMs: p.peerTimeoutMs,
     log,
     onRound: p.onRound,
+    onPages: p.onPages,
   };
 }
 

@@ -66,6 +66,8 @@ export interface SourceOptions {
   peerTimeoutMs: number;
   log?: MigrationLog;
   onRound?: (p: RoundProgress) => void;
+  /** Called after each frame of a round with the pages sent so far and the round's total. */
+  onPages?: (round: number, sent: number, total: number) => void;
 }
 
 export interface RoundProgress {
@@ -163,7 +165,9 @@ export class MigrationSource {
     runs: Iterable<PageRange>,
     perspective: PageStateMap,
   ): Promise<number> {
-    const s = await this.sender.send(round, runs, perspective);
+    const s = await this.sender.send(round, runs, perspective, (sent, total) =>
+      this.o.onPages?.(round, sent, total),
+    );
     this.stats.sealedPages += s.sealedPages;
     this.stats.rawPages += s.rawPages;
     this.stats.pagesSent += s.sealedPages + s.rawPages;
@@ -209,7 +213,7 @@ export class MigrationSource {
       );
       const ack = decodeHelloAck(await this.expect(Msg.HELLO_ACK));
       if (ack.error) throw new PeerError(`the destination refused the migration: ${ack.error}`);
-      this.psp.start(ack.publicKey!, 'v1');
+      this.psp.sendStart(ack.publicKey!);
       this.o.log?.event('start', 0, { npages, protocol, verify: this.o.verify, control: Number(control) });
 
       // Round 0: everything, from the perspective of a sync taken after the harvest.
@@ -314,7 +318,7 @@ export class MigrationSource {
       await this.o.channel.send(Msg.MIGRATION_CONTROL, encodeU64(store.migrationControl(vm)));
       const vmsa = guest.vcpuState();
       const vmsaIds = Float64Array.from({ length: guest.vcpus }, (_, i) => i);
-      const sealedVmsa = this.psp.seal(vmsa, vmsaIds);
+      const sealedVmsa = this.psp.sendUpdateVmsa(vmsa, vmsaIds);
       await this.o.channel.send(
         Msg.VMSA,
         encodePages({ round, gfns: vmsaIds, firstSeq: sealedVmsa.firstSeq, data: sealedVmsa.sealed }),
@@ -363,6 +367,7 @@ export class MigrationSource {
       if (err instanceof MisuseError || err instanceof RuntimeFailure) throw err;
       throw new RuntimeFailure('ERR_MIGRATION', `migration aborted: ${reason}`, { cause: err });
     } finally {
+      this.psp.finish(); // SEND_FINISH: the transport key is gone, success or not
       this.o.log?.flush();
     }
   }

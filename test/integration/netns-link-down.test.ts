@@ -5,7 +5,7 @@
  * with the reason otherwise.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { CLI_MAIN, ROOT, tsNodeArgs } from '../support/cli.js';
 
 const tag = `${process.pid % 10000}`;
@@ -43,11 +43,9 @@ function setUp(): string | undefined {
   return undefined;
 }
 
-let skipReason: string | undefined;
-beforeAll(() => {
-  skipReason = setUp();
-  if (skipReason) console.warn(`netns test skipped: ${skipReason}`);
-});
+// Set up at load time so the test can be skipped with the reason stated.
+const skipReason = setUp();
+if (skipReason) console.warn(`netns test skipped: ${skipReason}`);
 afterAll(() => {
   ip('netns', 'del', NS_A);
   ip('netns', 'del', NS_B);
@@ -73,44 +71,47 @@ function inNamespace(
 }
 
 describe('migration across network namespaces', () => {
-  it('aborts on both sides with exit 3 when the link goes down mid-stream', async (ctx) => {
-    if (skipReason) ctx.skip();
-    const dest = inNamespace(NS_B, [
-      'migrate',
-      '--role',
-      'destination',
-      '--transport',
-      'tcp',
-      '--listen',
-      `${ADDR_B}:7700`,
-      '--peer-timeout',
-      '3000',
-    ]);
-    for (let i = 0; i < 200 && !/listening/.test(dest.err()); i++)
-      await new Promise((r) => setTimeout(r, 50));
-    expect(dest.err()).toMatch(/listening on/);
-    const src = inNamespace(NS_A, [
-      'migrate',
-      '--role',
-      'source',
-      '--transport',
-      'tcp',
-      '--connect',
-      `${ADDR_B}:7700`,
-      '--memory',
-      '64M',
-      '--psp-rate',
-      '4000',
-      '--peer-timeout',
-      '3000',
-    ]);
-    // Mid-stream: once round 0 is under way (a slow PSP makes it take seconds).
-    await new Promise((r) => setTimeout(r, 2500));
-    expect(ip('-n', NS_A, 'link', 'set', `sva${tag}`, 'down').ok).toBe(true);
-    const [srcCode, destCode] = await Promise.all([src.exit, dest.exit]);
-    expect(srcCode, src.err()).toBe(3);
-    expect(src.err()).toMatch(/peer|link/);
-    expect(destCode, dest.err()).toBe(3);
-    expect(dest.err()).toMatch(/sent nothing for 3000 ms|link or the peer is down|closed/);
-  }, 60_000);
+  it.skipIf(skipReason !== undefined)(
+    'aborts on both sides with exit 3 when the link goes down mid-stream',
+    async () => {
+      const dest = inNamespace(NS_B, [
+        'migrate',
+        '--role',
+        'destination',
+        '--transport',
+        'tcp',
+        '--listen',
+        `${ADDR_B}:7700`,
+        '--peer-timeout',
+        '3000',
+      ]);
+      for (let i = 0; i < 200 && !/listening/.test(dest.err()); i++)
+        await new Promise((r) => setTimeout(r, 50));
+      expect(dest.err()).toMatch(/listening on/);
+      const src = inNamespace(NS_A, [
+        'migrate',
+        '--role',
+        'source',
+        '--transport',
+        'tcp',
+        '--connect',
+        `${ADDR_B}:7700`,
+        '--memory',
+        '64M',
+        '--psp-rate',
+        '4000',
+        '--peer-timeout',
+        '3000',
+      ]);
+      // Mid-stream: once round 0 is under way (a slow PSP makes it take seconds).
+      await new Promise((r) => setTimeout(r, 2500));
+      expect(ip('-n', NS_A, 'link', 'set', `sva${tag}`, 'down').ok).toBe(true);
+      const [srcCode, destCode] = await Promise.all([src.exit, dest.exit]);
+      expect(srcCode, src.err()).toBe(3);
+      expect(src.err()).toMatch(/peer|link/);
+      expect(destCode, dest.err()).toBe(3);
+      expect(dest.err()).toMatch(/sent nothing for 3000 ms|link or the peer is down|closed/);
+    },
+    60_000,
+  );
 });

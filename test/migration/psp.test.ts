@@ -7,8 +7,8 @@ function pair() {
   const dstKey = newMemoryKey();
   const src = new PspSession(srcKey);
   const dst = new PspSession(dstKey);
-  src.start(dst.publicKey, 'v1');
-  dst.start(src.publicKey, 'v1');
+  src.sendStart(dst.publicKey);
+  dst.receiveStart(src.publicKey);
   return { src, dst, srcKey, dstKey };
 }
 
@@ -58,10 +58,22 @@ describe('PSP model', () => {
       /failed authentication/,
     );
     const stranger = new PspSession(newMemoryKey());
-    stranger.start(src.publicKey, 'v1');
+    stranger.receiveStart(src.publicKey);
     expect(() => stranger.receiveUpdateData(mem, new Float64Array([0]), a.firstSeq, a.sealed)).toThrow(
       /failed authentication/,
     );
+  });
+
+  it('SEND_UPDATE_VMSA round-trips vCPU state; after FINISH nothing can be sealed or opened', () => {
+    const { src, dst } = pair();
+    const vmsa = new Uint8Array(2 * 4096).fill(0x5a);
+    const ids = new Float64Array([0, 1]);
+    const sealed = src.sendUpdateVmsa(vmsa.slice(), ids);
+    expect(
+      Buffer.from(dst.receiveUpdateVmsa(ids, sealed.firstSeq, sealed.sealed)).equals(Buffer.from(vmsa)),
+    ).toBe(true);
+    expect(src.finish()).toBe(2);
+    expect(() => src.sendUpdateVmsa(vmsa, ids)).toThrow(/session is finished/);
   });
 
   it('needs START before any page, and sane limits', () => {

@@ -41,3 +41,20 @@ export async function startServe(db: string, socket: string, extra: string[] = [
   }
   return { child, stderr: () => err, exited };
 }
+
+/** Runs fn with a client of a fresh `sevtrack serve`, then stops the service (SIGTERM) whatever happens. */
+export async function withServe<T>(
+  db: string,
+  socket: string,
+  fn: (client: HostServiceClient) => Promise<T>,
+): Promise<T> {
+  const serve = await startServe(db, socket, ['--quiet']);
+  const client = await HostServiceClient.connect(socket);
+  try {
+    return await fn(client);
+  } finally {
+    await client.close();
+    serve.child.kill('SIGTERM');
+    await serve.exited;
+  }
+}

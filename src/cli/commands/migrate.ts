@@ -85,6 +85,12 @@ function progressLine(p: RoundProgress): string {
     : `round ${p.round}: ${p.pagesSent} pages sent in all, ${p.cbitRetransmits} c-bit resends, ${p.dirtyLeft} dirty, expected downtime ${p.expectedDowntimeMs.toFixed(1)} ms at ${p.bandwidthMBps.toFixed(0)} MB/s`;
 }
 
+function progressBar(round: number, sent: number, total: number): string {
+  const width = 30;
+  const filled = total === 0 ? width : Math.round((sent / total) * width);
+  return `round ${round} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${total === 0 ? 100 : Math.floor((sent / total) * 100)}% ${sent}/${total} pages`;
+}
+
 function printSummary(s: MigrationSummary, memoryBytes: number): void {
   const lines = [
     `migration ${s.verified ? 'verified' : 'FAILED verification'} (${s.protocol}, ${s.verify}): ${formatBytes(memoryBytes)} guest`,
@@ -164,12 +170,14 @@ export function registerMigrate(program: Command): void {
         const p = toParams(f);
         const role = oneOf(f.role, ['both', 'source', 'destination'] as const, '--role');
         const tty = process.stderr.isTTY && !f.json;
-        p.onRound = f.json
-          ? undefined
-          : (r) =>
-              process.stderr.write(
-                tty ? `\r\x1b[K${progressLine(r)}${r.paused ? '\n' : ''}` : `${progressLine(r)}\n`,
-              );
+        if (!f.json) {
+          // On a TTY: a live bar per round; otherwise one line per round.
+          p.onRound = (r) =>
+            process.stderr.write(tty ? `\r\x1b[K${progressLine(r)}\n` : `${progressLine(r)}\n`);
+          if (tty)
+            p.onPages = (round, sent, total) =>
+              process.stderr.write(`\r\x1b[K${progressBar(round, sent, total)}`);
+        }
         if (role === 'destination') {
           if (!f.listen)
             throw new InvalidArgumentError('--listen', '--role destination needs --listen HOST:PORT or PATH');
