@@ -17,7 +17,7 @@ export interface FrameChannel {
 }
 
 /** Queues frames for next(), and fails every waiter once the channel is dead. */
-class Inbox {
+export class Inbox {
   private frames: Frame[] = [];
   private waiters: { resolve: (f: Frame) => void; reject: (e: Error) => void }[] = [];
   private dead: Error | undefined;

@@ -94,10 +94,11 @@ export class PageSender {
           gfns,
           new Uint8Array(gfns.length).fill(1),
         );
+        const bytes = frame.length; // the channel may transfer (detach) the buffer
         await this.channel.send(Msg.PAGES_SEALED, frame);
         stats.sealedPages += gfns.length;
         progress();
-        stats.bytes += frame.length;
+        stats.bytes += bytes;
       }
     };
     const rawLoop = async () => {
@@ -112,10 +113,11 @@ export class PageSender {
           gfns,
           new Uint8Array(gfns.length),
         );
+        const bytes = frame.length;
         await this.channel.send(Msg.PAGES_RAW, frame);
         stats.rawPages += gfns.length;
         progress();
-        stats.bytes += frame.length;
+        stats.bytes += bytes;
       }
     };
     await Promise.all([pspLoop(), rawLoop()]);

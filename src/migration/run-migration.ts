@@ -6,8 +6,10 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { InvalidArgumentError } from '../common/errors.js';
+import { MessageChannel } from 'node:worker_threads';
+import { InvalidArgumentError, PeerError } from '../common/errors.js';
 import { PAGE_SIZE } from '../common/ranges.js';
+import { startWorker } from '../common/worker-script.js';
 import { GuestMemory } from '../guest/guest-memory.js';
 import { InProcessBackend } from '../guest/hypercall-backend.js';
 import { VcpuPool } from '../guest/vcpu-pool.js';
@@ -15,8 +17,10 @@ import type { WorkloadName } from '../guest/workloads.js';
 import { CbitStore } from '../host/cbit-store.js';
 import { type FrameChannel, memoryChannelPair } from './channel.js';
 import { type DestinationResult, MigrationDestination } from './destination.js';
+import type { DestinationWorkerData, DestinationWorkerResult } from './destination-worker.js';
 import { connectChannel, type Endpoint, listenChannel, type Transport } from './endpoints.js';
 import { MigrationLog } from './migration-log.js';
+import { portChannel } from './port-channel.js';
 import type { PspLimits } from './psp.js';
 import { MigrationSource, type MigrationSummary, type RoundProgress } from './source.js';
 import { type SourceGuest, ThreadedGuest } from './source-guest.js';
@@ -72,10 +76,19 @@ export function guestPages(p: MigrateParams): number {
 
 /** The source side: a running guest, its host store, and the migration of it over `channel`. */
 export async function runSource(p: MigrateParams, channel: FrameChannel): Promise<MigrationSummary> {
-  const npages = guestPages(p);
+  let npages: number;
+  let log: MigrationLog | undefined;
+  try {
+    npages = guestPages(p);
+    log = p.log
+      ? MigrationLog.create(p.log, 'source', npages, { ...p, onRound: undefined, onPages: undefined })
+      : undefined;
+  } catch (err) {
+    channel.close(); // the peer learns at once that no migration is coming
+    throw err;
+  }
   const dir = mkdtempSync(join(tmpdir(), 'sevtrack-src-'));
   const store = CbitStore.open(join(dir, 'host.db'), { synchronous: 'NORMAL' });
-  const log = p.log ? MigrationLog.create(p.log, 'source', npages, { ...p, onRound: undefined }) : undefined;
   let pool: VcpuPool | undefined;
   try {
     store.registerVm(1, npages);
@@ -191,17 +204,54 @@ export async function runDestination(
   }
 }
 
-/** Both sides in this process, over the chosen transport. */
+/** The destination's side of a one-process run: its verdict (the guest it built is dropped). */
+export type DestinationVerdict = Pick<
+  DestinationResult,
+  'verified' | 'mismatched' | 'firstMismatches' | 'generationAfter' | 'message' | 'pagesReceived'
+>;
+
+/** Runs the destination on a worker thread (its own core), talking through a MessagePort. */
+function destinationOnWorker(p: MigrateParams): {
+  channel: FrameChannel;
+  verdict: Promise<DestinationVerdict>;
+  stop: () => Promise<number>;
+} {
+  const { port1, port2 } = new MessageChannel();
+  const workerData: DestinationWorkerData = { port: port2, peerTimeoutMs: p.peerTimeoutMs, psp: p.psp };
+  const worker = startWorker(import.meta.url, './destination-worker.js', {
+    workerData,
+    transferList: [port2],
+  });
+  const verdict = new Promise<DestinationVerdict>((resolve, reject) => {
+    worker.once('message', (r: DestinationWorkerResult) => {
+      if (r.ok) resolve(r as DestinationVerdict);
+      else reject(new PeerError(r.error ?? 'the destination failed'));
+    });
+    worker.once('error', (e) =>
+      reject(new PeerError(`the destination thread failed: ${e.message}`, { cause: e })),
+    );
+    worker.once('exit', () => reject(new PeerError('the destination thread exited')));
+  });
+  return { channel: portChannel(port1, MIGRATION_FRAME.version), verdict, stop: () => worker.terminate() };
+}
+
+/**
+ * Both sides in this process, over the chosen transport: `inproc` puts the
+ * destination on its own worker thread (MessagePort); `unix` and `tcp` go
+ * through a real socket on this machine.
+ */
 export async function migrateLocally(
   p: MigrateParams,
-): Promise<{ summary: MigrationSummary; destination: DestinationResult }> {
+): Promise<{ summary: MigrationSummary; destination: DestinationVerdict }> {
   let srcChannel: FrameChannel;
-  let dstChannel: Promise<FrameChannel>;
-  let closeListener = () => {};
+  let destination: Promise<DestinationVerdict>;
+  let closeListener: () => unknown = () => {};
   if (p.transport === 'inproc') {
-    const [a, b] = memoryChannelPair(MIGRATION_FRAME);
-    srcChannel = a;
-    dstChannel = Promise.resolve(b);
+    const d = destinationOnWorker(p);
+    srcChannel = d.channel;
+    destination = d.verdict;
+    // Whatever happened, the destination thread ends with the run.
+    closeListener = d.stop;
   } else {
     const dir = mkdtempSync(join(tmpdir(), 'sevtrack-mig-'));
     const ep: Endpoint =
@@ -213,15 +263,15 @@ export async function migrateLocally(
       listener.close();
       rmSync(dir, { recursive: true, force: true });
     };
-    dstChannel = listener.accept();
+    // One log per migration: the source's (a two-process destination keeps its own).
+    destination = listener.accept().then((ch) => runDestination({ ...p, log: undefined }, ch));
     srcChannel = await connectChannel(listener.endpoint, p.peerTimeoutMs);
   }
+  destination.catch(() => {});
   try {
-    // One log per migration: the source's (a two-process destination keeps its own).
-    const destination = dstChannel.then((ch) => runDestination({ ...p, log: undefined }, ch));
-    const [summary, dest] = await Promise.all([runSource(p, srcChannel), destination]);
-    return { summary, destination: dest };
+    const summary = await runSource(p, srcChannel);
+    return { summary, destination: await destination };
   } finally {
-    closeListener();
+    await closeListener();
   }
 }

@@ -1,0 +1,47 @@
+/**
+ * The destination of a one-process migration, on its own worker thread: it
+ * receives frames through a MessagePort and answers with its verdict (the
+ * guest it built stays in this thread and is dropped with it).
+ */
+import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
+import { portChannel } from './port-channel.js';
+import type { PspLimits } from './psp.js';
+import { runDestination } from './run-migration.js';
+import { MIGRATION_FRAME } from './stream.js';
+
+export interface DestinationWorkerData {
+  port: MessagePort;
+  peerTimeoutMs: number;
+  psp: PspLimits;
+}
+
+/** What the worker reports back: the verdict, without the guest. */
+export interface DestinationWorkerResult {
+  ok: boolean;
+  error?: string;
+  verified?: boolean;
+  mismatched?: number;
+  firstMismatches?: number[];
+  generationAfter?: number;
+  message?: string;
+  pagesReceived?: number;
+}
+
+const data = workerData as DestinationWorkerData;
+const channel = portChannel(data.port, MIGRATION_FRAME.version);
+runDestination({ peerTimeoutMs: data.peerTimeoutMs, psp: data.psp, log: undefined }, channel).then(
+  (r) => {
+    const out: DestinationWorkerResult = {
+      ok: true,
+      verified: r.verified,
+      mismatched: r.mismatched,
+      firstMismatches: r.firstMismatches,
+      generationAfter: r.generationAfter,
+      message: r.message,
+      pagesReceived: r.pagesReceived,
+    };
+    parentPort!.postMessage(out);
+  },
+  (err: Error) =>
+    parentPort!.postMessage({ ok: false, error: err.message } satisfies DestinationWorkerResult),
+);
