@@ -44,8 +44,13 @@ function seconds(start: bigint): number {
 }
 
 /** In-process: apply, and group-commit (one fsync) every `group` changes. */
-function inProcess(dir: string, changes: StateRange[], group: number): number {
-  const store = CbitStore.open(join(dir, `inproc${group}.db`));
+function inProcess(
+  dir: string,
+  changes: StateRange[],
+  group: number,
+  synchronous: 'FULL' | 'NORMAL' = 'FULL',
+): number {
+  const store = CbitStore.open(join(dir, `inproc${group}${synchronous}.db`), { synchronous });
   store.registerVm(1, GUEST_64G_PAGES);
   const start = process.hrtime.bigint();
   for (let i = 0; i < changes.length; i += group) {
@@ -107,10 +112,14 @@ export const hostIngestGroup: BenchGroup = {
       const changes = realisticChanges(400_000, 11);
       const baseline = rowPerPage(dir, changes.slice(0, 20_000));
       const baselineName = 'row per page, tx of 256';
-      for (const group of [256, 4096]) {
+      for (const [group, synchronous] of [
+        [256, 'FULL'],
+        [4096, 'FULL'],
+        [4096, 'NORMAL'],
+      ] as const) {
         report({
-          name: `ingest in-process, group commit of ${group}`,
-          value: inProcess(dir, changes, group),
+          name: `ingest in-process, group commit of ${group}, synchronous=${synchronous}`,
+          value: inProcess(dir, changes, group, synchronous),
           unit: 'changes/s',
           baseline,
           baselineName,

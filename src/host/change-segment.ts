@@ -10,34 +10,38 @@ import type { StateRange } from '../common/ranges.js';
 export const RECORD_BYTES = 16;
 const TWO32 = 2 ** 32;
 
-/** Appends records to a growable buffer; one writer per pending batch. */
+/**
+ * Appends records to a growable buffer; one writer per pending batch. Writes
+ * through a Uint32Array view (this is on every hypercall's path): on a
+ * little-endian host that is the record layout byte for byte.
+ */
 export class SegmentWriter {
-  private buf = Buffer.allocUnsafe(RECORD_BYTES * 64);
-  private len = 0;
+  private words = new Uint32Array(4 * 64);
+  private n = 0;
 
   get count(): number {
-    return this.len / RECORD_BYTES;
+    return this.n;
   }
 
   push(gfn: number, npages: number, encrypted: boolean): void {
-    if (this.len + RECORD_BYTES > this.buf.length) {
-      const grown = Buffer.allocUnsafe(this.buf.length * 2);
-      this.buf.copy(grown, 0, 0, this.len);
-      this.buf = grown;
+    if ((this.n + 1) * 4 > this.words.length) {
+      const grown = new Uint32Array(this.words.length * 2);
+      grown.set(this.words);
+      this.words = grown;
     }
-    const b = this.buf;
-    const o = this.len;
-    b.writeUInt32LE(gfn % TWO32, o);
-    b.writeUInt32LE(Math.floor(gfn / TWO32) + (encrypted ? 0x8000_0000 : 0), o + 4);
-    b.writeUInt32LE(npages % TWO32, o + 8);
-    b.writeUInt32LE(Math.floor(npages / TWO32), o + 12);
-    this.len += RECORD_BYTES;
+    const w = this.words;
+    const o = this.n * 4;
+    w[o] = gfn % TWO32;
+    w[o + 1] = Math.floor(gfn / TWO32) + (encrypted ? 0x8000_0000 : 0);
+    w[o + 2] = npages % TWO32;
+    w[o + 3] = Math.floor(npages / TWO32);
+    this.n++;
   }
 
   /** The records written so far (a copy); the writer is reset. */
   take(): Buffer {
-    const out = Buffer.from(this.buf.subarray(0, this.len));
-    this.len = 0;
+    const out = Buffer.from(this.words.buffer.slice(0, this.n * RECORD_BYTES));
+    this.n = 0;
     return out;
   }
 }
