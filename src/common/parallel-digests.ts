@@ -8,11 +8,13 @@ import os from 'node:os';
 import type { Worker } from 'node:worker_threads';
 import type { DigestJob } from './digest-worker.js';
 import { RuntimeFailure } from './errors.js';
+import { nativeAddon } from './native.js';
+import type { PageBitmap } from './page-bitmap.js';
 import { DIGEST_BYTES, viewDigests } from './page-crypto.js';
 import { startWorker } from './worker-script.js';
 
 /** Below this many pages one thread is faster than handing out work. */
-const PARALLEL_THRESHOLD = 32_768;
+export const PARALLEL_THRESHOLD = 32_768;
 
 let workers: Worker[] | undefined;
 let nextId = 1;
@@ -90,4 +92,24 @@ export async function guestViewDigests(
     }),
   );
   return new Uint8Array(out);
+}
+
+/**
+ * Brings digests taken earlier up to date: recomputes, in place, the pages
+ * set in `changed` (written or converted since) under the current c-bits.
+ */
+export function refreshDigests(
+  digests: Uint8Array,
+  key: Uint8Array,
+  memory: Uint8Array,
+  cbits: Uint32Array,
+  changed: PageBitmap,
+): number {
+  let n = 0;
+  for (const run of changed.runs()) {
+    const out = digests.subarray(run.gfn * DIGEST_BYTES, (run.gfn + run.npages) * DIGEST_BYTES);
+    nativeAddon().viewDigests(key, memory, cbits, run.gfn, run.npages, out);
+    n += run.npages;
+  }
+  return n;
 }

@@ -9,7 +9,7 @@
 import { PeerError } from '../common/errors.js';
 import { PageBitmap } from '../common/page-bitmap.js';
 import { DIGEST_BYTES } from '../common/page-crypto.js';
-import { guestViewDigests, warmDigestWorkers } from '../common/parallel-digests.js';
+import { guestViewDigests, refreshDigests, warmDigestWorkers } from '../common/parallel-digests.js';
 import { PAGE_SIZE } from '../common/ranges.js';
 import { GuestMemory } from '../guest/guest-memory.js';
 import { PageStateMap } from '../host/page-state-map.js';
@@ -89,6 +89,7 @@ export class MigrationDestination {
     let vcpuState: Uint8Array | undefined;
     let pagesReceived = 0;
     let ownDigests: Promise<Uint8Array> | undefined;
+    let early: EarlyDigests | undefined;
     try {
       for (;;) {
         const f = await ch.next(this.o.peerTimeoutMs);
@@ -97,6 +98,7 @@ export class MigrationDestination {
             const b = decodePages(f.payload, true);
             psp.receiveUpdateData(memory.bytes, b.gfns, b.firstSeq, b.data);
             pagesReceived += b.gfns.length;
+            early?.markReceived(b.gfns);
             break;
           }
           case Msg.PAGES_RAW: {
@@ -108,6 +110,7 @@ export class MigrationDestination {
               memory.bytes.set(b.data.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), g * PAGE_SIZE);
             }
             pagesReceived += b.gfns.length;
+            early?.markReceived(b.gfns);
             break;
           }
           case Msg.ROUND_END:
@@ -125,12 +128,18 @@ export class MigrationDestination {
               memory.cbits.words.byteOffset,
               memory.cbits.words.byteLength,
             ).set(f.payload);
-            // Every page is in and the page tables too: hash the view on other
-            // cores while the rest (c-bit state, VMSA, digests) arrives.
-            ownDigests = guestViewDigests(memory.key, memory.bytes, memory.cbits.words, memory.npages);
+            // Every page is in and the page tables too: finish the early
+            // digests, or hash the whole view on other cores while the rest
+            // (c-bit state, VMSA, digests) arrives.
+            ownDigests = early
+              ? early.finish(memory)
+              : guestViewDigests(memory.key, memory.bytes, memory.cbits.words, memory.npages);
             ownDigests.catch(() => {});
             break;
           }
+          case Msg.PAGE_TABLES_PRELIM:
+            early = EarlyDigests.start(memory, f.payload);
+            break;
           case Msg.CBIT_STATE:
             cbitState = PageStateMap.deserialize(f.payload);
             if (cbitState.npages !== memory.npages)
@@ -214,5 +223,48 @@ export class MigrationDestination {
         ? `all ${npages} pages verified (${hello.verify})`
         : `${mismatched} pages differ from the source's view at pause (${hello.verify}); first: ${first.join(', ')}`,
     };
+  }
+}
+
+/**
+ * The destination's digests started before the final round (DESIGN.md §3
+ * keeps verification inside the downtime; this keeps most of its cost out):
+ * every page is hashed under the source's page tables from just before the
+ * pause, then the pages received afterwards, and those whose c-bit differs
+ * in the final tables, are hashed again.
+ */
+class EarlyDigests {
+  private readonly received: PageBitmap;
+
+  private constructor(
+    private readonly cbits: PageBitmap,
+    private readonly digests: Promise<Uint8Array>,
+  ) {
+    this.received = new PageBitmap(cbits.npages);
+  }
+
+  static start(memory: GuestMemory, tables: Buffer): EarlyDigests {
+    const cbits = new PageBitmap(memory.npages, { shared: true });
+    if (tables.length !== cbits.words.byteLength) {
+      throw new PeerError(
+        `PAGE_TABLES_PRELIM: expected ${cbits.words.byteLength} bytes, got ${tables.length}`,
+      );
+    }
+    new Uint8Array(cbits.words.buffer, 0, cbits.words.byteLength).set(tables);
+    const digests = guestViewDigests(memory.key, memory.bytes, cbits.words, memory.npages);
+    digests.catch(() => {});
+    return new EarlyDigests(cbits, digests);
+  }
+
+  /** Pages written from here on are hashed again at the end. */
+  markReceived(gfns: Float64Array): void {
+    for (const g of gfns) this.received.markAtomic(g);
+  }
+
+  async finish(memory: GuestMemory): Promise<Uint8Array> {
+    const digests = await this.digests;
+    const changed = this.cbits.clone().xor(memory.cbits).or(this.received);
+    refreshDigests(digests, memory.key, memory.bytes, memory.cbits.words, changed);
+    return digests;
   }
 }

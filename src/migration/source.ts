@@ -18,7 +18,12 @@
 import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { KVM_MIGRATION_READY } from '../common/kvm-abi.js';
 import { PageBitmap } from '../common/page-bitmap.js';
-import { guestViewDigests, warmDigestWorkers } from '../common/parallel-digests.js';
+import {
+  guestViewDigests,
+  PARALLEL_THRESHOLD,
+  refreshDigests,
+  warmDigestWorkers,
+} from '../common/parallel-digests.js';
 import { PAGE_SIZE, type PageRange, type StateRange } from '../common/ranges.js';
 import type { CbitStore } from '../host/cbit-store.js';
 import type { PageStateMap } from '../host/page-state-map.js';
@@ -175,6 +180,34 @@ export class MigrationSource {
     return s.sealedPages + s.rawPages;
   }
 
+  /**
+   * Hashes the guest's view of every page while it runs, and sends the c-bit
+   * table the hashes used (taken first, so a conversion during the hashing
+   * shows up as a difference at pause).
+   */
+  private async earlyDigests(): Promise<{ digests: Uint8Array; cbits: Uint32Array }> {
+    const memory = this.o.guest.memory;
+    const cbits = memory.cbits.words.slice();
+    // The destination starts hashing with the same tables at the same time.
+    await this.o.channel.send(Msg.PAGE_TABLES_PRELIM, new Uint8Array(cbits.buffer.slice(0)));
+    const digests = await guestViewDigests(memory.key, memory.bytes, memory.cbits.words, memory.npages);
+    return { digests, cbits };
+  }
+
+  /**
+   * At pause: rehashes the pages the final harvest found dirty and those
+   * whose c-bit differs from the early table. A page written while it was
+   * being hashed is dirty (the bit is set after the write), so it is redone.
+   */
+  private finishDigests(early: { digests: Uint8Array; cbits: Uint32Array }, dirty: PageBitmap): Uint8Array {
+    const memory = this.o.guest.memory;
+    const changed = new PageBitmap(memory.npages);
+    changed.words.set(early.cbits);
+    changed.xor(memory.cbits).or(dirty);
+    refreshDigests(early.digests, memory.key, memory.bytes, memory.cbits.words, changed);
+    return early.digests;
+  }
+
   /** Adds the c-bit-changed frames to the send set (rule 3); returns how many were not dirty anyway. */
   private addChanged(toSend: PageBitmap, delta: readonly StateRange[]): number {
     let added = 0;
@@ -268,11 +301,16 @@ export class MigrationSource {
       }
 
       // Pause, then the final round (rule 4).
+      // Digests of the view at pause, most of them taken before it: hash
+      // every page now (the guest still runs), then at pause rehash only
+      // what was written (the final harvest) or converted since. The
+      // destination does the same with the page tables sent here.
+      const early = npages >= PARALLEL_THRESHOLD ? await this.earlyDigests() : undefined;
       await guest.pause();
       pausedAt = performance.now();
-      // The source's view at pause never changes again: hash it on other
-      // cores while the final round goes out.
-      const sourceDigests = guestViewDigests(memory.key, memory.bytes, memory.cbits.words, npages);
+      const sourceDigests = early
+        ? Promise.resolve(early.digests)
+        : guestViewDigests(memory.key, memory.bytes, memory.cbits.words, npages);
       sourceDigests.catch(() => {});
       round++;
       this.o.log?.event('pause', round, {});
@@ -326,7 +364,7 @@ export class MigrationSource {
       await this.o.channel.send(
         Msg.DIGESTS,
         encodeDigests({
-          digests: await sourceDigests,
+          digests: early ? this.finishDigests(early, d) : await sourceDigests,
           defined: memory.written.words,
         }),
       );

@@ -30,6 +30,8 @@ export const Msg = {
   RESULT: 11,
   ABORT: 12,
   ROUND_ACK: 13,
+  /** The guest's c-bit table just before pause, so both sides can hash most pages early. */
+  PAGE_TABLES_PRELIM: 14,
 } as const;
 
 export const PROTOCOLS = ['safe', 'no-cbit-dirty', 'cbit-first', 'no-final-diff', 'naive'] as const;

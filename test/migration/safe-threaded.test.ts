@@ -50,3 +50,29 @@ describe('the same threaded runs catch an unsafe variant', () => {
     expect(corrupted).toBeGreaterThan(0);
   }, 120_000);
 });
+
+describe('digests taken before the pause (guests of 128 MiB and more)', () => {
+  it('still verify safe exactly and still catch an unsafe variant', async () => {
+    const base = {
+      ...DEFAULT_PARAMS,
+      memoryBytes: 128 * 2 ** 20,
+      workload: 'churn' as const,
+      vcpus: 2,
+      warmupMs: 50,
+    };
+    const safe = await migrateLocally({ ...base, protocol: 'safe' });
+    expect(safe.summary.verified, safe.summary.message).toBe(true);
+    let corrupted = 0;
+    for (let seed = 1; seed <= 4 && corrupted === 0; seed++) {
+      const { summary } = await migrateLocally({
+        ...base,
+        protocol: 'naive',
+        seed,
+        maxDowntimeMs: 0,
+        maxRounds: 4,
+      });
+      corrupted = summary.mismatchedPages;
+    }
+    expect(corrupted).toBeGreaterThan(0);
+  }, 180_000);
+});
