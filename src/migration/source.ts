@@ -105,6 +105,12 @@ export interface MigrationSummary {
   message: string;
 }
 
+/**
+ * Pause after this many consecutive rounds that did not shrink the dirty set
+ * (unless --max-downtime 0 asks for every round up to --max-rounds).
+ */
+const STALLED_ROUNDS_LIMIT = 3;
+
 /** Every gfn of a list of runs. */
 function runsToGfns(runs: readonly PageRange[]): Float64Array {
   let n = 0;
@@ -262,8 +268,19 @@ export class MigrationSource {
       guest.tick('after-send', 0);
       let bandwidth = this.stats.bytes / Math.max(1e-3, (performance.now() - roundStart) / 1000);
       let round = 0;
+      // Rounds that did not shrink the dirty set by a tenth below its best:
+      // the guest dirties pages as fast as they go out, and more rounds
+      // would only delay the pause.
+      let stalledRounds = 0;
+      let bestDirty = Number.POSITIVE_INFINITY;
       for (;;) {
         const dirtyLeft = memory.dirty.count();
+        if (dirtyLeft < bestDirty * 0.9) {
+          bestDirty = dirtyLeft;
+          stalledRounds = 0;
+        } else {
+          stalledRounds++;
+        }
         const expectedDowntimeMs = ((dirtyLeft * PAGE_SIZE) / Math.max(1, bandwidth)) * 1000;
         this.o.onRound?.({
           round,
@@ -275,6 +292,10 @@ export class MigrationSource {
           bandwidthMBps: bandwidth / 1e6,
         });
         if (expectedDowntimeMs <= this.o.maxDowntimeMs || round + 1 >= this.o.maxRounds) break;
+        if (stalledRounds >= STALLED_ROUNDS_LIMIT && this.o.maxDowntimeMs > 0) {
+          this.o.log?.event('not-converging', round, { dirtyLeft, expectedDowntimeMs });
+          break;
+        }
         round++;
         roundStart = performance.now();
         const before = this.stats.bytes;
