@@ -42,6 +42,8 @@ export interface MigrateParams {
   /** How long the guest runs before the migration starts. */
   warmupMs: number;
   batchPages: number;
+  /** Whether the guest starts with every page private (SEV guests do); false starts all shared. */
+  guestEncrypted?: boolean;
   log?: string;
   onRound?: (p: RoundProgress) => void;
   onPages?: (round: number, sent: number, total: number) => void;
@@ -91,8 +93,9 @@ export async function runSource(p: MigrateParams, channel: FrameChannel): Promis
   const store = CbitStore.open(join(dir, 'host.db'), { synchronous: 'NORMAL' });
   let pool: VcpuPool | undefined;
   try {
-    store.registerVm(1, npages);
-    const memory = GuestMemory.create(npages);
+    const encrypted = p.guestEncrypted ?? true;
+    store.registerVm(1, npages, { initialEncrypted: encrypted });
+    const memory = GuestMemory.create(npages, { encrypted });
     pool = VcpuPool.start({
       memory,
       backend: new InProcessBackend(store),
