@@ -1,8 +1,7 @@
-import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
-import { CLI_MAIN, ROOT, runCli, tsNodeArgs } from '../support/cli.js';
+import { runCli, startCli, waitForStderr } from '../support/cli.js';
 import { tempDir } from '../support/tmp.js';
 
 const SUMMARY_FIELDS = [
@@ -121,34 +120,17 @@ describe('sevtrack migrate', () => {
   });
 
   it('migrates between two processes over TCP on loopback', async () => {
-    const dest = spawn(
-      process.execPath,
-      tsNodeArgs(CLI_MAIN, [
-        'migrate',
-        '--role',
-        'destination',
-        '--transport',
-        'tcp',
-        '--listen',
-        '127.0.0.1:0',
-        '--json',
-      ]),
-      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let destOut = '';
-    let destErr = '';
-    dest.stdout.on('data', (d) => {
-      destOut += d;
-    });
-    const port = await new Promise<number>((resolve, reject) => {
-      dest.stderr.on('data', (d) => {
-        destErr += d;
-        const m = /listening on 127\.0\.0\.1:(\d+)/.exec(destErr);
-        if (m) resolve(Number(m[1]));
-      });
-      dest.on('exit', () => reject(new Error(`destination exited: ${destErr}`)));
-    });
-    const destExit = new Promise<number | null>((r) => dest.on('exit', (code) => r(code)));
+    const dest = startCli([
+      'migrate',
+      '--role',
+      'destination',
+      '--transport',
+      'tcp',
+      '--listen',
+      '127.0.0.1:0',
+      '--json',
+    ]);
+    const port = Number((await waitForStderr(dest, /listening on 127\.0\.0\.1:(\d+)/))[1]);
     const src = await runCli([
       'migrate',
       '--role',
@@ -163,8 +145,8 @@ describe('sevtrack migrate', () => {
     ]);
     expect(src.code).toBe(0);
     expect(JSON.parse(src.stdout)).toMatchObject({ verified: true, mismatchedPages: 0, generationAfter: 1 });
-    expect(await destExit).toBe(0);
-    expect(JSON.parse(destOut)).toMatchObject({ verified: true, pagesReceived: expect.any(Number) });
+    expect(await dest.exit).toBe(0);
+    expect(JSON.parse(dest.out())).toMatchObject({ verified: true, pagesReceived: expect.any(Number) });
   });
 
   it('a source with no destination to connect to aborts with exit 3', async () => {

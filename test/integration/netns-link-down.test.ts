@@ -4,9 +4,9 @@
  * --peer-timeout) and abort with exit 3. Needs root and `ip netns`; skipped
  * with the reason otherwise.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CLI_MAIN, ROOT, tsNodeArgs } from '../support/cli.js';
+import { type RunningCli, startCli, waitForStderr } from '../support/cli.js';
 
 const tag = `${process.pid % 10000}`;
 const NS_A = `sevtrack-a-${tag}`;
@@ -51,23 +51,8 @@ afterAll(() => {
   ip('netns', 'del', NS_B);
 });
 
-function inNamespace(
-  ns: string,
-  args: string[],
-): { child: ChildProcess; out: () => string; err: () => string; exit: Promise<number | null> } {
-  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, ...tsNodeArgs(CLI_MAIN, args)], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  let err = '';
-  child.stdout?.on('data', (d) => {
-    out += d;
-  });
-  child.stderr?.on('data', (d) => {
-    err += d;
-  });
-  return { child, out: () => out, err: () => err, exit: new Promise((r) => child.on('exit', (c) => r(c))) };
+function inNamespace(ns: string, args: string[]): RunningCli {
+  return startCli(args, ['ip', 'netns', 'exec', ns]);
 }
 
 describe('migration across network namespaces', () => {
@@ -85,9 +70,7 @@ describe('migration across network namespaces', () => {
         '--peer-timeout',
         '3000',
       ]);
-      for (let i = 0; i < 200 && !/listening/.test(dest.err()); i++)
-        await new Promise((r) => setTimeout(r, 50));
-      expect(dest.err()).toMatch(/listening on/);
+      await waitForStderr(dest, /listening on/);
       const src = inNamespace(NS_A, [
         'migrate',
         '--role',

@@ -1,5 +1,5 @@
 /** Runs the CLI from source (through tsx) as a child process, as a user would run it. */
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -39,4 +39,50 @@ export function runCli(
     });
     child.stdin.end(options.input ?? '');
   });
+}
+
+/** A CLI process left running: its output so far and its exit code. */
+export interface RunningCli {
+  child: ChildProcess;
+  out: () => string;
+  err: () => string;
+  exit: Promise<number | null>;
+}
+
+/**
+ * Starts the CLI from source without waiting for it; `wrapper` runs it under
+ * another command (e.g. ['ip', 'netns', 'exec', NS]).
+ */
+export function startCli(args: string[], wrapper: string[] = []): RunningCli {
+  const argv = [process.execPath, ...tsNodeArgs(CLI_MAIN, args)];
+  const all = [...wrapper, ...argv];
+  const child = spawn(all[0], all.slice(1), { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout?.on('data', (d) => {
+    out += d;
+  });
+  child.stderr?.on('data', (d) => {
+    err += d;
+  });
+  return { child, out: () => out, err: () => err, exit: new Promise((r) => child.on('exit', (c) => r(c))) };
+}
+
+/** Resolves once the running CLI's stderr matches pattern (or rejects if it exits first). */
+export async function waitForStderr(
+  cli: RunningCli,
+  pattern: RegExp,
+  timeoutMs = 30_000,
+): Promise<RegExpExecArray> {
+  const deadline = Date.now() + timeoutMs;
+  let exited = false;
+  cli.exit.then(() => {
+    exited = true;
+  });
+  for (;;) {
+    const m = pattern.exec(cli.err());
+    if (m) return m;
+    if (exited || Date.now() > deadline) throw new Error(`never printed ${pattern}: ${cli.err()}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
 }
