@@ -78,24 +78,41 @@ void NonceAndAad(uint64_t seq, uint64_t gpa, uint8_t nonce[12], uint8_t aad[16])
   Le64(aad + 8, seq);
 }
 
+Napi::Float64Array GetFloat64s(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  if (info.Length() <= index || !info[index].IsTypedArray() ||
+      info[index].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a Float64Array");
+  }
+  return info[index].As<Napi::Float64Array>();
+}
+
+// The arguments of gcmSealPages/gcmOpenPages: (key32, src, dst, gpas,
+// firstSeq), with src and dst sized for gpas.length pages of their units.
+struct GcmArgs {
+  Napi::Uint8Array key, src, dst;
+  Napi::Float64Array gpas;
+  uint64_t seq;
+  size_t n;
+};
+
+GcmArgs GetGcmArgs(const Napi::CallbackInfo& info, size_t src_unit, size_t dst_unit) {
+  GcmArgs a{GetBytes(info, 0, "key"), GetBytes(info, 1, "src"), GetBytes(info, 2, "dst"), GetFloat64s(info, 3, "gpas"),
+            GetIndex(info, 4, "firstSeq"), 0};
+  a.n = a.gpas.ElementLength();
+  if (a.key.ByteLength() != 32) throw Napi::RangeError::New(info.Env(), "key must be 32 bytes (AES-256-GCM)");
+  if (a.src.ByteLength() < a.n * src_unit || a.dst.ByteLength() < a.n * dst_unit) {
+    throw Napi::RangeError::New(info.Env(), "src must hold gpas.length * " + std::to_string(src_unit) +
+                                                " bytes and dst gpas.length * " + std::to_string(dst_unit));
+  }
+  return a;
+}
+
 // gcmSealPages(key32, src, dst, gpas: Float64Array, firstSeq): page i of src
 // is sealed into dst at i * 4112 (ciphertext then 16-byte tag) with sequence
 // number firstSeq + i and its GPA gpas[i].
 Napi::Value GcmSealPages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto key = GetBytes(info, 0, "key");
-  auto src = GetBytes(info, 1, "src");
-  auto dst = GetBytes(info, 2, "dst");
-  if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-    throw Napi::TypeError::New(env, "gpas must be a Float64Array");
-  }
-  auto gpas = info[3].As<Napi::Float64Array>();
-  uint64_t seq = GetIndex(info, 4, "firstSeq");
-  size_t n = gpas.ElementLength();
-  if (key.ByteLength() != 32) throw Napi::RangeError::New(env, "key must be 32 bytes (AES-256-GCM)");
-  if (src.ByteLength() < n * kPage || dst.ByteLength() < n * (kPage + kTag)) {
-    throw Napi::RangeError::New(env, "src must hold gpas.length pages and dst gpas.length * 4112 bytes");
-  }
+  auto [key, src, dst, gpas, seq, n] = GetGcmArgs(info, kPage, kPage + kTag);
   Ctx ctx(EVP_CIPHER_CTX_new());
   if (!ctx || EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.Data(), nullptr) != 1) Fail(env, "AES-256-GCM init");
   uint8_t nonce[12], aad[16];
@@ -118,19 +135,7 @@ Napi::Value GcmSealPages(const Napi::CallbackInfo& info) {
 // index of the first page whose tag does not verify, or -1 when all do.
 Napi::Value GcmOpenPages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto key = GetBytes(info, 0, "key");
-  auto src = GetBytes(info, 1, "src");
-  auto dst = GetBytes(info, 2, "dst");
-  if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-    throw Napi::TypeError::New(env, "gpas must be a Float64Array");
-  }
-  auto gpas = info[3].As<Napi::Float64Array>();
-  uint64_t seq = GetIndex(info, 4, "firstSeq");
-  size_t n = gpas.ElementLength();
-  if (key.ByteLength() != 32) throw Napi::RangeError::New(env, "key must be 32 bytes (AES-256-GCM)");
-  if (src.ByteLength() < n * (kPage + kTag) || dst.ByteLength() < n * kPage) {
-    throw Napi::RangeError::New(env, "src must hold gpas.length * 4112 bytes and dst gpas.length pages");
-  }
+  auto [key, src, dst, gpas, seq, n] = GetGcmArgs(info, kPage + kTag, kPage);
   Ctx ctx(EVP_CIPHER_CTX_new());
   if (!ctx || EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.Data(), nullptr) != 1) Fail(env, "AES-256-GCM init");
   uint8_t nonce[12], aad[16], tag[kTag];
@@ -150,14 +155,6 @@ Napi::Value GcmOpenPages(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, -1);
 }
 
-Napi::Float64Array GetGfns(const Napi::CallbackInfo& info, size_t index) {
-  if (info.Length() <= index || !info[index].IsTypedArray() ||
-      info[index].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-    throw Napi::TypeError::New(info.Env(), "gfns must be a Float64Array");
-  }
-  return info[index].As<Napi::Float64Array>();
-}
-
 // xtsGather(key32, encrypt, memory, gfns, out): page gfns[i] of memory (tweak
 // = its GPA) goes through XTS into out at i * 4096. xtsScatter(key32, encrypt,
 // src, memory, gfns) is the reverse direction: src page i into memory page
@@ -168,7 +165,7 @@ Napi::Value XtsIndexed(const Napi::CallbackInfo& info, bool gather) {
   bool encrypt = info[1].ToBoolean();
   auto a = GetBytes(info, 2, gather ? "memory" : "src");
   auto b = GetBytes(info, 3, gather ? "out" : "memory");
-  auto gfns = GetGfns(info, 4);
+  auto gfns = GetFloat64s(info, 4, "gfns");
   auto memory = gather ? a : b;
   auto linear = gather ? b : a;
   size_t n = gfns.ElementLength();
