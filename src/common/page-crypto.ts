@@ -33,6 +33,20 @@ function checkPages(what: string, buf: Uint8Array, npages: number, unit = PAGE_S
   }
 }
 
+/** AES-XTS over npages pages of src into dst (may alias), one data unit per page, tweak = its GPA. */
+function xtsPages(
+  encrypt: boolean,
+  key: Uint8Array,
+  src: Uint8Array,
+  dst: Uint8Array,
+  firstGpa: number,
+  npages: number,
+): void {
+  checkPages('src', src, npages);
+  checkPages('dst', dst, npages);
+  nativeAddon().xtsPages(key, encrypt, src, dst, firstGpa, npages);
+}
+
 /** Encrypts npages pages of src into dst (may alias) as the guest's memory controller would at firstGpa. */
 export function xtsEncryptPages(
   key: Uint8Array,
@@ -41,11 +55,10 @@ export function xtsEncryptPages(
   firstGpa: number,
   npages: number,
 ): void {
-  checkPages('src', src, npages);
-  checkPages('dst', dst, npages);
-  nativeAddon().xtsPages(key, true, src, dst, firstGpa, npages);
+  xtsPages(true, key, src, dst, firstGpa, npages);
 }
 
+/** Decrypts npages pages of src (at firstGpa) into dst (may alias), as a guest read does. */
 export function xtsDecryptPages(
   key: Uint8Array,
   src: Uint8Array,
@@ -53,9 +66,7 @@ export function xtsDecryptPages(
   firstGpa: number,
   npages: number,
 ): void {
-  checkPages('src', src, npages);
-  checkPages('dst', dst, npages);
-  nativeAddon().xtsPages(key, false, src, dst, firstGpa, npages);
+  xtsPages(false, key, src, dst, firstGpa, npages);
 }
 
 /** Seals gpas.length plaintext pages of src into dst (4112 bytes each), sequence numbers from firstSeq. */
