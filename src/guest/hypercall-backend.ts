@@ -15,6 +15,7 @@ import {
   KVM_FEATURE_MIGRATION_CONTROL,
 } from '../common/kvm-abi.js';
 import type { CbitStore } from '../host/cbit-store.js';
+import { GroupCommit } from '../host/group-commit.js';
 import type { HostServiceClient } from '../host/service-client.js';
 
 export interface HypercallBackend {
@@ -31,39 +32,17 @@ export const FULL_SUPPORT = (1 << KVM_FEATURE_HC_MAP_GPA_RANGE) | (1 << KVM_FEAT
 
 export class InProcessBackend implements HypercallBackend {
   readonly cpuidFeatures = FULL_SUPPORT;
-  private waiting: (() => void)[] = [];
-  private failures: ((e: Error) => void)[] = [];
-  private scheduled = false;
+  private readonly commits: GroupCommit;
 
-  constructor(readonly store: CbitStore) {}
+  constructor(readonly store: CbitStore) {
+    this.commits = new GroupCommit(store);
+  }
 
+  /** The exit completes only once the commit holding the change is done (one per event-loop turn). */
   hypercall(vm: number, nr: bigint, a0: bigint, a1: bigint, a2: bigint): Promise<number> {
     const out = this.store.applyHypercall(vm, nr, a0, a1, a2);
     if (out.seq === undefined) return Promise.resolve(out.ret);
-    return new Promise((resolve, reject) => {
-      this.waiting.push(() => resolve(0));
-      this.failures.push(reject);
-      if (!this.scheduled) {
-        this.scheduled = true;
-        setImmediate(() => this.flush());
-      }
-    });
-  }
-
-  /** One commit for every change that arrived this turn, then every exit completes. */
-  private flush(): void {
-    this.scheduled = false;
-    const done = this.waiting;
-    const failed = this.failures;
-    this.waiting = [];
-    this.failures = [];
-    try {
-      this.store.commit();
-    } catch (err) {
-      for (const f of failed) f(err as Error);
-      return;
-    }
-    for (const d of done) d();
+    return new Promise((resolve, reject) => this.commits.whenDurable(() => resolve(0), reject));
   }
 
   async setMigrationControl(vm: number, value: bigint): Promise<void> {

@@ -16,6 +16,7 @@ import { InvalidArgumentError, MisuseError, SevtrackError, UnknownVmError } from
 import { encodeFrame, type Frame, FrameDecoder, isFrame } from '../common/frames.js';
 import { KVM_EINVAL } from '../common/kvm-abi.js';
 import type { CbitStore } from './cbit-store.js';
+import { GroupCommit } from './group-commit.js';
 import {
   HOST_FRAME,
   HYPERCALL_BYTES,
@@ -37,13 +38,6 @@ export interface HostServiceOptions {
   group?: string;
   /** Diagnostic lines (connections, protocol errors). */
   log?: (line: string) => void;
-}
-
-interface HeldReply {
-  socket: net.Socket;
-  type: number;
-  id: number;
-  body: BinaryWriter;
 }
 
 /** Resolves a group name (or numeric gid) through /etc/group. */
@@ -98,8 +92,7 @@ export async function claimSocketPath(path: string): Promise<void> {
 export class HostService {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
-  private held: HeldReply[] = [];
-  private flushScheduled = false;
+  private readonly commits: GroupCommit;
   private stopping = false;
   private readonly log: (line: string) => void;
 
@@ -109,6 +102,9 @@ export class HostService {
     log?: (line: string) => void,
   ) {
     this.log = log ?? (() => {});
+    this.commits = new GroupCommit(store, (err) =>
+      this.log(`commit failed, changes not applied: ${err.message}`),
+    );
     this.server = net.createServer((socket) => this.accept(socket));
   }
 
@@ -137,10 +133,6 @@ export class HostService {
       chmodSync(options.socketPath, 0o600);
     }
     return service;
-  }
-
-  get connectionCount(): number {
-    return this.sockets.size;
   }
 
   /**
@@ -178,41 +170,32 @@ export class HostService {
       }
     });
     socket.on('error', (err) => this.log(`connection error: ${err.message}`));
-    socket.on('close', () => {
-      this.sockets.delete(socket);
-      this.held = this.held.filter((h) => h.socket !== socket);
-    });
+    // Replies still held for a closed socket are dropped by send().
+    socket.on('close', () => this.sockets.delete(socket));
   }
 
   private send(socket: net.Socket, type: number, id: number, body: BinaryWriter): void {
     if (!socket.destroyed) socket.write(encodeFrame(HOST_FRAME, type, id, body.finish()));
   }
 
+  /** Replies once the group commit holding the change is done (an INTERNAL error if it failed). */
   private hold(socket: net.Socket, frame: Frame, body: BinaryWriter): void {
-    this.held.push({ socket, type: frame.type | REPLY_FLAG, id: frame.id, body });
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      setImmediate(() => this.flush());
-    }
+    const type = frame.type | REPLY_FLAG;
+    this.commits.whenDurable(
+      () => this.send(socket, type, frame.id, body),
+      (err) =>
+        this.send(
+          socket,
+          type,
+          frame.id,
+          replyWriter(-KVM_EINVAL, Status.INTERNAL, `commit failed, changes not applied: ${err.message}`),
+        ),
+    );
   }
 
-  /** Commits the group of held hypercalls, then sends their replies. */
+  /** Commits the group of held hypercalls and sends their replies. */
   private flush(): void {
-    this.flushScheduled = false;
-    if (this.held.length === 0 && !this.store.hasPending) return;
-    const group = this.held;
-    this.held = [];
-    try {
-      this.store.commit();
-    } catch (err) {
-      // Nobody was told about these changes, and the store dropped them.
-      const message = `commit failed, changes not applied: ${(err as Error).message}`;
-      this.log(message);
-      for (const h of group)
-        this.send(h.socket, h.type, h.id, replyWriter(-KVM_EINVAL, Status.INTERNAL, message));
-      return;
-    }
-    for (const h of group) this.send(h.socket, h.type, h.id, h.body);
+    this.commits.flush();
   }
 
   private handle(socket: net.Socket, frame: Frame): void {
