@@ -68,7 +68,7 @@ export class MigrationDestination {
       await ch.send(Msg.ABORT, encodeText((err as Error).message)).catch(() => {});
       throw err;
     }
-    let memory: GuestMemory | undefined;
+    let memory: GuestMemory;
     try {
       memory = (this.o.allocate ?? ((n) => GuestMemory.create(n)))(hello.npages);
     } catch (err) {
@@ -177,9 +177,8 @@ export class MigrationDestination {
         }
       }
     } catch (err) {
-      // Discard the partial guest; tell the source why if it is still there.
-      memory.bytes.fill(0, 0, Math.min(memory.bytes.length, PAGE_SIZE));
-      memory = undefined;
+      // The partial guest is discarded: nothing returns it, so it goes with
+      // this frame. Tell the source why if it is still there.
       this.o.log?.event('abort', 0, { reason: (err as Error).message });
       await ch.send(Msg.ABORT, encodeText((err as Error).message)).catch(() => {});
       throw err;

@@ -329,10 +329,11 @@ export class MigrationSource {
       const early = npages >= PARALLEL_THRESHOLD ? await this.earlyDigests() : undefined;
       await guest.pause();
       pausedAt = performance.now();
+      // Small guests: hash the whole view now, on other cores, during the final round.
       const sourceDigests = early
-        ? Promise.resolve(early.digests)
+        ? undefined
         : guestViewDigests(memory.key, memory.bytes, memory.cbits.words, npages);
-      sourceDigests.catch(() => {});
+      sourceDigests?.catch(() => {});
       round++;
       this.o.log?.event('pause', round, {});
       let d: PageBitmap;
@@ -385,16 +386,13 @@ export class MigrationSource {
       await this.o.channel.send(
         Msg.DIGESTS,
         encodeDigests({
-          digests: early ? this.finishDigests(early, d) : await sourceDigests,
+          digests: early ? this.finishDigests(early, d) : await sourceDigests!,
           defined: memory.written.words,
         }),
       );
       const result: VerifyResult = decodeResult(await this.expect(Msg.RESULT));
       const downtimeMs = performance.now() - pausedAt;
-      this.o.log?.event(result.verified ? 'resume' : 'verify-failed', round, {
-        ...result,
-        firstMismatches: result.firstMismatches,
-      });
+      this.o.log?.event(result.verified ? 'resume' : 'verify-failed', round, { ...result });
       if (!result.verified) {
         // The destination did not resume: the source guest carries on.
         guest.resume();
