@@ -49,19 +49,6 @@ export function medianMs(fn: () => void, runs = 7): number {
   return times[Math.floor(times.length / 2)];
 }
 
-/** Median wall time in milliseconds of an async fn. */
-export async function medianMsAsync(fn: () => Promise<void>, runs = 5): Promise<number> {
-  await fn();
-  const times: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const start = process.hrtime.bigint();
-    await fn();
-    times.push(Number(process.hrtime.bigint() - start) / 1e6);
-  }
-  times.sort((a, b) => a - b);
-  return times[Math.floor(times.length / 2)];
-}
-
 export { seededRandom } from '../src/common/rng.js';
 
 function formatNumber(v: number): string {

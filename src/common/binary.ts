@@ -157,10 +157,6 @@ export class BinaryWriter {
     return this;
   }
 
-  get length(): number {
-    return this.off;
-  }
-
   finish(): Buffer {
     return this.buf.subarray(0, this.off);
   }

@@ -66,10 +66,6 @@ export class FrameDecoder {
 
   constructor(private readonly spec: FrameSpec) {}
 
-  get failed(): boolean {
-    return this.dead;
-  }
-
   push(chunk: Buffer): (Frame | FrameProblem)[] {
     if (this.dead) return [];
     this.chunks.push(chunk);
@@ -127,11 +123,6 @@ export class FrameDecoder {
       }
     }
     return out;
-  }
-
-  /** Bytes received but not yet part of a complete frame. */
-  get pendingBytes(): number {
-    return this.buffered;
   }
 
   private peek(n: number): Buffer {

@@ -11,10 +11,3 @@ export interface StateRange extends PageRange {
 
 export const PAGE_SHIFT = 12;
 export const PAGE_SIZE = 4096;
-
-/** Total number of pages in a list of ranges. */
-export function totalPages(ranges: Iterable<PageRange>): number {
-  let n = 0;
-  for (const r of ranges) n += r.npages;
-  return n;
-}

@@ -42,7 +42,6 @@ export class GuestMemory {
   readonly written: PageBitmap;
   /** The VM's memory encryption key (never leaves the "hardware" but for the PSP model). */
   readonly key: Uint8Array;
-  private readonly scratch = new Uint8Array(PAGE_SIZE);
 
   private constructor(d: GuestMemoryDescriptor) {
     this.npages = d.npages;
@@ -161,10 +160,5 @@ export class GuestMemory {
     if (encrypted) this.cbits.setRangeAtomic(gfn, npages);
     else this.cbits.clearRangeAtomic(gfn, npages);
     this.written.clearRangeAtomic(gfn, npages);
-  }
-
-  /** Scratch page buffer for callers on this thread. */
-  get scratchPage(): Uint8Array {
-    return this.scratch;
   }
 }

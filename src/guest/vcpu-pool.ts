@@ -108,11 +108,6 @@ export class VcpuPool {
     this.failure ??= e;
   }
 
-  /** The first error a vCPU or an exit hit, if any. */
-  get error(): Error | undefined {
-    return this.failure;
-  }
-
   private check(): void {
     if (this.failure)
       throw new RuntimeFailure('ERR_VCPU', `a vCPU failed: ${this.failure.message}`, { cause: this.failure });

@@ -5,7 +5,6 @@
  * and count; record i has sequence number first_seq + i.
  */
 import { FormatError } from '../common/errors.js';
-import type { StateRange } from '../common/ranges.js';
 
 export const RECORD_BYTES = 16;
 const TWO32 = 2 ** 32;
@@ -75,11 +74,4 @@ export function forEachRecord(
       i,
     );
   }
-}
-
-/** Decodes a whole segment into ranges (for tests and tools). */
-export function decodeSegment(records: Uint8Array, count: number): StateRange[] {
-  const out: StateRange[] = [];
-  forEachRecord(records, count, (gfn, npages, encrypted) => out.push({ gfn, npages, encrypted }));
-  return out;
 }

@@ -218,10 +218,3 @@ export function decodeU64(payload: Buffer, what: string): bigint {
 export function encodeU32(v: number): Uint8Array {
   return new BinaryWriter().u32(v).finish();
 }
-
-export function decodeU32(payload: Buffer, what: string): number {
-  const r = new BinaryReader(payload, what);
-  const v = r.u32('value');
-  r.end();
-  return v;
-}
