@@ -10,10 +10,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeAttributes, KVM_HC_MAP_GPA_RANGE } from '../../src/common/kvm-abi.js';
-import { GuestMemory } from '../../src/guest/guest-memory.js';
-import { type HypercallBackend, InProcessBackend, SocketBackend } from '../../src/guest/hypercall-backend.js';
-import { VcpuPool } from '../../src/guest/vcpu-pool.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
+import { type HypercallBackend, InProcessBackend, SocketBackend } from '../../src/vmm/hypercall-backend.js';
+import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
+import { VcpuPool } from '../../src/vmm/sim/vcpu-pool.js';
 import { withServe } from '../../test/support/serve.js';
 import { type BenchGroup, opsPerSecond } from '../harness.js';
 

@@ -1,6 +1,6 @@
 /**
  * The CLI's error boundary: every command's action runs through here, which
- * turns errors into one line on stderr and the exit code the STYLE.md
+ * turns errors into one line on stderr and the exit code the docs/design.md §9
  * contract gives (0 ok, 1 a check failed, 2 bad input or usage, 3 aborted).
  */
 import { MisuseError, SevtrackError } from '../common/errors.js';

@@ -1,5 +1,5 @@
 /**
- * The guest/host ABI of DESIGN.md §2, matching Linux/KVM exactly, so a real
+ * The guest/host ABI of docs/design.md §2, matching Linux/KVM exactly, so a real
  * VMM could forward its KVM_EXIT_HYPERCALL exits unchanged. Shared by the
  * guest helper (which issues the hypercall) and the host (which decodes it).
  */

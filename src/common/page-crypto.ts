@@ -4,7 +4,7 @@
  * than the AES itself; see bench group `crypto`).
  *
  * - Memory encryption: AES-128-XTS, one data unit per page, tweak = the GPA
- *   (DESIGN.md §4), so the same plaintext at two addresses differs.
+ *   (docs/design.md §4), so the same plaintext at two addresses differs.
  * - PSP transport sealing: AES-256-GCM, nonce from the stream sequence number,
  *   GPA and sequence as associated data, so a page replayed at another GPA or
  *   position fails to open.

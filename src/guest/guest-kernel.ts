@@ -3,7 +3,7 @@
  * set_memory_encrypted()/set_memory_decrypted() with
  * notify_range_enc_status_changed() behind them.
  *
- * Ordering (DESIGN.md §3 rule 5): the guest's page tables change first, then
+ * Ordering (docs/design.md, rule 5): the guest's page tables change first, then
  * the host is notified, and the call returns only after the notification
  * returned; callers write the pages under their new c-bit only after that.
  */
@@ -23,7 +23,7 @@ import {
   MSR_KVM_MIGRATION_CONTROL,
 } from '../common/kvm-abi.js';
 import { PAGE_SIZE } from '../common/ranges.js';
-import type { GuestMemory } from './guest-memory.js';
+import type { GuestMemoryView } from './guest-memory-view.js';
 import type { HypercallPort } from './hypercall-port.js';
 
 const PAGES_2M = 512;
@@ -81,7 +81,7 @@ export class GuestKernel {
   notifications = 0;
 
   constructor(
-    private readonly memory: GuestMemory,
+    private readonly memory: GuestMemoryView,
     private readonly port: HypercallPort,
     options: GuestKernelOptions = {},
   ) {

@@ -19,8 +19,7 @@ import { InvalidArgumentError } from '../common/errors.js';
 import { PAGE_SIZE } from '../common/ranges.js';
 import { type Rng, randomInt } from '../common/rng.js';
 import type { GuestKernel } from './guest-kernel.js';
-import type { GuestMemory } from './guest-memory.js';
-import { bump, STAT_CONVERSIONS, STAT_WRITES } from './vcpu-control.js';
+import type { GuestMemoryView, WorkloadStats } from './guest-memory-view.js';
 
 export const WORKLOADS = ['idle', 'boot', 'swiotlb', 'churn', 'write-heavy', 'mixed'] as const;
 export type WorkloadName = (typeof WORKLOADS)[number];
@@ -33,12 +32,12 @@ export function parseWorkload(name: string): WorkloadName {
 }
 
 export interface WorkloadContext {
-  memory: GuestMemory;
+  memory: GuestMemoryView;
   kernel: GuestKernel;
   rng: Rng;
   vcpu: number;
   vcpus: number;
-  control: Int32Array;
+  stats: WorkloadStats;
   /** Optional per-page write counters (tests). */
   counters?: Int32Array;
 }
@@ -79,13 +78,13 @@ export function writePattern(ctx: WorkloadContext, gfn: number): void {
   words[2] = generation;
   ctx.memory.writePage(gfn, page);
   if (ctx.counters) Atomics.add(ctx.counters, gfn, 1);
-  bump(ctx.control, ctx.vcpu, STAT_WRITES);
+  ctx.stats.wrote(1);
 }
 
 function convert(ctx: WorkloadContext, gfn: number, npages: number, encrypted: boolean): void {
   if (encrypted) ctx.kernel.setMemoryEncrypted(gfn * PAGE_SIZE, npages);
   else ctx.kernel.setMemoryDecrypted(gfn * PAGE_SIZE, npages);
-  bump(ctx.control, ctx.vcpu, STAT_CONVERSIONS);
+  ctx.stats.converted(1);
 }
 
 function bootStorm(ctx: WorkloadContext, l: Layout, count: number): void {

@@ -1,6 +1,6 @@
 /**
  * CbitStore: the host's durable record of every guest's c-bit state
- * (DESIGN.md §3 rule 1, §6). Per VM it keeps, in memory, the full state as a
+ * (docs/design.md §3 rule 1, §6). Per VM it keeps, in memory, the full state as a
  * PageStateMap and, in SQLite (WAL), the append-only change log with
  * monotonically increasing sequence numbers, checkpoints of the full state,
  * syncs and the migration-control (READY) state.
@@ -415,7 +415,7 @@ export class CbitStore {
   }
 
   /**
-   * Takes a sync (DESIGN.md §3): commits, then returns the ranges whose state
+   * Takes a sync (docs/design.md §3): commits, then returns the ranges whose state
    * changed since the previous sync and a snapshot of the full state. The
    * cost is the changes since the previous sync, not the guest's size.
    */

@@ -1,5 +1,5 @@
 /**
- * Group commit (DESIGN.md §6): callers that applied changes to a CbitStore
+ * Group commit (docs/design.md §6): callers that applied changes to a CbitStore
  * wait here; one commit per event-loop turn makes every change applied so far
  * durable, and only then are the waiters told. If the commit fails, the
  * store has dropped the uncommitted changes and every waiter is told so.

@@ -6,7 +6,7 @@
  *
  * Cost: apply and isEncrypted are O(log R + k), where R is the number of ranges
  * and k the ranges the change touches; diff is O(R_a + R_b). None of them
- * depends on the guest's size (DESIGN.md §3 rule 1 keeps the FULL state).
+ * depends on the guest's size (docs/design.md §3 rule 1 keeps the FULL state).
  */
 
 import { FormatError, InvalidArgumentError } from '../common/errors.js';

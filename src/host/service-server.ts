@@ -3,7 +3,7 @@
  * of service-protocol.ts, so a VMM (or the guest shim's socket transport)
  * can forward MAP_GPA_RANGE hypercalls.
  *
- * Group commit (DESIGN.md §6): hypercalls from every connection are applied
+ * Group commit (docs/design.md §6): hypercalls from every connection are applied
  * as they arrive and their replies held back; one commit per event-loop turn
  * makes the whole group durable, and only then are the replies written. Any
  * other request first flushes that group, so it sees (and orders after)

@@ -3,29 +3,14 @@
  * receives frames through a MessagePort and answers with its verdict (the
  * guest it built stays in this thread and is dropped with it).
  */
-import { type MessagePort, parentPort, workerData } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { portChannel } from './port-channel.js';
-import type { PspLimits } from './psp.js';
-import { runDestination } from './run-migration.js';
+import {
+  type DestinationWorkerData,
+  type DestinationWorkerResult,
+  runDestination,
+} from './run-destination.js';
 import { MIGRATION_FRAME } from './stream.js';
-
-export interface DestinationWorkerData {
-  port: MessagePort;
-  peerTimeoutMs: number;
-  psp: PspLimits;
-}
-
-/** What the worker reports back: the verdict, without the guest. */
-export interface DestinationWorkerResult {
-  ok: boolean;
-  error?: string;
-  verified?: boolean;
-  mismatched?: number;
-  firstMismatches?: number[];
-  generationAfter?: number;
-  message?: string;
-  pagesReceived?: number;
-}
 
 const data = workerData as DestinationWorkerData;
 const channel = portChannel(data.port, MIGRATION_FRAME.version);

@@ -3,18 +3,18 @@
  * model with its own VM key), the guest's page tables, the host c-bit state,
  * migration control and vCPU state; then verifies that every page's guest
  * view equals the source's at pause (by digest), and only then resumes the
- * guest with a bumped generation (DESIGN.md §3 rule 6). On any failure the
+ * guest with a bumped generation (docs/design.md §3 rule 6). On any failure the
  * partial guest is discarded.
  */
 import { PeerError } from '../common/errors.js';
 import { PageBitmap } from '../common/page-bitmap.js';
 import { DIGEST_BYTES } from '../common/page-crypto.js';
-import { guestViewDigests, refreshDigests, warmDigestWorkers } from '../common/parallel-digests.js';
 import { PAGE_SIZE } from '../common/ranges.js';
-import { GuestMemory } from '../guest/guest-memory.js';
 import { PageStateMap } from '../host/page-state-map.js';
+import { GuestMemory } from '../vmm/sim/guest-memory.js';
 import type { FrameChannel } from './channel.js';
 import type { MigrationLog } from './migration-log.js';
+import { guestViewDigests, refreshDigests, warmDigestWorkers } from './parallel-digests.js';
 import { type PspLimits, PspSession, UNLIMITED_PSP } from './psp.js';
 import {
   decodeDigests,
@@ -226,7 +226,7 @@ export class MigrationDestination {
 }
 
 /**
- * The destination's digests started before the final round (DESIGN.md §3
+ * The destination's digests started before the final round (docs/design.md §3
  * keeps verification inside the downtime; this keeps most of its cost out):
  * every page is hashed under the source's page tables from just before the
  * pause, then the pages received afterwards, and those whose c-bit differs

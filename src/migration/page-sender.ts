@@ -2,11 +2,11 @@
  * Sends a set of pages, each from the perspective the source believes:
  * encrypted pages through the PSP (SEND_UPDATE_DATA, sealed), shared pages
  * raw. Two pipelines run side by side so shared pages keep flowing while a
- * rate-limited PSP works (DESIGN.md §4).
+ * rate-limited PSP works (docs/design.md §4).
  */
 import { PAGE_SIZE, type PageRange } from '../common/ranges.js';
-import type { GuestMemory } from '../guest/guest-memory.js';
 import type { PageStateMap } from '../host/page-state-map.js';
+import type { GuestMemory } from '../vmm/sim/guest-memory.js';
 import type { FrameChannel } from './channel.js';
 import type { MigrationLog } from './migration-log.js';
 import type { PspSession } from './psp.js';

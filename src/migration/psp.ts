@@ -1,5 +1,5 @@
 /**
- * The PSP model (DESIGN.md §4): the SEV firmware commands a VMM uses to move
+ * The PSP model (docs/design.md §4): the SEV firmware commands a VMM uses to move
  * encrypted pages. SEND_START and RECEIVE_START agree a transport key with a
  * real X25519 key exchange and HKDF-SHA256; SEND_UPDATE_DATA decrypts pages
  * with the source VM's memory key and seals them (AES-256-GCM, GPA and

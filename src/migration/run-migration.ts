@@ -10,20 +10,26 @@ import { MessageChannel } from 'node:worker_threads';
 import { InvalidArgumentError, PeerError } from '../common/errors.js';
 import { PAGE_SIZE } from '../common/ranges.js';
 import { startWorker } from '../common/worker-script.js';
-import { GuestMemory } from '../guest/guest-memory.js';
-import { InProcessBackend } from '../guest/hypercall-backend.js';
-import { VcpuPool } from '../guest/vcpu-pool.js';
 import type { WorkloadName } from '../guest/workloads.js';
 import { CbitStore } from '../host/cbit-store.js';
+import type { SourceGuest } from '../vmm/backend.js';
+import { InProcessBackend } from '../vmm/hypercall-backend.js';
+import { GuestMemory } from '../vmm/sim/guest-memory.js';
+import { ThreadedGuest } from '../vmm/sim/threaded-guest.js';
+import { VcpuPool } from '../vmm/sim/vcpu-pool.js';
 import { type FrameChannel, memoryChannelPair } from './channel.js';
 import { type DestinationResult, MigrationDestination } from './destination.js';
-import type { DestinationWorkerData, DestinationWorkerResult } from './destination-worker.js';
 import { connectChannel, type Endpoint, listenChannel, type Transport } from './endpoints.js';
 import { MigrationLog } from './migration-log.js';
 import { portChannel } from './port-channel.js';
 import type { PspLimits } from './psp.js';
+import {
+  type DestinationVerdict,
+  type DestinationWorkerData,
+  type DestinationWorkerResult,
+  runDestination,
+} from './run-destination.js';
 import { MigrationSource, type MigrationSummary, type RoundProgress } from './source.js';
-import { type SourceGuest, ThreadedGuest } from './source-guest.js';
 import { MIGRATION_FRAME, type Protocol, type VerifyMode } from './stream.js';
 
 export interface MigrateParams {
@@ -176,42 +182,6 @@ export async function migrateGuest(
     a.close();
   }
 }
-
-/** The destination side over `channel`. */
-export async function runDestination(
-  p: Pick<MigrateParams, 'peerTimeoutMs' | 'psp' | 'log'>,
-  channel: FrameChannel,
-): Promise<DestinationResult> {
-  let log: MigrationLog | undefined;
-  const dest = new MigrationDestination({
-    channel,
-    peerTimeoutMs: p.peerTimeoutMs,
-    psp: p.psp,
-    allocate: (npages) => {
-      if (p.log) log = MigrationLog.create(p.log, 'destination', npages, {});
-      return GuestMemory.create(npages);
-    },
-    get log() {
-      return log;
-    },
-  });
-  try {
-    const r = await dest.run();
-    log?.close({ verified: r.verified, mismatched: r.mismatched });
-    return r;
-  } catch (err) {
-    log?.close({ aborted: (err as Error).message });
-    throw err;
-  } finally {
-    channel.close();
-  }
-}
-
-/** The destination's side of a one-process run: its verdict (the guest it built is dropped). */
-export type DestinationVerdict = Pick<
-  DestinationResult,
-  'verified' | 'mismatched' | 'firstMismatches' | 'generationAfter' | 'message' | 'pagesReceived'
->;
 
 /** Runs the destination on a worker thread (its own core), talking through a MessagePort. */
 function destinationOnWorker(p: MigrateParams): {

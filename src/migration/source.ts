@@ -1,7 +1,7 @@
 /**
  * MigrationSource: pre-copy rounds, pause, final round with the c-bit diff,
  * then the c-bit state, migration control, vCPU state and digests, and the
- * destination's verdict (DESIGN.md §3 rules 1-6).
+ * destination's verdict (docs/design.md §3 rules 1-6).
  *
  * Round k (guest running), protocol `safe`:
  *   1. harvest and clear the dirty log, THEN 2. sync the c-bit state (rule 2),
@@ -18,20 +18,20 @@
 import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { KVM_MIGRATION_READY } from '../common/kvm-abi.js';
 import { PageBitmap } from '../common/page-bitmap.js';
+import { PAGE_SIZE, type PageRange, type StateRange } from '../common/ranges.js';
+import type { CbitStore } from '../host/cbit-store.js';
+import type { PageStateMap } from '../host/page-state-map.js';
+import type { SourceGuest } from '../vmm/backend.js';
+import type { FrameChannel } from './channel.js';
+import type { MigrationLog } from './migration-log.js';
+import { PageSender } from './page-sender.js';
 import {
   guestViewDigests,
   PARALLEL_THRESHOLD,
   refreshDigests,
   warmDigestWorkers,
-} from '../common/parallel-digests.js';
-import { PAGE_SIZE, type PageRange, type StateRange } from '../common/ranges.js';
-import type { CbitStore } from '../host/cbit-store.js';
-import type { PageStateMap } from '../host/page-state-map.js';
-import type { FrameChannel } from './channel.js';
-import type { MigrationLog } from './migration-log.js';
-import { PageSender } from './page-sender.js';
+} from './parallel-digests.js';
 import { type PspLimits, PspSession } from './psp.js';
-import type { SourceGuest } from './source-guest.js';
 import {
   decodeHelloAck,
   decodeResult,

@@ -10,8 +10,8 @@ import {
   MSR_KVM_MIGRATION_CONTROL,
 } from '../../src/common/kvm-abi.js';
 import { GuestKernel, pageTableChunks } from '../../src/guest/guest-kernel.js';
-import { GuestMemory } from '../../src/guest/guest-memory.js';
 import type { HypercallPort } from '../../src/guest/hypercall-port.js';
+import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
 
 /** A recording port that isolates the kernel helper (a unit test double, not a host). */
 class RecordingPort implements HypercallPort {

@@ -1,10 +1,10 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { GuestMemory } from '../../src/guest/guest-memory.js';
-import { ScriptedGuest } from '../../src/guest/scripted-guest.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
 import { DEFAULT_PARAMS, migrateGuest } from '../../src/migration/run-migration.js';
 import type { RoundProgress } from '../../src/migration/source.js';
+import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
+import { ScriptedGuest } from '../../src/vmm/sim/scripted-guest.js';
 import { tempDir } from '../support/tmp.js';
 
 function setup(opsPerTick: number) {

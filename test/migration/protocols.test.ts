@@ -1,5 +1,5 @@
 /**
- * DESIGN.md §3's table, pinned with a seeded scripted guest that acts at the
+ * docs/design.md §3's table, pinned with a seeded scripted guest that acts at the
  * engine's interleaving points (deterministic for a seed):
  *
  * | variant       | strict   | defined  |
@@ -11,11 +11,11 @@
  */
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { GuestMemory } from '../../src/guest/guest-memory.js';
-import { ScriptedGuest } from '../../src/guest/scripted-guest.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
 import { DEFAULT_PARAMS, migrateGuest } from '../../src/migration/run-migration.js';
 import type { Protocol, VerifyMode } from '../../src/migration/stream.js';
+import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
+import { ScriptedGuest } from '../../src/vmm/sim/scripted-guest.js';
 import { tempDir } from '../support/tmp.js';
 
 const NPAGES = 512;
@@ -46,7 +46,7 @@ async function firstCorruptingSeed(protocol: Protocol, verify: VerifyMode, tries
   return undefined;
 }
 
-describe('protocol variants against DESIGN.md §3', () => {
+describe('protocol variants against docs/design.md §3', () => {
   it('safe never corrupts, under strict or defined, across seeds', async () => {
     for (let seed = 1; seed <= 12; seed++) {
       for (const verify of ['strict', 'defined'] as const) {

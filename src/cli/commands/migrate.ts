@@ -10,11 +10,11 @@ import {
   parseEndpoint,
   type Transport,
 } from '../../migration/endpoints.js';
+import { runDestination } from '../../migration/run-destination.js';
 import {
   DEFAULT_PARAMS,
   type MigrateParams,
   migrateLocally,
-  runDestination,
   runSource,
 } from '../../migration/run-migration.js';
 import type { MigrationSummary, RoundProgress } from '../../migration/source.js';

@@ -1,17 +1,17 @@
 /**
  * A guest driven in-thread by a seeded script: at each of the migration
  * engine's interleaving points it performs a few guest operations (convert a
- * buffer, write pages, or both), obeying the guest contract (DESIGN.md §3
+ * buffer, write pages, or both), obeying the guest contract (docs/design.md §3
  * rule 5) unless told to break it. Deterministic for a seed, so a scenario
  * that corrupts under an unsafe protocol variant corrupts every time.
  */
 
-import { PAGE_SIZE } from '../common/ranges.js';
-import { type Rng, randomInt, seededRandom } from '../common/rng.js';
-import type { CbitStore } from '../host/cbit-store.js';
-import { type InterleavingPoint, type SourceGuest, syntheticVmsa } from '../migration/source-guest.js';
-import { DirectPort } from './direct-port.js';
-import { GuestKernel } from './guest-kernel.js';
+import { PAGE_SIZE } from '../../common/ranges.js';
+import { type Rng, randomInt, seededRandom } from '../../common/rng.js';
+import { GuestKernel } from '../../guest/guest-kernel.js';
+import type { CbitStore } from '../../host/cbit-store.js';
+import { type InterleavingPoint, type SourceGuest, syntheticVmsa } from '../backend.js';
+import { DirectPort } from '../direct-port.js';
 import type { GuestMemory } from './guest-memory.js';
 
 export interface ScriptedGuestOptions {

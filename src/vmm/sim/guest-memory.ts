@@ -1,5 +1,5 @@
 /**
- * The SEV memory model (DESIGN.md §4) for the simulated backend.
+ * The SEV memory model (docs/design.md §4) for the simulated backend.
  *
  * Guest memory is a SharedArrayBuffer the host reads raw. The guest's own
  * page tables carry the c-bit (`cbits`, 1 = encrypted/private), separate from
@@ -12,10 +12,10 @@
  * Every piece lives in shared memory so vCPU worker threads attach to the same
  * guest with GuestMemory.attach(descriptor).
  */
-import { InvalidArgumentError } from '../common/errors.js';
-import { PageBitmap } from '../common/page-bitmap.js';
-import { newMemoryKey, xtsDecryptPages, xtsEncryptPages } from '../common/page-crypto.js';
-import { PAGE_SIZE } from '../common/ranges.js';
+import { InvalidArgumentError } from '../../common/errors.js';
+import { PageBitmap } from '../../common/page-bitmap.js';
+import { newMemoryKey, xtsDecryptPages, xtsEncryptPages } from '../../common/page-crypto.js';
+import { PAGE_SIZE } from '../../common/ranges.js';
 
 /** What a worker thread needs to attach to the same guest memory. */
 export interface GuestMemoryDescriptor {
@@ -37,7 +37,7 @@ export class GuestMemory {
   readonly dirty: PageBitmap;
   /**
    * Set when the guest writes a page, cleared when it converts it: the pages
-   * whose content is defined (verification mode `defined`, DESIGN.md §3).
+   * whose content is defined (verification mode `defined`, docs/design.md §3).
    */
   readonly written: PageBitmap;
   /** The VM's memory encryption key (never leaves the "hardware" but for the PSP model). */

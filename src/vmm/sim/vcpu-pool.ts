@@ -2,14 +2,15 @@
  * VcpuPool: the VMM side of a simulated guest's vCPUs. It starts one worker
  * thread per vCPU running a workload over the shared guest memory, serves
  * their exits through a HypercallBackend, and pauses, resumes and stops them
- * at clean points (DESIGN.md §3: the source pauses the guest for the final
+ * at clean points (docs/design.md §3: the source pauses the guest for the final
  * round; a failure resumes it).
  */
 import type { Worker } from 'node:worker_threads';
-import { RuntimeFailure } from '../common/errors.js';
-import { startWorker } from '../common/worker-script.js';
+import { RuntimeFailure } from '../../common/errors.js';
+import { startWorker } from '../../common/worker-script.js';
+import type { WorkloadName } from '../../guest/workloads.js';
+import type { HypercallBackend } from '../hypercall-backend.js';
 import type { GuestMemory } from './guest-memory.js';
-import type { HypercallBackend } from './hypercall-backend.js';
 import {
   CMD,
   CMD_PAUSE,
@@ -27,7 +28,6 @@ import {
 } from './vcpu-control.js';
 import { EXIT_SLOT_BYTES, serveExits } from './vcpu-exit.js';
 import type { VcpuWorkerData } from './vcpu-worker.js';
-import type { WorkloadName } from './workloads.js';
 
 export interface VcpuPoolOptions {
   memory: GuestMemory;

@@ -4,8 +4,9 @@
  * the VMM pauses the guest, and exits through ExitPort for every hypercall.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { seededRandom } from '../common/rng.js';
-import { GuestKernel } from './guest-kernel.js';
+import { seededRandom } from '../../common/rng.js';
+import { GuestKernel } from '../../guest/guest-kernel.js';
+import { layout, type WorkloadContext, type WorkloadName, workloads } from '../../guest/workloads.js';
 import { GuestMemory, type GuestMemoryDescriptor } from './guest-memory.js';
 import {
   bump,
@@ -15,11 +16,12 @@ import {
   CMD_STOP,
   PARKED,
   SETUP_DONE,
+  STAT_CONVERSIONS,
   STAT_REJECTED,
   STAT_STEPS,
+  STAT_WRITES,
 } from './vcpu-control.js';
 import { ExitPort } from './vcpu-exit.js';
-import { layout, type WorkloadContext, type WorkloadName, workloads } from './workloads.js';
 
 export interface VcpuWorkerData {
   vcpu: number;
@@ -49,7 +51,10 @@ const ctx: WorkloadContext = {
   rng: seededRandom((data.seed * 1_000_003 + data.vcpu * 7919) >>> 0),
   vcpu: data.vcpu,
   vcpus: data.vcpus,
-  control,
+  stats: {
+    wrote: (n) => bump(control, data.vcpu, STAT_WRITES, n),
+    converted: (n) => bump(control, data.vcpu, STAT_CONVERSIONS, n),
+  },
   counters: data.counters ? new Int32Array(data.counters) : undefined,
 };
 const l = layout(memory.npages, data.vcpu, data.vcpus);

@@ -6,9 +6,9 @@
 
 import { RuntimeFailure } from '../common/errors.js';
 import { KVM_CPUID_FEATURES, MSR_KVM_MIGRATION_CONTROL } from '../common/kvm-abi.js';
+import type { CpuidResult, HypercallPort } from '../guest/hypercall-port.js';
 import type { CbitStore } from '../host/cbit-store.js';
 import { FULL_SUPPORT } from './hypercall-backend.js';
-import type { CpuidResult, HypercallPort } from './hypercall-port.js';
 
 export class DirectPort implements HypercallPort {
   constructor(

@@ -9,10 +9,10 @@
  * value of an RDMSR.
  */
 import type { MessagePort, Worker } from 'node:worker_threads';
-import { RuntimeFailure } from '../common/errors.js';
-import { KVM_CPUID_FEATURES, MSR_KVM_MIGRATION_CONTROL } from '../common/kvm-abi.js';
-import type { HypercallBackend } from './hypercall-backend.js';
-import type { CpuidResult, HypercallPort } from './hypercall-port.js';
+import { RuntimeFailure } from '../../common/errors.js';
+import { KVM_CPUID_FEATURES, MSR_KVM_MIGRATION_CONTROL } from '../../common/kvm-abi.js';
+import type { CpuidResult, HypercallPort } from '../../guest/hypercall-port.js';
+import type { HypercallBackend } from '../hypercall-backend.js';
 
 const IDLE = 0;
 const PENDING = 1;

@@ -4,7 +4,7 @@
  * while the migration waits at pause.
  */
 import { parentPort } from 'node:worker_threads';
-import { nativeAddon } from './native.js';
+import { nativeAddon } from '../common/native.js';
 
 export interface DigestJob {
   id: number;

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { GuestMemory } from '../../src/guest/guest-memory.js';
+import { GuestMemory } from '../../../src/vmm/sim/guest-memory.js';
 
 describe('the SEV memory model', () => {
   it('an encrypted page reads back as written while the host sees different bytes', () => {

@@ -1,15 +1,15 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { KVM_MIGRATION_READY } from '../../src/common/kvm-abi.js';
-import { PageBitmap } from '../../src/common/page-bitmap.js';
-import { GuestMemory } from '../../src/guest/guest-memory.js';
-import { InProcessBackend, SocketBackend, UnsupportedBackend } from '../../src/guest/hypercall-backend.js';
-import { VcpuPool } from '../../src/guest/vcpu-pool.js';
-import type { WorkloadName } from '../../src/guest/workloads.js';
-import { CbitStore } from '../../src/host/cbit-store.js';
-import { HostServiceClient } from '../../src/host/service-client.js';
-import { HostService } from '../../src/host/service-server.js';
-import { tempDir } from '../support/tmp.js';
+import { KVM_MIGRATION_READY } from '../../../src/common/kvm-abi.js';
+import { PageBitmap } from '../../../src/common/page-bitmap.js';
+import type { WorkloadName } from '../../../src/guest/workloads.js';
+import { CbitStore } from '../../../src/host/cbit-store.js';
+import { HostServiceClient } from '../../../src/host/service-client.js';
+import { HostService } from '../../../src/host/service-server.js';
+import { InProcessBackend, SocketBackend, UnsupportedBackend } from '../../../src/vmm/hypercall-backend.js';
+import { GuestMemory } from '../../../src/vmm/sim/guest-memory.js';
+import { VcpuPool } from '../../../src/vmm/sim/vcpu-pool.js';
+import { tempDir } from '../../support/tmp.js';
 
 const pools: VcpuPool[] = [];
 afterEach(async () => {

@@ -6,12 +6,12 @@
  */
 import os from 'node:os';
 import type { Worker } from 'node:worker_threads';
+import { RuntimeFailure } from '../common/errors.js';
+import { nativeAddon } from '../common/native.js';
+import type { PageBitmap } from '../common/page-bitmap.js';
+import { DIGEST_BYTES, viewDigests } from '../common/page-crypto.js';
+import { startWorker } from '../common/worker-script.js';
 import type { DigestJob } from './digest-worker.js';
-import { RuntimeFailure } from './errors.js';
-import { nativeAddon } from './native.js';
-import type { PageBitmap } from './page-bitmap.js';
-import { DIGEST_BYTES, viewDigests } from './page-crypto.js';
-import { startWorker } from './worker-script.js';
 
 /** Below this many pages one thread is faster than handing out work. */
 export const PARALLEL_THRESHOLD = 32_768;

@@ -1,0 +1,202 @@
+/**
+ * sevtrack's public library API: what a VMM author embeds. Everything here is
+ * also what the `sevtrack` command uses; the layers and their rules are in
+ * docs/design.md, the wire and disk formats in docs/.
+ *
+ * Import from the package root only (`import { CbitStore } from 'sevtrack'`);
+ * the modules behind it are free to move.
+ */
+
+// ---- Errors -------------------------------------------------------------
+
+/**
+ * The error tree. Every error sevtrack throws is a `SevtrackError` with a
+ * stable `code`: `MisuseError` for the caller's fault (bad input, unknown VM,
+ * a database that is not ours), `RuntimeFailure` for what went wrong at run
+ * time (a broken invariant, a dead peer).
+ */
+export {
+  DatabaseFormatError,
+  FormatError,
+  InvalidArgumentError,
+  InvariantError,
+  MisuseError,
+  NativeAddonMissingError,
+  PeerError,
+  RuntimeFailure,
+  SevtrackError,
+  UnknownVmError,
+} from './common/errors.js';
+
+// ---- The KVM ABI --------------------------------------------------------
+
+/**
+ * KVM's hypercall ABI, numbers exactly as Linux defines them:
+ * `KVM_HC_MAP_GPA_RANGE` (12) and its attribute bits, the return codes
+ * (`-KVM_EINVAL`, `-KVM_ENOSYS`), the CPUID feature bits and
+ * `MSR_KVM_MIGRATION_CONTROL`.
+ *
+ * `decodeHypercall(nr, a0, a1, a2, guestPages)` returns either the page-range
+ * change the call asks for (`{ ok: true, change }`) or the KVM return code the
+ * host must answer and why (`{ ok: false, ret, reason }`). It is pure: it
+ * changes nothing, so a VMM decodes first and applies only what decoded.
+ * `encodeAttributes(encrypted, pageSizeCode)` builds a2 the way Linux does.
+ */
+export {
+  type DecodeResult,
+  decodeHypercall,
+  encodeAttributes,
+  type GpaRangeChange,
+  KVM_CPUID_FEATURES,
+  KVM_EINVAL,
+  KVM_ENOSYS,
+  KVM_FEATURE_HC_MAP_GPA_RANGE,
+  KVM_FEATURE_MIGRATION_CONTROL,
+  KVM_HC_MAP_GPA_RANGE,
+  KVM_MAP_GPA_RANGE_DECRYPTED,
+  KVM_MAP_GPA_RANGE_ENCRYPTED,
+  KVM_MAP_GPA_RANGE_PAGE_SZ_1G,
+  KVM_MAP_GPA_RANGE_PAGE_SZ_2M,
+  KVM_MAP_GPA_RANGE_PAGE_SZ_4K,
+  KVM_MIGRATION_READY,
+  MSR_KVM_MIGRATION_CONTROL,
+} from './common/kvm-abi.js';
+/** Page ranges are `(gfn, npages)` everywhere; `PAGE_SIZE` is 4096. */
+export { PAGE_SIZE, type PageRange, type StateRange } from './common/ranges.js';
+
+// ---- The host tracker ---------------------------------------------------
+
+/**
+ * `CbitStore`: the full c-bit state of every registered VM in one SQLite
+ * database (WAL), with an ordered change log and syncs.
+ *
+ * Ordering: `applyHypercall` validates and applies a change in memory and
+ * returns its KVM return code and sequence number; the change is durable only
+ * after `commit()` returns, and a VMM must not complete the guest's exit
+ * before that (or must batch exits so every change a `sync()` consumed is
+ * committed before the sync is answered). `sync(vm)` returns the ranges whose
+ * c-bit changed since the previous sync and the sequence it consumed up to.
+ */
+export { CbitStore, type OpenOptions, type SyncResult, type VmInfo } from './host/cbit-store.js';
+/**
+ * `PageStateMap`: c-bit state as coalesced `(gfn, npages)` ranges, with
+ * copy-on-write clones and a diff between two maps. Pure in-memory.
+ */
+export { PageStateMap } from './host/page-state-map.js';
+/**
+ * `HostServiceClient`: a client of `sevtrack serve` over its unix socket
+ * (docs/host-protocol.md). Each call resolves once the service answered;
+ * a hypercall's reply comes only after the change is committed.
+ */
+export {
+  HostServiceClient,
+  type HypercallReply,
+  ServiceFailedError,
+  ServiceRejectedError,
+  type SyncReply,
+} from './host/service-client.js';
+/**
+ * `HostService`: the socket service itself, for a VMM that hosts it in its
+ * own process. Replies to hypercalls only after their commit.
+ */
+export { HostService, type HostServiceOptions } from './host/service-server.js';
+
+// ---- The guest helper ---------------------------------------------------
+
+/**
+ * `GuestKernel`: the guest kernel helper (Linux's set_memory_encrypted /
+ * set_memory_decrypted). Ordering (guest contract, docs/design.md rule 5):
+ * it changes the guest's own c-bit table first, then notifies the host with
+ * one `KVM_HC_MAP_GPA_RANGE` per page-table chunk, and returns only after
+ * every notification returned; callers write under the new c-bit only then.
+ */
+export { GuestKernel, type GuestKernelOptions, pageTableChunks } from './guest/guest-kernel.js';
+/** What a guest sees of its memory and of its hypercall instruction. */
+export type { GuestMemoryView } from './guest/guest-memory-view.js';
+export type { CpuidResult, HypercallPort } from './guest/hypercall-port.js';
+/** The seeded guest workloads (`idle`, `boot`, `swiotlb`, `churn`, `write-heavy`, `mixed`). */
+export { WORKLOADS, type WorkloadName } from './guest/workloads.js';
+
+// ---- The VMM ------------------------------------------------------------
+
+/** The backend interface the migration engine drives (pause, resume, vCPU state, memory). */
+export type { InterleavingPoint, SourceGuest } from './vmm/backend.js';
+/** `DirectPort`: a guest's hypercall port straight into a `CbitStore` on the same thread (commit per call). */
+export { DirectPort } from './vmm/direct-port.js';
+/**
+ * Exit handling: where a VMM forwards a guest's MAP_GPA_RANGE hypercalls and
+ * migration-control MSR writes. `InProcessBackend` applies them to a
+ * `CbitStore` in this process and resolves each exit only after its commit;
+ * `SocketBackend` forwards them to `sevtrack serve`.
+ */
+export {
+  FULL_SUPPORT,
+  type HypercallBackend,
+  InProcessBackend,
+  SocketBackend,
+  UnsupportedBackend,
+} from './vmm/hypercall-backend.js';
+/** The `sim` backend: guest memory with the SEV encryption model, and vCPU worker threads. */
+export { GuestMemory, type GuestMemoryDescriptor } from './vmm/sim/guest-memory.js';
+export { ThreadedGuest } from './vmm/sim/threaded-guest.js';
+export { type GuestStats, VcpuPool, type VcpuPoolOptions } from './vmm/sim/vcpu-pool.js';
+
+// ---- Migration ----------------------------------------------------------
+
+/** Frame channels: an in-memory pair, or a unix/tcp socket (`listenChannel` / `connectChannel`). */
+export { type FrameChannel, memoryChannelPair } from './migration/channel.js';
+/**
+ * `MigrationDestination.run()` receives a guest, applies the final c-bit
+ * state, verifies and resumes it, and resolves with the verdict; it resumes
+ * nothing unless every page and the state are in and verified.
+ */
+export {
+  type DestinationOptions,
+  type DestinationResult,
+  MigrationDestination,
+} from './migration/destination.js';
+export {
+  connectChannel,
+  type Endpoint,
+  type Listener,
+  listenChannel,
+  type Transport,
+} from './migration/endpoints.js';
+/** The PSP model's limits (`rate` pages/s, 0 = unlimited; `batch` pages per command). */
+export { type PspLimits, UNLIMITED_PSP } from './migration/psp.js';
+/** The destination side over a channel (a two-process destination). */
+export { runDestination } from './migration/run-destination.js';
+/**
+ * The main job as a call: `migrateLocally(params)` builds a simulated guest,
+ * runs it, and migrates it to a destination in this process; it resolves
+ * with the source's summary and the destination's verdict. `migrateGuest`
+ * migrates a guest you built yourself.
+ */
+export {
+  DEFAULT_PARAMS,
+  type MigrateParams,
+  migrateGuest,
+  migrateLocally,
+} from './migration/run-migration.js';
+/**
+ * `MigrationSource.run()` migrates a guest over a frame channel and resolves
+ * with its summary; on any failure it resumes the guest unpaused and intact
+ * and rejects. Ordering (docs/design.md rules 2-4): each round harvests the
+ * dirty log before it syncs the c-bit state; the paused round diffs the full
+ * state against the last sync and resends every page whose c-bit changed.
+ */
+export {
+  MigrationRefusedError,
+  MigrationSource,
+  type MigrationSummary,
+  type RoundProgress,
+  type SourceOptions,
+} from './migration/source.js';
+/** Protocol variants and verification modes, by their CLI names. */
+export {
+  MIGRATION_FRAME,
+  PROTOCOLS,
+  type Protocol,
+  VERIFY_MODES,
+  type VerifyMode,
+} from './migration/stream.js';

@@ -1,0 +1,66 @@
+/**
+ * The destination side of a migration over a frame channel: it allocates the
+ * guest the source announces, receives, verifies and resumes it. Used by a
+ * two-process destination, by the one-process run's destination thread
+ * (destination-worker.ts) and over local sockets.
+ */
+import type { MessagePort } from 'node:worker_threads';
+import { GuestMemory } from '../vmm/sim/guest-memory.js';
+import type { FrameChannel } from './channel.js';
+import { type DestinationResult, MigrationDestination } from './destination.js';
+import { MigrationLog } from './migration-log.js';
+import type { PspLimits } from './psp.js';
+
+/** The destination side over `channel`. */
+export async function runDestination(
+  p: { peerTimeoutMs: number; psp: PspLimits; log?: string },
+  channel: FrameChannel,
+): Promise<DestinationResult> {
+  let log: MigrationLog | undefined;
+  const dest = new MigrationDestination({
+    channel,
+    peerTimeoutMs: p.peerTimeoutMs,
+    psp: p.psp,
+    allocate: (npages) => {
+      if (p.log) log = MigrationLog.create(p.log, 'destination', npages, {});
+      return GuestMemory.create(npages);
+    },
+    get log() {
+      return log;
+    },
+  });
+  try {
+    const r = await dest.run();
+    log?.close({ verified: r.verified, mismatched: r.mismatched });
+    return r;
+  } catch (err) {
+    log?.close({ aborted: (err as Error).message });
+    throw err;
+  } finally {
+    channel.close();
+  }
+}
+
+/** The destination's side of a one-process run: its verdict (the guest it built is dropped). */
+export type DestinationVerdict = Pick<
+  DestinationResult,
+  'verified' | 'mismatched' | 'firstMismatches' | 'generationAfter' | 'message' | 'pagesReceived'
+>;
+
+export interface DestinationWorkerData {
+  port: MessagePort;
+  peerTimeoutMs: number;
+  psp: PspLimits;
+}
+
+/** What the worker reports back: the verdict, without the guest. */
+export interface DestinationWorkerResult {
+  ok: boolean;
+  error?: string;
+  verified?: boolean;
+  mismatched?: number;
+  firstMismatches?: number[];
+  generationAfter?: number;
+  message?: string;
+  pagesReceived?: number;
+}
