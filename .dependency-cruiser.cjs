@@ -21,7 +21,8 @@ module.exports = {
   forbidden: [
     {
       name: 'no-circular',
-      comment: 'An import circle: two modules that need each other are one concept, or one of them owns a piece the other should import.',
+      comment:
+        'An import circle: two modules that need each other are one concept, or one of them owns a piece the other should import.',
       severity: 'error',
       from: { path: '^src/' },
       to: { circular: true },
