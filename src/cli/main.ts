@@ -2,6 +2,7 @@
 /** The sevtrack CLI: one module per command under commands/, each only parses and calls the library. */
 import { Command, CommanderError } from 'commander';
 import { registerDecode } from './commands/decode.js';
+import { registerExplore } from './commands/explore.js';
 import { registerMigrate } from './commands/migrate.js';
 import { registerServe } from './commands/serve.js';
 import { registerState } from './commands/state.js';
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
   registerServe(program);
   registerState(program);
   registerDecode(program);
+  registerExplore(program);
   return program;
 }
 

@@ -30,7 +30,7 @@ export interface ExhaustiveResult {
 }
 
 /** States the search may hold; past it the model is too large to search in full. */
-export const MAX_STATES = 3_000_000;
+export const MAX_STATES = 2_000_000;
 
 /** Searches every schedule of `config`, judging each complete run under `mode`. */
 export function exhaustive(config: ModelConfig, mode: VerifyMode, maxStates = MAX_STATES): ExhaustiveResult {

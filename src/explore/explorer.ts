@@ -41,8 +41,12 @@ export const DEFAULT_OPS_PER_VCPU = 2;
 export const DEFAULT_MAX_ROUNDS = 3;
 
 export interface Counterexample {
-  /** Steps of the schedule (guest events, host events, decisions). */
+  /** Steps of the schedule: scheduling choices (a guest event, a host event, the pause; the paused round is one). */
   steps: number;
+  /** Events in the timeline (the paused round's reads and sends each count). */
+  events: number;
+  /** The schedule itself: replaySchedule() on the same model reproduces it. */
+  schedule: Step[];
   /** Pages that arrived wrong. */
   corruptedGfns: number[];
   timeline: string[];
@@ -149,6 +153,8 @@ export function explore(o: ExploreOptions): ExploreReport {
       const t = renderTimeline(config, steps, o.verify);
       counterexample = {
         steps: steps.length,
+        events: t.events,
+        schedule: steps,
         corruptedGfns: t.corrupted.map((v) => v.gfn),
         timeline: t.lines,
       };

@@ -50,6 +50,8 @@ export function describeVerdict(v: PageVerdict, world: World): string {
 
 export interface Timeline {
   lines: string[];
+  /** Events described (the lines between the initial state and the verdicts). */
+  events: number;
   corrupted: PageVerdict[];
 }
 
@@ -67,7 +69,7 @@ export function renderTimeline(config: ModelConfig, steps: readonly Step[], mode
   const corrupted = run.model.corrupted(mode);
   for (const v of corrupted) lines.push(describeVerdict(v, run.model.world));
   if (corrupted.length === 0) lines.push(`every page verifies (${mode})`);
-  return { lines, corrupted };
+  return { lines, events: events.length, corrupted };
 }
 
 function replayWithEvents(config: ModelConfig, steps: readonly Step[], events: ModelEvent[]) {
