@@ -32,6 +32,23 @@ export interface ExhaustiveResult {
 /** States the search may hold; past it the model is too large to search in full. */
 export const MAX_STATES = 2_000_000;
 
+/**
+ * Pages the search takes for 1, 2, 3 and 4 vCPUs (index = vCPUs). Measured
+ * at 2 operations per vCPU and 3 rounds: 2 vCPUs over 3 pages are ~0.3M
+ * states (seconds), 3 vCPUs over 2 pages are past 2M on the broken contract.
+ */
+export const EXHAUSTIVE_MAX_PAGES = [0, 8, 3, 1, 1] as const;
+
+/** Throws InvalidArgumentError, naming the flags, when `config` is beyond EXHAUSTIVE_MAX_PAGES. */
+export function checkExhaustiveSize(config: ModelConfig): void {
+  const max = EXHAUSTIVE_MAX_PAGES[config.vcpus] ?? 0;
+  if (config.npages > max)
+    throw new InvalidArgumentError(
+      '--pages',
+      `--exhaustive searches at most ${max} page${max === 1 ? '' : 's'} with ${config.vcpus} vCPUs (1 vCPU: 8, 2: 3, 3 or 4: 1); lower --pages or --vcpus, or use --schedules N`,
+    );
+}
+
 /** Searches every schedule of `config`, judging each complete run under `mode`. */
 export function exhaustive(config: ModelConfig, mode: VerifyMode, maxStates = MAX_STATES): ExhaustiveResult {
   const memo = new Map<string, Summary>();

@@ -7,7 +7,7 @@
 import { InvalidArgumentError } from '../common/errors.js';
 import { seededRandom } from '../common/rng.js';
 import type { Protocol, VerifyMode } from '../migration/stream.js';
-import { exhaustive } from './exhaustive.js';
+import { checkExhaustiveSize, exhaustive } from './exhaustive.js';
 import { type Expectation, expectedOutcome, meetsExpectation } from './expected.js';
 import { type Contract, checkConfig, Model, type ModelConfig, type Step, StepTable } from './model.js';
 import { randomSchedule, shrink } from './schedule.js';
@@ -133,6 +133,7 @@ export function explore(o: ExploreOptions): ExploreReport {
       maxRounds,
     };
     checkConfig(config);
+    if (o.exhaustive) checkExhaustiveSize(config);
     let schedules: number;
     let corrupted: number;
     let states: number | undefined;

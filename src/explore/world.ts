@@ -88,10 +88,35 @@ export class World {
   /**
    * A world where page g starts encrypted when g is even and shared when odd,
    * holding data number g written under that c-bit; the host tracker agrees.
+   * With `from`, a copy of that world instead (see clone()).
    */
-  constructor(npages: number, vcpus: number, opsPerVcpu: number) {
+  constructor(npages: number, vcpus: number, opsPerVcpu: number, from?: World) {
     this.npages = npages;
     this.vcpus = vcpus;
+    if (from) {
+      // A copy (clone()): every field listed, so the object keeps one shape.
+      this.table = from.table.slice();
+      this.raw = from.raw.slice();
+      this.current = from.current.slice();
+      this.defined = from.defined.slice();
+      this.dirty = from.dirty.slice();
+      this.hostState = from.hostState.slice();
+      this.synced = from.synced.slice();
+      this.seq = from.seq;
+      this.phase = from.phase.slice();
+      this.convGfn = from.convGfn.slice();
+      this.opsLeft = from.opsLeft.slice();
+      this.dest = from.dest.slice();
+      this.sentAs = from.sentAs.slice();
+      this.sentRound = from.sentRound.slice();
+      this.sentData = from.sentData.slice();
+      this.paused = from.paused;
+      this.pauseView = from.pauseView;
+      this.pauseDefined = from.pauseDefined;
+      this.nextData = from.nextData;
+      this.onEvent = from.onEvent;
+      return;
+    }
     this.table = new Uint8Array(npages);
     this.raw = [];
     this.current = new Int32Array(npages);
@@ -112,19 +137,12 @@ export class World {
     this.sentRound = new Int32Array(npages).fill(-1);
     this.sentData = new Int32Array(npages).fill(-1);
     this.nextData = npages;
+    this.onEvent = undefined;
   }
 
+  /** An independent copy (the exhaustive search branches with it). */
   clone(): World {
-    const w = Object.create(World.prototype) as World;
-    Object.assign(w, this);
-    const mutable = w as unknown as Record<string, unknown>;
-    for (const k of ['table', 'current', 'defined', 'dirty', 'hostState', 'synced'] as const)
-      mutable[k] = this[k].slice();
-    for (const k of ['phase', 'convGfn', 'opsLeft', 'sentAs', 'sentRound', 'sentData'] as const)
-      mutable[k] = this[k].slice();
-    mutable.raw = this.raw.slice();
-    mutable.dest = this.dest.slice();
-    return w;
+    return new World(this.npages, this.vcpus, 0, this);
   }
 
   /** The vCPU converting `gfn` (table flipped, call not yet returned), or -1. */
