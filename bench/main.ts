@@ -1,5 +1,6 @@
 /** Entry of `npm run bench [-- --json] [-- GROUP ...]`. */
 import { bitmapGroup } from './groups/bitmap.js';
+import { exploreGroup } from './groups/explore.js';
 import { guestGroup } from './groups/guest.js';
 import { hostIngestGroup } from './groups/host-ingest.js';
 import { hostSyncGroup } from './groups/host-sync.js';
@@ -15,6 +16,7 @@ const groups: BenchGroup[] = [
   hostSyncGroup,
   guestGroup,
   migrateGroup,
+  exploreGroup,
 ];
 
 const args = process.argv.slice(2);
