@@ -200,3 +200,35 @@ export {
   VERIFY_MODES,
   type VerifyMode,
 } from './migration/stream.js';
+
+// ---- Exploration --------------------------------------------------------
+
+/** The outcomes docs/design.md §3 expects of each variant, by contract and verification mode. */
+export { EXPECTED, type Expectation, expectedOutcome } from './explore/expected.js';
+/**
+ * `explore(options)` runs seeded random schedules (or, with `exhaustive`,
+ * every schedule of a small model) of guest c-bit changes and writes against
+ * each protocol variant's migration thread, and returns per variant the
+ * schedules run, the corrupted ones, the shortest counterexample as a
+ * timeline, and whether that matches `EXPECTED` (docs/explore.md). It throws
+ * InvalidArgumentError for a bad option or a model too large to search.
+ */
+export {
+  type Counterexample,
+  type ExploreOptions,
+  type ExploreReport,
+  explore,
+  type ProtocolReport,
+} from './explore/explorer.js';
+/**
+ * The model, for replaying schedules or recorded guest events: `Model` (a
+ * world, one variant's migration thread and the guest contract; `enabled()`,
+ * `apply()`, `corrupted()`), `replaySchedule()` and `renderTimeline()`.
+ */
+export { CONTRACTS, type Contract, Model, type ModelConfig, type Step } from './explore/model.js';
+/** What each variant does in a live and in the paused round, and the thread that carries it out. */
+export { MigrationThread, PLANS, type ProtocolPlan, type RoundPlan } from './explore/protocol.js';
+export { replaySchedule } from './explore/schedule.js';
+export { renderTimeline } from './explore/timeline.js';
+/** The explorer's world: one method per guest and host event, with a listener for them. */
+export { type ModelEvent, World } from './explore/world.js';
