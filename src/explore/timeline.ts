@@ -8,7 +8,7 @@ import type { VerifyMode } from '../migration/stream.js';
 import type { ModelConfig, PageVerdict, Step } from './model.js';
 import { replaySchedule } from './schedule.js';
 import { termText } from './sev-model.js';
-import type { ModelEvent, World } from './world.js';
+import { type ModelEvent, World } from './world.js';
 
 const cbit = (encrypted: boolean) => (encrypted ? 'encrypted' : 'shared');
 const gfnList = (gfns: readonly number[], none: string) =>
@@ -58,8 +58,10 @@ export interface Timeline {
 /** Replays `steps` on a fresh model and describes every event and every corrupted page under `mode`. */
 export function renderTimeline(config: ModelConfig, steps: readonly Step[], mode: VerifyMode): Timeline {
   const events: ModelEvent[] = [];
+  const start = new World(config.npages, config.vcpus, config.opsPerVcpu);
   const initial: string[] = [];
-  for (let g = 0; g < config.npages; g++) initial.push(`gfn ${g} ${cbit(g % 2 === 0)} holding d${g}`);
+  for (let g = 0; g < config.npages; g++)
+    initial.push(`gfn ${g} ${cbit(start.table[g] === 1)} holding d${start.current[g]}`);
   const run = replayWithEvents(config, steps, events);
   const pausedRound = events.find((e) => e.kind === 'pause')?.round ?? -1;
   const lines = [`initially: ${initial.join(', ')}; the host tracker agrees`];
