@@ -5,6 +5,7 @@ import { parseIntIn } from '../../common/units.js';
 import { type ExploreReport, explore } from '../../explore/explorer.js';
 import { CONTRACTS, type Contract } from '../../explore/model.js';
 import { PROTOCOLS, type Protocol, VERIFY_MODES, type VerifyMode } from '../../migration/stream.js';
+import { oneOf } from '../choice.js';
 import { CheckFailedError, runAction } from '../run-action.js';
 
 interface ExploreFlags {
@@ -20,12 +21,6 @@ interface ExploreFlags {
 }
 
 const DEFAULT_SCHEDULES = '10000';
-
-function oneOf<T extends string>(value: string, allowed: readonly T[], flag: string): T {
-  if (!(allowed as readonly string[]).includes(value))
-    throw new InvalidArgumentError(flag, `${flag} "${value}" is not one of ${allowed.join(', ')}`);
-  return value as T;
-}
 
 function printReport(r: ExploreReport): void {
   const how =

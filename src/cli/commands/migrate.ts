@@ -19,6 +19,7 @@ import {
 } from '../../migration/run-migration.js';
 import type { MigrationSummary, RoundProgress } from '../../migration/source.js';
 import { PROTOCOLS, type Protocol, VERIFY_MODES, type VerifyMode } from '../../migration/stream.js';
+import { oneOf } from '../choice.js';
 import { CheckFailedError, runAction } from '../run-action.js';
 
 interface MigrateFlags {
@@ -41,13 +42,6 @@ interface MigrateFlags {
   forceUnsafe?: boolean;
   peerTimeout: string;
   json?: boolean;
-}
-
-function oneOf<T extends string>(value: string, allowed: readonly T[], flag: string): T {
-  if (!(allowed as readonly string[]).includes(value)) {
-    throw new InvalidArgumentError(flag, `${flag} "${value}" is not one of ${allowed.join(', ')}`);
-  }
-  return value as T;
 }
 
 function toParams(f: MigrateFlags): MigrateParams {
