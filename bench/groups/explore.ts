@@ -7,13 +7,15 @@ import { exhaustive } from '../../src/explore/exhaustive.js';
 import { Model, type ModelConfig, type Step, StepTable } from '../../src/explore/model.js';
 import { randomSchedule } from '../../src/explore/schedule.js';
 import { PROTOCOLS } from '../../src/migration/stream.js';
-import { type BenchGroup, seededRandom } from '../harness.js';
+import { type BenchGroup, medianMs, seededRandom } from '../harness.js';
 
+/** Units of `work()` per second, from the median time of 5 runs after a warm-up (the machine is shared). */
 function perSecond(work: () => number): number {
-  work(); // warm-up
-  const start = process.hrtime.bigint();
-  const n = work();
-  return n / (Number(process.hrtime.bigint() - start) / 1e9);
+  let n = 0;
+  const ms = medianMs(() => {
+    n = work();
+  }, 5);
+  return n / (ms / 1000);
 }
 
 /** Every complete schedule of `config`, one by one; returns how many. */
