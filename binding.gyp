@@ -6,7 +6,8 @@
         "native/addon.cc",
         "native/bitmap.cc",
         "native/bitmap_binding.cc",
-        "native/crypto_binding.cc"
+        "native/crypto_binding.cc",
+        "native/sysgenid_binding.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
@@ -16,6 +17,12 @@
       "conditions": [
         ["target_arch=='x64'", { "cflags_cc": ["-mpopcnt", "-mbmi"] }]
       ]
+    },
+    {
+      "target_name": "sysgenid-watch",
+      "type": "executable",
+      "sources": ["native/examples/sysgenid-watch.c"],
+      "cflags": ["-std=c11", "-O2", "-Wall", "-Wextra"]
     }
   ]
 }

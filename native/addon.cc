@@ -36,6 +36,7 @@ uint64_t GetIndex(const Napi::CallbackInfo& info, size_t index, const char* name
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   sevtrack::InitBitmap(env, exports);
   sevtrack::InitCrypto(env, exports);
+  sevtrack::InitSysgenid(env, exports);
   return exports;
 }
 

@@ -10,6 +10,18 @@ import { NativeAddonMissingError } from './errors.js';
  * Page bitmaps are Uint32Arrays of even length (whole 64-bit words); bit i
  * is guest frame i. Ranges are (gfn, npages).
  */
+/** An open, mapped sysgenid counter file (native; unmapped by sysgenidCounterClose or the GC). */
+export interface SysgenidCounterHandle {
+  readonly __sysgenidCounter: unique symbol;
+}
+
+/** The credentials of the process at the other end of a Unix socket, taken at connect(). */
+export interface PeerCredentials {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
 export interface NativeAddon {
   bitmapSetRange(bitmap: Uint32Array, gfn: number, npages: number): void;
   bitmapClearRange(bitmap: Uint32Array, gfn: number, npages: number): void;
@@ -77,6 +89,31 @@ export interface NativeAddon {
     npages: number,
     out: Uint8Array,
   ): void;
+  /**
+   * Opens (creating 0644) the sysgenid counter file, grows it to one 4096-byte
+   * page if shorter (never shrinks it), maps it MAP_SHARED read-write and
+   * stamps the magic and version at offset 8. Offset 0 is left unchanged.
+   * Throws an Error with `code` (the errno name) naming the call that failed.
+   */
+  sysgenidCounterOpen(path: string): SysgenidCounterHandle;
+  /** One atomic little-endian u32 release store at offset 0, then futimens (mtime) on the file. */
+  sysgenidCounterStore(handle: SysgenidCounterHandle, value: number): void;
+  /** One atomic load of offset 0. */
+  sysgenidCounterLoad(handle: SysgenidCounterHandle): number;
+  /** Unmaps and closes; closing twice is a no-op. */
+  sysgenidCounterClose(handle: SysgenidCounterHandle): void;
+  /** SO_PEERCRED of a connected Unix socket fd. */
+  sysgenidPeerCredentials(fd: number): PeerCredentials;
+  /**
+   * Benchmark kernel: checks the generation of the file at path `iterations`
+   * times with a load from a read-only mapping ("map") or a 4-byte pread
+   * ("pread"); returns the loop's elapsed ns and the sum of values read.
+   */
+  sysgenidProbeLoop(
+    path: string,
+    mode: 'map' | 'pread',
+    iterations: number,
+  ): { elapsedNs: number; checksum: number };
 }
 
 const here = fileURLToPath(new URL('.', import.meta.url));

@@ -9,12 +9,12 @@
  * other request first flushes that group, so it sees (and orders after)
  * every hypercall received before it.
  */
-import { chmodSync, chownSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { BinaryReader, type BinaryWriter } from '../common/binary.js';
 import { InvalidArgumentError, MisuseError, SevtrackError, UnknownVmError } from '../common/errors.js';
 import { encodeFrame, type Frame, FrameDecoder, isFrame } from '../common/frames.js';
 import { KVM_EINVAL } from '../common/kvm-abi.js';
+import { listenUnixSocket } from '../common/unix-socket.js';
 import type { CbitStore } from './cbit-store.js';
 import { GroupCommit } from './group-commit.js';
 import {
@@ -40,55 +40,6 @@ export interface HostServiceOptions {
   log?: (line: string) => void;
 }
 
-/** Resolves a group name (or numeric gid) through /etc/group. */
-export function resolveGid(group: string): number {
-  if (/^\d+$/.test(group)) return Number(group);
-  const line = readFileSync('/etc/group', 'utf8')
-    .split('\n')
-    .find((l) => l.split(':')[0] === group);
-  if (!line)
-    throw new InvalidArgumentError(
-      '--group',
-      `group "${group}" does not exist in /etc/group; pass an existing group name or gid`,
-    );
-  return Number(line.split(':')[2]);
-}
-
-/**
- * Makes path usable for a new server: refuses a path held by a live server
- * or that is not a socket, and removes a stale socket left by a dead one.
- */
-export async function claimSocketPath(path: string): Promise<void> {
-  let isSocket: boolean;
-  try {
-    isSocket = lstatSync(path).isSocket();
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw err;
-  }
-  if (!isSocket) {
-    throw new InvalidArgumentError(
-      '--socket',
-      `${path} exists and is not a socket; remove it or choose another --socket path`,
-    );
-  }
-  const live = await new Promise<boolean>((resolve) => {
-    const probe = net.connect(path);
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
-  if (live) {
-    throw new MisuseError(
-      'ERR_SOCKET_IN_USE',
-      `socket ${path} is held by a live server; stop it or choose another --socket path`,
-    );
-  }
-  unlinkSync(path);
-}
-
 export class HostService {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
@@ -110,28 +61,8 @@ export class HostService {
 
   /** Claims the socket path, listens (mode 0600, or 0660 with a group) and returns the running service. */
   static async start(options: HostServiceOptions): Promise<HostService> {
-    await claimSocketPath(options.socketPath);
-    const gid = options.group === undefined ? undefined : resolveGid(options.group);
     const service = new HostService(options.store, options.socketPath, options.log);
-    // The umask makes the socket private from the moment it exists; chmod below is the final word.
-    const oldMask = process.umask(0o177);
-    try {
-      await new Promise<void>((resolve, reject) => {
-        service.server.once('error', reject);
-        service.server.listen(options.socketPath, () => {
-          service.server.off('error', reject);
-          resolve();
-        });
-      });
-    } finally {
-      process.umask(oldMask);
-    }
-    if (gid !== undefined) {
-      chownSync(options.socketPath, process.getuid?.() ?? 0, gid);
-      chmodSync(options.socketPath, 0o660);
-    } else {
-      chmodSync(options.socketPath, 0o600);
-    }
+    await listenUnixSocket(service.server, options.socketPath, options.group);
     return service;
   }
 
