@@ -6,6 +6,7 @@ import { registerExplore } from './commands/explore.js';
 import { registerMigrate } from './commands/migrate.js';
 import { registerServe } from './commands/serve.js';
 import { registerState } from './commands/state.js';
+import { registerSysgenid } from './commands/sysgenid.js';
 import { EXIT_USAGE } from './run-action.js';
 
 export function buildProgram(): Command {
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
   registerState(program);
   registerDecode(program);
   registerExplore(program);
+  registerSysgenid(program);
   return program;
 }
 
