@@ -232,3 +232,47 @@ export { replaySchedule } from './explore/schedule.js';
 export { renderTimeline } from './explore/timeline.js';
 /** The explorer's world: one method per guest and host event, with a listener for them. */
 export { type ModelEvent, World } from './explore/world.js';
+
+// ---- sysgenid -----------------------------------------------------------
+
+/**
+ * sysgenid (docs/sysgenid.md): a system generation counter that grows when a
+ * VM is restored or resumes after migration. `SysgenidService` serves it on a
+ * Unix socket and mirrors it into a one-page counter file (mmap it read-only;
+ * offset 0 is the little-endian u32). One `SysgenidClient` connection is one
+ * watcher: `generations()` yields each new generation once, `acknowledge()`
+ * confirms it. Ordering rule for clients: the value may change right after it
+ * is read, so check, do the work, and check again before relying on it.
+ */
+export { SysgenidClient } from './sysgenid/client.js';
+export {
+  COUNTER_FILE_BYTES,
+  COUNTER_FILE_MAGIC,
+  COUNTER_FILE_VERSION,
+  CounterFile,
+  defaultCounterFile,
+  defaultSocketPath,
+} from './sysgenid/counter-file.js';
+/** sysgenid's errors carry the errno the kernel proposal returned for the same case. */
+export { Errno, errnoOf, SysgenidRequestError, SysgenidStateError } from './sysgenid/errors.js';
+/**
+ * The overseer moves a restored system from transient to available:
+ * `bumpAndWait` bumps, waits for tracked watchers up to the timeout, and
+ * reports who acknowledged and who timed out.
+ */
+export {
+  type BumpAndWaitOptions,
+  type BumpAndWaitResult,
+  bumpAndWait,
+  Overseer,
+} from './sysgenid/overseer.js';
+export type { WatcherInfo } from './sysgenid/protocol.js';
+export { SysgenidService, type SysgenidServiceOptions } from './sysgenid/service.js';
+/** Simulated guest watchers (each reseeds a small random pool, then acknowledges), for tests and migrations. */
+export type { WatcherEvent, WatcherSpec } from './sysgenid/simulated-watcher.js';
+export {
+  type StartWatchersOptions,
+  startWatchers,
+  WatcherFleet,
+  type WatcherStats,
+} from './sysgenid/watchers.js';

@@ -49,8 +49,7 @@ describe('GenerationRegistry', () => {
           let expectReads = 0;
           let expectOk = 0;
           let expectIntr = 0;
-          const outdatedModel = () =>
-            [...model.values()].filter((m) => m.tracked && m.gen !== gen).length;
+          const outdatedModel = () => [...model.values()].filter((m) => m.tracked && m.gen !== gen).length;
           for (const [op, pick, arg] of ops) {
             const w = live.length > 0 ? live[pick % live.length] : undefined;
             if (op === 0 || !w) {

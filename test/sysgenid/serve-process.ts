@@ -27,7 +27,11 @@ export async function startSysgenidServe(dir: string, extra: string[] = []): Pro
 }
 
 /** Resolves once `read()` of the text so far matches pattern (polling the captured output of a child). */
-export async function waitForOutput(read: () => string, pattern: RegExp, timeoutMs = 30_000): Promise<string> {
+export async function waitForOutput(
+  read: () => string,
+  pattern: RegExp,
+  timeoutMs = 30_000,
+): Promise<string> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const m = pattern.exec(read());
