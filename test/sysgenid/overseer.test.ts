@@ -67,7 +67,7 @@ describe('overseer bumpAndWait', () => {
     await f.told(40);
     const after = f.snapshot();
     expect(after.every((s) => s.acknowledged === 2 && s.lastGeneration === 40)).toBe(true);
-    after.forEach((s, i) => expect(s.poolDigest).not.toBe(digests1[i]));
+    for (const [i, s] of after.entries()) expect(s.poolDigest).not.toBe(digests1[i]);
     expect(new Set(after.map((s) => s.poolDigest)).size).toBe(5);
   });
 
