@@ -6,6 +6,7 @@ import { hostIngestGroup } from './groups/host-ingest.js';
 import { hostSyncGroup } from './groups/host-sync.js';
 import { migrateGroup } from './groups/migrate.js';
 import { pageStateGroup } from './groups/page-state.js';
+import { sysgenidGroup } from './groups/sysgenid.js';
 import type { BenchGroup } from './harness.js';
 import { runGroups } from './harness.js';
 
@@ -17,6 +18,7 @@ const groups: BenchGroup[] = [
   guestGroup,
   migrateGroup,
   exploreGroup,
+  sysgenidGroup,
 ];
 
 const args = process.argv.slice(2);
