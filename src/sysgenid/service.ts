@@ -160,49 +160,58 @@ export class SysgenidService {
       reply(errorReply(Errno[errno as keyof typeof Errno] ?? Errno.EINVAL, (err as Error).message));
     };
     try {
-      this.dispatch(w, frame, reply, fail);
+      const payload = this.dispatch(w, frame, reply, fail);
+      if (payload) reply(payload);
     } catch (err) {
       fail(err);
     }
   }
 
-  /** Runs one request; replies now, or later for a blocking read or a wait. */
-  private dispatch(w: Watcher, frame: Frame, reply: (p: Buffer) => void, fail: (e: unknown) => void): void {
+  /**
+   * Runs one request. Returns the reply payload, or undefined for a blocking
+   * read or a wait, which reply (or fail) later through the callbacks.
+   */
+  private dispatch(
+    w: Watcher,
+    frame: Frame,
+    reply: (p: Buffer) => void,
+    fail: (e: unknown) => void,
+  ): Buffer | undefined {
     const body = new BinaryReader(frame.payload, 'sysgenid request');
     const r = this.registry;
     switch (frame.type) {
       case Request.GET:
         body.end();
-        return reply(okReply((out) => out.u32(r.generation)));
+        return okReply((out) => out.u32(r.generation));
       case Request.READ: {
         const flags = body.u8('read flags');
         body.end();
         r.read(w, (flags & READ_NONBLOCK) !== 0, (err, gen) =>
           err ? fail(err) : reply(okReply((out) => out.u32(gen ?? 0))),
         );
-        return;
+        return undefined;
       }
       case Request.WRITE:
         r.write(w, frame.payload);
-        return reply(okReply((out) => out.u32(frame.payload.length)));
+        return okReply((out) => out.u32(frame.payload.length));
       case Request.POLL:
         body.end();
-        return reply(okReply((out) => out.u32(r.isOutdated(w) ? POLLIN : 0)));
+        return okReply((out) => out.u32(r.isOutdated(w) ? POLLIN : 0));
       case Request.SET_TRACKING: {
         const on = body.u8('tracking');
         body.end();
         if (on > 1) throw sysgenidError('EINVAL', `tracking must be 0 or 1, got ${on}`);
         r.setTracking(w, on === 1);
-        return reply(okReply());
+        return okReply();
       }
       case Request.GET_OUTDATED:
         body.end();
-        return reply(okReply((out) => out.u32(r.outdated)));
+        return okReply((out) => out.u32(r.outdated));
       case Request.WAIT_WATCHERS: {
         const timeoutMs = body.u32('timeout ms');
         body.end();
         r.waitWatchers(w, timeoutMs, (err) => (err ? fail(err) : reply(okReply())));
-        return;
+        return undefined;
       }
       case Request.BUMP: {
         const min = body.u32('minimum generation');
@@ -215,7 +224,7 @@ export class SysgenidService {
           );
         }
         const { generation, madeOutdated } = r.bump(min);
-        return reply(okReply((out) => out.u32(generation).u32(madeOutdated)));
+        return okReply((out) => out.u32(generation).u32(madeOutdated));
       }
       case Request.SET_NAME: {
         if (frame.payload.length > MAX_NAME_BYTES) {
@@ -225,13 +234,13 @@ export class SysgenidService {
           );
         }
         w.name = frame.payload.toString('utf8');
-        return reply(okReply());
+        return okReply();
       }
       case Request.LIST_WATCHERS: {
         body.end();
         const out = new BinaryWriter(64 + r.size * 32).i32(0);
         writeWatcherTable(out, r.generation, r.list());
-        return reply(out.finish());
+        return out.finish();
       }
       default:
         throw sysgenidError('ENOTTY', `unknown sysgenid request type ${frame.type}`);

@@ -65,12 +65,7 @@ export function registerSysgenid(program: Command): void {
     .option(...socketOption)
     .option('--counter-file <file>', 'the counter page (mmap it read-only)', defaultCounterFile())
     .option('--group <name>', 'make the socket group-accessible (0660) for this group (else 0600)')
-    .option(
-      '--allow-uid <uid>',
-      'a uid besides root allowed to bump (repeat or comma-separate)',
-      collect,
-      [],
-    )
+    .option('--allow-uid <uid>', 'a uid besides root allowed to bump (repeat or comma-separate)', collect, [])
     .option('--quiet', 'print nothing but errors')
     .action(
       runAction(
