@@ -4,10 +4,9 @@
  * shim's socket transport, the CLI, tests and benchmarks; a VMM in another
  * language speaks the same bytes (docs/host-protocol.md).
  */
-import net from 'node:net';
 import { BinaryReader, BinaryWriter } from '../common/binary.js';
-import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
-import { encodeFrame, FrameDecoder, isFrame } from '../common/frames.js';
+import { MisuseError, RuntimeFailure } from '../common/errors.js';
+import { FramedConnection, type FramedProtocol } from '../common/framed-connection.js';
 import type { StateRange } from '../common/ranges.js';
 import { PageStateMap } from './page-state-map.js';
 import {
@@ -68,89 +67,46 @@ interface Reply {
   body: BinaryReader;
 }
 
+/** Parses the reply prefix every host service reply starts with. */
+function parseReply(payload: Buffer): Reply {
+  const body = new BinaryReader(payload, 'host service reply');
+  const ret = body.i32('ret');
+  const status = body.u16('status');
+  body.u16('reserved');
+  const message =
+    status === Status.OK ? undefined : body.bytes(body.u32('message length'), 'message').toString('utf8');
+  return { ret, status, message, body };
+}
+
+const HOST_PROTOCOL: FramedProtocol = {
+  spec: HOST_FRAME,
+  replyFlag: REPLY_FLAG,
+  protocolErrorType: TYPE_PROTOCOL_ERROR,
+  protocolError: (payload) => {
+    const r = parseReply(payload);
+    return new ServiceFailedError(r.status, r.ret, r.message ?? 'protocol error');
+  },
+};
+
 export class HostServiceClient {
-  private nextId = 1;
-  private readonly waiting = new Map<number, { resolve: (r: Reply) => void; reject: (e: Error) => void }>();
-  private closedError: Error | undefined;
+  private constructor(private readonly conn: FramedConnection) {}
 
-  private constructor(private readonly socket: net.Socket) {
-    const decoder = new FrameDecoder(HOST_FRAME);
-    socket.on('data', (chunk: Buffer) => {
-      for (const item of decoder.push(chunk)) {
-        if (!isFrame(item)) {
-          this.failAll(new PeerError(`host service sent a bad frame: ${item.message}`));
-          socket.destroy();
-          return;
-        }
-        this.dispatch(item.type, item.id, item.payload);
-      }
-    });
-    socket.on('error', (err) =>
-      this.failAll(new PeerError(`host service connection failed: ${err.message}`, { cause: err })),
-    );
-    socket.on('close', () => this.failAll(new PeerError('host service closed the connection')));
-  }
-
-  static connect(path: string): Promise<HostServiceClient> {
-    return new Promise((resolve, reject) => {
-      const socket = net.connect(path);
-      socket.once('connect', () => {
-        socket.off('error', reject);
-        resolve(new HostServiceClient(socket));
-      });
-      socket.once('error', (err) =>
-        reject(
-          new PeerError(`cannot connect to the host service at ${path}: ${err.message}`, { cause: err }),
-        ),
-      );
-    });
+  static async connect(path: string): Promise<HostServiceClient> {
+    return new HostServiceClient(await FramedConnection.connect(path, HOST_PROTOCOL, 'host service'));
   }
 
   close(): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.socket.destroyed) return resolve();
-      this.socket.once('close', () => resolve());
-      this.socket.end();
-    });
-  }
-
-  private failAll(err: Error): void {
-    this.closedError ??= err;
-    for (const w of this.waiting.values()) w.reject(err);
-    this.waiting.clear();
-  }
-
-  private dispatch(type: number, id: number, payload: Buffer): void {
-    const body = new BinaryReader(payload, 'host service reply');
-    const ret = body.i32('ret');
-    const status = body.u16('status');
-    body.u16('reserved');
-    const message =
-      status === Status.OK ? undefined : body.bytes(body.u32('message length'), 'message').toString('utf8');
-    if (type === TYPE_PROTOCOL_ERROR) {
-      this.failAll(new ServiceFailedError(status, ret, message ?? 'protocol error'));
-      return;
-    }
-    const w = this.waiting.get(id);
-    if (!w) return;
-    this.waiting.delete(id);
-    if ((type & REPLY_FLAG) === 0) w.reject(new PeerError(`reply ${id} has request type ${type}`));
-    else w.resolve({ ret, status, message, body });
+    return this.conn.close();
   }
 
   /** Sends one request; resolves with the reply (any status). */
-  private request(type: number, payload: Uint8Array): Promise<Reply> {
-    if (this.closedError) return Promise.reject(this.closedError);
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.waiting.set(id, { resolve, reject });
-      this.socket.write(encodeFrame(HOST_FRAME, type, id, payload));
-    });
+  private async request(type: number, payload: Uint8Array): Promise<Reply> {
+    return parseReply(await this.conn.request(type, payload));
   }
 
   /** Sends raw bytes (tests of malformed input). */
   writeRaw(bytes: Uint8Array): void {
-    this.socket.write(bytes);
+    this.conn.writeRaw(bytes);
   }
 
   /** Sends a request and throws unless the status is OK. */

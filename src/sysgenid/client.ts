@@ -13,10 +13,9 @@
  *     await c.acknowledge(generation);
  *   }
  */
-import net from 'node:net';
 import { BinaryReader, BinaryWriter } from '../common/binary.js';
 import { InvalidArgumentError, MisuseError, PeerError } from '../common/errors.js';
-import { encodeFrame, FrameDecoder, isFrame } from '../common/frames.js';
+import { FramedConnection, type FramedProtocol } from '../common/framed-connection.js';
 import { errnoName, sysgenidError } from './errors.js';
 import {
   MAX_NAME_BYTES,
@@ -30,62 +29,45 @@ import {
   type WatcherInfo,
 } from './protocol.js';
 
-interface Waiting {
-  resolve: (body: BinaryReader) => void;
-  reject: (err: Error) => void;
+/** Parses a reply: the body of a success, or the errno error it carries. */
+function parseReply(payload: Buffer): BinaryReader {
+  const body = new BinaryReader(payload, 'sysgenid reply');
+  const status = body.i32('status');
+  if (status === 0) return body;
+  throw sysgenidError(errnoName(status), body.bytes(body.u32('message length'), 'message').toString('utf8'));
 }
 
+const SYSGENID_PROTOCOL: FramedProtocol = {
+  spec: REPLY_FRAME,
+  replyFlag: REPLY_FLAG,
+  protocolErrorType: TYPE_PROTOCOL_ERROR,
+  protocolError: (payload) => {
+    try {
+      parseReply(payload);
+      return new PeerError('the sysgenid service reported a protocol error');
+    } catch (err) {
+      return err as Error;
+    }
+  },
+};
+
 export class SysgenidClient {
-  private nextId = 1;
-  private readonly waiting = new Map<number, Waiting>();
-  private closedError: Error | undefined;
   private closing = false;
   private lastAcknowledged: number | undefined;
 
-  private constructor(private readonly socket: net.Socket) {
-    const decoder = new FrameDecoder(REPLY_FRAME);
-    socket.on('data', (chunk: Buffer) => {
-      for (const item of decoder.push(chunk)) {
-        if (!isFrame(item)) {
-          this.failAll(new PeerError(`sysgenid service sent a bad frame: ${item.message}`));
-          socket.destroy();
-          return;
-        }
-        this.dispatch(item.type, item.id, item.payload);
-      }
-    });
-    socket.on('error', (err) =>
-      this.failAll(new PeerError(`sysgenid connection failed: ${err.message}`, { cause: err })),
-    );
-    socket.on('close', () => this.failAll(new PeerError('the sysgenid service closed the connection')));
-  }
+  private constructor(private readonly conn: FramedConnection) {}
 
   /** Connects a new watcher: up to date with the current generation, untracked. */
-  static connect(socketPath: string): Promise<SysgenidClient> {
-    return new Promise((resolve, reject) => {
-      const socket = net.connect(socketPath);
-      socket.once('connect', () => {
-        socket.off('error', reject);
-        resolve(new SysgenidClient(socket));
-      });
-      socket.once('error', (err) =>
-        reject(
-          new PeerError(`cannot connect to the sysgenid service at ${socketPath}: ${err.message}`, {
-            cause: err,
-          }),
-        ),
-      );
-    });
+  static async connect(socketPath: string): Promise<SysgenidClient> {
+    return new SysgenidClient(
+      await FramedConnection.connect(socketPath, SYSGENID_PROTOCOL, 'sysgenid service'),
+    );
   }
 
   /** Disconnects: the service forgets this watcher (and drops it from the outdated count). */
   close(): Promise<void> {
     this.closing = true;
-    return new Promise((resolve) => {
-      if (this.socket.destroyed) return resolve();
-      this.socket.once('close', () => resolve());
-      this.socket.end();
-    });
+    return this.conn.close();
   }
 
   /** The current generation, without acknowledging anything. */
@@ -198,7 +180,7 @@ export class SysgenidClient {
 
   /** Sends raw bytes on the connection (tests of malformed input). */
   writeRaw(bytes: Uint8Array): void {
-    this.socket.write(bytes);
+    this.conn.writeRaw(bytes);
   }
 
   /** Sends a request of any type and payload (tests of bad input); resolves with the body or rejects with the errno. */
@@ -206,35 +188,8 @@ export class SysgenidClient {
     return this.call(type, payload);
   }
 
-  private failAll(err: Error): void {
-    this.closedError ??= err;
-    for (const w of this.waiting.values()) w.reject(err);
-    this.waiting.clear();
-  }
-
-  private dispatch(type: number, id: number, payload: Buffer): void {
-    const body = new BinaryReader(payload, 'sysgenid reply');
-    const status = body.i32('status');
-    const message = status === 0 ? '' : body.bytes(body.u32('message length'), 'message').toString('utf8');
-    if (type === TYPE_PROTOCOL_ERROR) {
-      this.failAll(sysgenidError(errnoName(status), message));
-      return;
-    }
-    const w = this.waiting.get(id);
-    if (!w) return;
-    this.waiting.delete(id);
-    if ((type & REPLY_FLAG) === 0) w.reject(new PeerError(`reply ${id} has request type ${type}`));
-    else if (status !== 0) w.reject(sysgenidError(errnoName(status), message));
-    else w.resolve(body);
-  }
-
-  private call(type: number, payload: Uint8Array): Promise<BinaryReader> {
-    if (this.closedError) return Promise.reject(this.closedError);
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.waiting.set(id, { resolve, reject });
-      this.socket.write(encodeFrame(REPLY_FRAME, type, id, payload));
-    });
+  private async call(type: number, payload: Uint8Array): Promise<BinaryReader> {
+    return parseReply(await this.conn.request(type, payload));
   }
 }
 

@@ -51,18 +51,45 @@ function runHook(command: string, generation: number): Promise<number> {
   });
 }
 
+const SOCKET_OPTION = ['--socket <path>', 'the service socket', defaultSocketPath()] as const;
+
+/** A client subcommand with --socket and --json (described once, here). */
+function clientCommand(parent: Command, name: string, description: string, json: string): Command {
+  return parent
+    .command(name)
+    .description(description)
+    .option(...SOCKET_OPTION)
+    .option('--json', json);
+}
+
+/** A subcommand that prints one number the service answers (get, outdated). */
+function registerQuery(
+  parent: Command,
+  name: string,
+  description: string,
+  field: string,
+  query: (c: SysgenidClient) => Promise<number>,
+): void {
+  clientCommand(parent, name, description, `print {"${field}": N}`).action(
+    runAction(async (opts: ClientOptions) => {
+      const value = await withClient(opts.socket, query);
+      print(opts, { [field]: value }, String(value));
+      return 0;
+    }),
+  );
+}
+
 export function registerSysgenid(program: Command): void {
   const cmd = program
     .command('sysgenid')
     .description(
       'system generation id: a counter that grows when a VM is restored, its watchers and overseer',
     );
-  const socketOption = ['--socket <path>', 'the service socket', defaultSocketPath()] as const;
 
   cmd
     .command('serve')
     .description('run the sysgenid service until SIGTERM/SIGINT')
-    .option(...socketOption)
+    .option(...SOCKET_OPTION)
     .option('--counter-file <file>', 'the counter page (mmap it read-only)', defaultCounterFile())
     .option('--group <name>', 'make the socket group-accessible (0660) for this group (else 0600)')
     .option('--allow-uid <uid>', 'a uid besides root allowed to bump (repeat or comma-separate)', collect, [])
@@ -86,13 +113,16 @@ export function registerSysgenid(program: Command): void {
             allowUids: opts.allowUid.map((v) => parseIntIn(v.trim(), '--allow-uid', 0, U32_MAX)),
             log,
           });
-          log?.(
-            `listening on ${opts.socket} (counter file ${opts.counterFile}, generation ${service.generation})`,
-          );
-          await new Promise<void>((resolve) => {
+          // Ordering rule: the signal handlers exist before "listening" is printed, so a
+          // supervisor that stops the service as soon as it reads that line stops it cleanly.
+          const stopped = new Promise<void>((resolve) => {
             process.once('SIGTERM', resolve);
             process.once('SIGINT', resolve);
           });
+          log?.(
+            `listening on ${opts.socket} (counter file ${opts.counterFile}, generation ${service.generation})`,
+          );
+          await stopped;
           await service.stop();
           log?.('stopped');
           return 0;
@@ -100,30 +130,20 @@ export function registerSysgenid(program: Command): void {
       ),
     );
 
-  cmd
-    .command('get')
-    .description('print the current generation')
-    .option(...socketOption)
-    .option('--json', 'print {"generation": N}')
-    .action(
-      runAction(async (opts: ClientOptions) => {
-        const generation = await withClient(opts.socket, (c) => c.get());
-        print(opts, { generation }, String(generation));
-        return 0;
-      }),
-    );
+  registerQuery(cmd, 'get', 'print the current generation', 'generation', (c) => c.get());
 
-  cmd
-    .command('watch')
-    .description('print each new generation, optionally run a command for it, then acknowledge it')
-    .option(...socketOption)
+  clientCommand(
+    cmd,
+    'watch',
+    'print each new generation, optionally run a command for it, then acknowledge it',
+    'print one {"generation": N} line per generation',
+  )
     .option('--track', 'be a tracked watcher: an overseer waits for this one to acknowledge')
     .option(
       '--exec <command>',
       'run this shell command per generation (SYSGENID_GENERATION set) before acknowledging',
     )
     .option('--count <n>', 'exit after this many generations (0 = run until SIGTERM/SIGINT)', '0')
-    .option('--json', 'print one {"generation": N} line per generation')
     .action(
       runAction(async (opts: ClientOptions & { track?: boolean; exec?: string; count: string }) => {
         const count = parseIntIn(opts.count, '--count', 0, Number.MAX_SAFE_INTEGER);
@@ -159,25 +179,21 @@ export function registerSysgenid(program: Command): void {
       }),
     );
 
-  cmd
-    .command('outdated')
-    .description('print how many tracked watchers have not acknowledged the current generation')
-    .option(...socketOption)
-    .option('--json', 'print {"outdated": N}')
-    .action(
-      runAction(async (opts: ClientOptions) => {
-        const outdated = await withClient(opts.socket, (c) => c.outdated());
-        print(opts, { outdated }, String(outdated));
-        return 0;
-      }),
-    );
+  registerQuery(
+    cmd,
+    'outdated',
+    'print how many tracked watchers have not acknowledged the current generation',
+    'outdated',
+    (c) => c.outdated(),
+  );
 
-  cmd
-    .command('wait')
-    .description('wait until every tracked watcher acknowledged the current generation')
-    .option(...socketOption)
+  clientCommand(
+    cmd,
+    'wait',
+    'wait until every tracked watcher acknowledged the current generation',
+    'print {"acknowledged": bool, "outdated": N}',
+  )
     .requiredOption('--timeout <ms>', 'give up after this many ms (0 = wait forever)')
-    .option('--json', 'print {"acknowledged": bool, "outdated": N}')
     .action(
       runAction(async (opts: ClientOptions & { timeout: string }) => {
         const timeoutMs = parseIntIn(opts.timeout, '--timeout', 0, U32_MAX);
@@ -196,12 +212,13 @@ export function registerSysgenid(program: Command): void {
       }),
     );
 
-  cmd
-    .command('bump')
-    .description('set the generation to max(min, current + 1) (root or an --allow-uid of the service)')
-    .option(...socketOption)
+  clientCommand(
+    cmd,
+    'bump',
+    'set the generation to max(min, current + 1) (root or an --allow-uid of the service)',
+    'print {"generation": N, "madeOutdated": K}',
+  )
     .option('--min <n>', 'the least generation to move to', '0')
-    .option('--json', 'print {"generation": N, "madeOutdated": K}')
     .action(
       runAction(async (opts: ClientOptions & { min: string }) => {
         const min = parseIntIn(opts.min, '--min', 0, U32_MAX);
