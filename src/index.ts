@@ -256,6 +256,12 @@ export {
 /** sysgenid's errors carry the errno the kernel proposal returned for the same case. */
 export { Errno, errnoOf, SysgenidRequestError, SysgenidStateError } from './sysgenid/errors.js';
 /**
+ * A simulated guest's sysgenid in one handle (service + tracked watchers):
+ * start it with the guest; on resume at the destination, `resume()` bumps and
+ * waits for the watchers (the migration wiring's entry point).
+ */
+export { GuestSysgenid, type GuestSysgenidOptions } from './sysgenid/guest-sysgenid.js';
+/**
  * The overseer moves a restored system from transient to available:
  * `bumpAndWait` bumps, waits for tracked watchers up to the timeout, and
  * reports who acknowledged and who timed out.

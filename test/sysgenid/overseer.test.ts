@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { InvalidArgumentError, MisuseError } from '../../src/common/errors.js';
 import { SysgenidClient } from '../../src/sysgenid/client.js';
+import { GuestSysgenid } from '../../src/sysgenid/guest-sysgenid.js';
 import { bumpAndWait, Overseer } from '../../src/sysgenid/overseer.js';
 import { SysgenidService } from '../../src/sysgenid/service.js';
 import { startWatchers, type WatcherFleet } from '../../src/sysgenid/watchers.js';
@@ -133,5 +134,20 @@ describe('SysgenidClient.generations', () => {
     const next = it.next();
     await c.close();
     expect(await next).toEqual({ done: true, value: undefined });
+  });
+});
+
+describe('GuestSysgenid', () => {
+  it('runs a guest sysgenid through a resume: 3 watchers, 1 stuck, timeout 500', async () => {
+    const guest = await GuestSysgenid.start({ watchers: 3, stuck: 1 });
+    try {
+      const r = await guest.resume({ watcherTimeoutMs: 500 });
+      expect([r.generation, r.watchersAcked, r.watchersTimedOut, r.timedOut]).toEqual([1, 2, 1, true]);
+      expect(r.timeToAvailableMs).toBeGreaterThanOrEqual(499);
+      await guest.fleet.told(1);
+      expect(guest.fleet.snapshot().map((s) => s.acknowledged)).toEqual([1, 1, 0]);
+    } finally {
+      await guest.close();
+    }
   });
 });
