@@ -49,8 +49,9 @@ export class WatcherFleet {
   private readonly listeners = new Set<() => void>();
   private readonly errors: string[] = [];
 
-  /** @internal use startWatchers */
-  constructor(readonly specs: readonly WatcherSpec[]) {
+  private stop: () => Promise<void> = async () => {};
+
+  private constructor(readonly specs: readonly WatcherSpec[]) {
     for (const s of specs) {
       this.stats.set(s.name, {
         ...s,
@@ -62,8 +63,7 @@ export class WatcherFleet {
     }
   }
 
-  /** @internal */
-  record(e: WatcherEvent): void {
+  private record(e: WatcherEvent): void {
     const s = this.stats.get(e.name);
     if (!s) return;
     s.told++;
@@ -73,8 +73,7 @@ export class WatcherFleet {
     for (const l of this.listeners) l();
   }
 
-  /** @internal */
-  recordError(message: string): void {
+  private recordError(message: string): void {
     this.errors.push(message);
     for (const l of this.listeners) l();
   }
@@ -108,90 +107,92 @@ export class WatcherFleet {
 
   /** Disconnects every watcher and ends the worker threads. */
   async close(): Promise<void> {
-    await this.stopAll();
+    await this.stop();
   }
 
-  /** @internal set by startWatchers */
-  stopAll: () => Promise<void> = async () => {};
-}
-
-/** Starts n tracked watchers (the last `stuck` of them never acknowledge); resolves once all are tracked. */
-export async function startWatchers(n: number, options: StartWatchersOptions): Promise<WatcherFleet> {
-  const stuck = options.stuck ?? 0;
-  const threads = options.threads ?? 1;
-  if (!Number.isInteger(n) || n < 0)
-    throw new InvalidArgumentError('watchers', `watchers ${n} must be an integer ≥ 0`);
-  if (!Number.isInteger(stuck) || stuck < 0 || stuck > n) {
-    throw new InvalidArgumentError(
-      'stuck',
-      `stuck watchers ${stuck} must be an integer between 0 and watchers (${n})`,
+  /** See startWatchers. */
+  static async start(n: number, options: StartWatchersOptions): Promise<WatcherFleet> {
+    const stuck = options.stuck ?? 0;
+    const threads = options.threads ?? 1;
+    if (!Number.isInteger(n) || n < 0)
+      throw new InvalidArgumentError('watchers', `watchers ${n} must be an integer ≥ 0`);
+    if (!Number.isInteger(stuck) || stuck < 0 || stuck > n) {
+      throw new InvalidArgumentError(
+        'stuck',
+        `stuck watchers ${stuck} must be an integer between 0 and watchers (${n})`,
+      );
+    }
+    if (!Number.isInteger(threads) || threads < 0) {
+      throw new InvalidArgumentError('threads', `threads ${threads} must be an integer ≥ 0`);
+    }
+    const prefix = options.namePrefix ?? 'watcher';
+    const poolBytes = options.poolBytes ?? 32;
+    const specs = Array.from({ length: n }, (_, i) => ({ name: `${prefix}-${i}`, stuck: i >= n - stuck }));
+    const fleet = new WatcherFleet(specs);
+    if (threads === 0 || n === 0) {
+      const started = await startInBatches(specs, (spec) =>
+        SimulatedWatcher.start(options.socketPath, spec, {
+          poolBytes,
+          onEvent: (e) => fleet.record(e),
+          onError: (err) => fleet.recordError(err.message),
+        }),
+      );
+      fleet.stop = async () => {
+        await Promise.all(started.map((w) => w.stop()));
+      };
+      return fleet;
+    }
+    const slices = Array.from({ length: Math.min(threads, n) }, (_, t) =>
+      specs.filter((_, i) => i % threads === t),
     );
-  }
-  if (!Number.isInteger(threads) || threads < 0) {
-    throw new InvalidArgumentError('threads', `threads ${threads} must be an integer ≥ 0`);
-  }
-  const prefix = options.namePrefix ?? 'watcher';
-  const poolBytes = options.poolBytes ?? 32;
-  const specs = Array.from({ length: n }, (_, i) => ({ name: `${prefix}-${i}`, stuck: i >= n - stuck }));
-  const fleet = new WatcherFleet(specs);
-  if (threads === 0 || n === 0) {
-    const started = await startInBatches(specs, (spec) =>
-      SimulatedWatcher.start(options.socketPath, spec, {
-        poolBytes,
-        onEvent: (e) => fleet.record(e),
-        onError: (err) => fleet.recordError(err.message),
-      }),
-    );
-    fleet.stopAll = async () => {
-      await Promise.all(started.map((w) => w.stop()));
+    const workers: Worker[] = [];
+    try {
+      await Promise.all(
+        slices.map(
+          (slice) =>
+            new Promise<void>((resolve, reject) => {
+              const worker = startWorker(import.meta.url, './watcher-worker.js', {
+                workerData: { socketPath: options.socketPath, specs: slice, poolBytes },
+              });
+              workers.push(worker);
+              worker.on('message', (msg: WorkerMessage) => {
+                if (msg.type === 'ready') resolve();
+                else if (msg.type === 'event') fleet.record(msg.event);
+                else if (msg.type === 'error') {
+                  fleet.recordError(msg.message);
+                  reject(new PeerError(`watcher thread failed: ${msg.message}`));
+                }
+              });
+              worker.once('error', (err) => {
+                fleet.recordError(err.message);
+                reject(err);
+              });
+            }),
+        ),
+      );
+    } catch (err) {
+      await Promise.all(workers.map((w) => w.terminate()));
+      throw err;
+    }
+    fleet.stop = async () => {
+      await Promise.all(
+        workers.map(
+          (w) =>
+            new Promise<void>((resolve) => {
+              w.once('exit', () => resolve());
+              w.on('message', (msg: WorkerMessage) => {
+                if (msg.type === 'stopped') void w.terminate();
+              });
+              w.postMessage({ type: 'stop' });
+            }),
+        ),
+      );
     };
     return fleet;
   }
-  const slices = Array.from({ length: Math.min(threads, n) }, (_, t) =>
-    specs.filter((_, i) => i % threads === t),
-  );
-  const workers: Worker[] = [];
-  try {
-    await Promise.all(
-      slices.map(
-        (slice) =>
-          new Promise<void>((resolve, reject) => {
-            const worker = startWorker(import.meta.url, './watcher-worker.js', {
-              workerData: { socketPath: options.socketPath, specs: slice, poolBytes },
-            });
-            workers.push(worker);
-            worker.on('message', (msg: WorkerMessage) => {
-              if (msg.type === 'ready') resolve();
-              else if (msg.type === 'event') fleet.record(msg.event);
-              else if (msg.type === 'error') {
-                fleet.recordError(msg.message);
-                reject(new PeerError(`watcher thread failed: ${msg.message}`));
-              }
-            });
-            worker.once('error', (err) => {
-              fleet.recordError(err.message);
-              reject(err);
-            });
-          }),
-      ),
-    );
-  } catch (err) {
-    await Promise.all(workers.map((w) => w.terminate()));
-    throw err;
-  }
-  fleet.stopAll = async () => {
-    await Promise.all(
-      workers.map(
-        (w) =>
-          new Promise<void>((resolve) => {
-            w.once('exit', () => resolve());
-            w.on('message', (msg: WorkerMessage) => {
-              if (msg.type === 'stopped') void w.terminate();
-            });
-            w.postMessage({ type: 'stop' });
-          }),
-      ),
-    );
-  };
-  return fleet;
+}
+
+/** Starts n tracked watchers (the last `stuck` of them never acknowledge); resolves once all are tracked. */
+export function startWatchers(n: number, options: StartWatchersOptions): Promise<WatcherFleet> {
+  return WatcherFleet.start(n, options);
 }
