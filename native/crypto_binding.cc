@@ -9,33 +9,10 @@
 #include <string>
 
 #include "addon.h"
+#include "page_args.h"
 
 namespace sevtrack {
 namespace {
-
-constexpr size_t kPage = 4096;
-constexpr size_t kTag = 16;
-
-struct CtxDeleter {
-  void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX_free(c); }
-};
-using Ctx = std::unique_ptr<EVP_CIPHER_CTX, CtxDeleter>;
-
-Napi::Uint8Array GetBytes(const Napi::CallbackInfo& info, size_t index, const char* name) {
-  if (info.Length() <= index || !info[index].IsTypedArray() ||
-      info[index].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-    throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a Uint8Array");
-  }
-  return info[index].As<Napi::Uint8Array>();
-}
-
-void Fail(Napi::Env env, const char* what) {
-  throw Napi::Error::New(env, std::string("OpenSSL ") + what + " failed");
-}
-
-void Le64(uint8_t* out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
-}
 
 // xtsPages(key32, encrypt, src, dst, firstGpa, npages): each 4 KiB page is
 // one XTS data unit with tweak = its GPA (16 bytes little-endian). src and
@@ -49,23 +26,13 @@ Napi::Value XtsPages(const Napi::CallbackInfo& info) {
   uint64_t gpa = GetIndex(info, 4, "firstGpa");
   uint64_t npages = GetIndex(info, 5, "npages");
   if (key.ByteLength() != 32) throw Napi::RangeError::New(env, "key must be 32 bytes (AES-128-XTS)");
-  if (src.ByteLength() < npages * kPage || dst.ByteLength() < npages * kPage) {
+  size_t bytes = CheckedBytes(env, npages, kPage, "npages");
+  if (src.ByteLength() < bytes || dst.ByteLength() < bytes) {
     throw Napi::RangeError::New(env, "src and dst must hold npages * 4096 bytes");
   }
-  Ctx ctx(EVP_CIPHER_CTX_new());
-  if (!ctx || EVP_CipherInit_ex(ctx.get(), EVP_aes_128_xts(), nullptr, key.Data(), nullptr, encrypt ? 1 : 0) != 1) {
-    Fail(env, "AES-128-XTS init (the two key halves must differ)");
-  }
-  uint8_t tweak[16];
-  for (uint64_t p = 0; p < npages; ++p) {
-    std::memset(tweak, 0, sizeof tweak);
-    Le64(tweak, gpa + p * kPage);
-    int outl = 0;
-    if (EVP_CipherInit_ex(ctx.get(), nullptr, nullptr, nullptr, tweak, -1) != 1 ||
-        EVP_CipherUpdate(ctx.get(), dst.Data() + p * kPage, &outl, src.Data() + p * kPage, kPage) != 1) {
-      Fail(env, "AES-128-XTS update");
-    }
-  }
+  // gpa + npages * 4096 stays below 2^64: both are below 2^53 and npages fits in memory.
+  CipherCtx ctx = XtsContext(env, key.Data(), encrypt);
+  for (uint64_t p = 0; p < npages; ++p) XtsPage(env, ctx.get(), gpa + p * kPage, src.Data() + p * kPage, dst.Data() + p * kPage);
   return env.Undefined();
 }
 
@@ -76,14 +43,6 @@ void NonceAndAad(uint64_t seq, uint64_t gpa, uint8_t nonce[12], uint8_t aad[16])
   Le64(nonce, seq);
   Le64(aad, gpa);
   Le64(aad + 8, seq);
-}
-
-Napi::Float64Array GetFloat64s(const Napi::CallbackInfo& info, size_t index, const char* name) {
-  if (info.Length() <= index || !info[index].IsTypedArray() ||
-      info[index].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
-    throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a Float64Array");
-  }
-  return info[index].As<Napi::Float64Array>();
 }
 
 // The arguments of gcmSealPages/gcmOpenPages: (key32, src, dst, gpas,
@@ -113,11 +72,11 @@ GcmArgs GetGcmArgs(const Napi::CallbackInfo& info, size_t src_unit, size_t dst_u
 Napi::Value GcmSealPages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto [key, src, dst, gpas, seq, n] = GetGcmArgs(info, kPage, kPage + kTag);
-  Ctx ctx(EVP_CIPHER_CTX_new());
-  if (!ctx || EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.Data(), nullptr) != 1) Fail(env, "AES-256-GCM init");
+  CipherCtx ctx(EVP_CIPHER_CTX_new());
+  if (!ctx || EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.Data(), nullptr) != 1) OpenSslFail(env, "AES-256-GCM init");
   uint8_t nonce[12], aad[16];
   for (size_t i = 0; i < n; ++i) {
-    NonceAndAad(seq + i, static_cast<uint64_t>(gpas[i]), nonce, aad);
+    NonceAndAad(seq + i, IndexAt(env, gpas, i, kMaxSafeInteger + 1, "gpas"), nonce, aad);
     uint8_t* out = dst.Data() + i * (kPage + kTag);
     int outl = 0;
     if (EVP_EncryptInit_ex(ctx.get(), nullptr, nullptr, nullptr, nonce) != 1 ||
@@ -125,7 +84,7 @@ Napi::Value GcmSealPages(const Napi::CallbackInfo& info) {
         EVP_EncryptUpdate(ctx.get(), out, &outl, src.Data() + i * kPage, kPage) != 1 ||
         EVP_EncryptFinal_ex(ctx.get(), out + kPage, &outl) != 1 ||
         EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, kTag, out + kPage) != 1) {
-      Fail(env, "AES-256-GCM seal");
+      OpenSslFail(env, "AES-256-GCM seal");
     }
   }
   return env.Undefined();
@@ -136,11 +95,11 @@ Napi::Value GcmSealPages(const Napi::CallbackInfo& info) {
 Napi::Value GcmOpenPages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto [key, src, dst, gpas, seq, n] = GetGcmArgs(info, kPage + kTag, kPage);
-  Ctx ctx(EVP_CIPHER_CTX_new());
-  if (!ctx || EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.Data(), nullptr) != 1) Fail(env, "AES-256-GCM init");
+  CipherCtx ctx(EVP_CIPHER_CTX_new());
+  if (!ctx || EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.Data(), nullptr) != 1) OpenSslFail(env, "AES-256-GCM init");
   uint8_t nonce[12], aad[16], tag[kTag];
   for (size_t i = 0; i < n; ++i) {
-    NonceAndAad(seq + i, static_cast<uint64_t>(gpas[i]), nonce, aad);
+    NonceAndAad(seq + i, IndexAt(env, gpas, i, kMaxSafeInteger + 1, "gpas"), nonce, aad);
     const uint8_t* in = src.Data() + i * (kPage + kTag);
     std::memcpy(tag, in + kPage, kTag);
     int outl = 0;
@@ -148,7 +107,7 @@ Napi::Value GcmOpenPages(const Napi::CallbackInfo& info) {
         EVP_DecryptUpdate(ctx.get(), nullptr, &outl, aad, sizeof aad) != 1 ||
         EVP_DecryptUpdate(ctx.get(), dst.Data() + i * kPage, &outl, in, kPage) != 1 ||
         EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, kTag, tag) != 1) {
-      Fail(env, "AES-256-GCM open");
+      OpenSslFail(env, "AES-256-GCM open");
     }
     if (EVP_DecryptFinal_ex(ctx.get(), tag, &outl) != 1) return Napi::Number::New(env, static_cast<double>(i));
   }
@@ -170,25 +129,16 @@ Napi::Value XtsIndexed(const Napi::CallbackInfo& info, bool gather) {
   auto linear = gather ? b : a;
   size_t n = gfns.ElementLength();
   if (key.ByteLength() != 32) throw Napi::RangeError::New(env, "key must be 32 bytes (AES-128-XTS)");
-  if (linear.ByteLength() < n * kPage) throw Napi::RangeError::New(env, "the linear buffer must hold gfns.length pages");
-  uint64_t mem_pages = memory.ByteLength() / kPage;
-  Ctx ctx(EVP_CIPHER_CTX_new());
-  if (!ctx || EVP_CipherInit_ex(ctx.get(), EVP_aes_128_xts(), nullptr, key.Data(), nullptr, encrypt ? 1 : 0) != 1) {
-    Fail(env, "AES-128-XTS init (the two key halves must differ)");
+  if (linear.ByteLength() < CheckedBytes(env, n, kPage, "gfns.length")) {
+    throw Napi::RangeError::New(env, "the linear buffer must hold gfns.length pages");
   }
-  uint8_t tweak[16];
+  uint64_t mem_pages = memory.ByteLength() / kPage;
+  CipherCtx ctx = XtsContext(env, key.Data(), encrypt);
   for (size_t i = 0; i < n; ++i) {
-    uint64_t gfn = static_cast<uint64_t>(gfns[i]);
-    if (gfn >= mem_pages) throw Napi::RangeError::New(env, "gfn " + std::to_string(gfn) + " is outside memory");
-    std::memset(tweak, 0, sizeof tweak);
-    Le64(tweak, gfn * kPage);
+    uint64_t gfn = IndexAt(env, gfns, i, mem_pages, "gfns");
     uint8_t* mem = memory.Data() + gfn * kPage;
     uint8_t* lin = linear.Data() + i * kPage;
-    int outl = 0;
-    if (EVP_CipherInit_ex(ctx.get(), nullptr, nullptr, nullptr, tweak, -1) != 1 ||
-        EVP_CipherUpdate(ctx.get(), gather ? lin : mem, &outl, gather ? mem : lin, kPage) != 1) {
-      Fail(env, "AES-128-XTS update");
-    }
+    XtsPage(env, ctx.get(), gfn * kPage, gather ? mem : lin, gather ? lin : mem);
   }
   return env.Undefined();
 }
@@ -205,34 +155,26 @@ Napi::Value ViewDigests(const Napi::CallbackInfo& info) {
   uint64_t npages = GetIndex(info, 4, "npages");
   auto out = GetBytes(info, 5, "out");
   if (key.ByteLength() != 32) throw Napi::RangeError::New(env, "key must be 32 bytes (AES-128-XTS)");
-  if ((first + npages) * kPage > memory.ByteLength() || first + npages > cbits.nwords * 64) {
+  // Compared in pages, never as a byte product that could wrap.
+  uint64_t mem_pages = memory.ByteLength() / kPage;
+  if (first > mem_pages || npages > mem_pages - first || first + npages > cbits.nwords * 64) {
     throw Napi::RangeError::New(env, "range exceeds memory or the c-bit bitmap");
   }
-  if (out.ByteLength() < npages * 32) throw Napi::RangeError::New(env, "out must hold npages * 32 bytes");
-  Ctx ctx(EVP_CIPHER_CTX_new());
-  if (!ctx || EVP_DecryptInit_ex(ctx.get(), EVP_aes_128_xts(), nullptr, key.Data(), nullptr) != 1) {
-    Fail(env, "AES-128-XTS init");
-  }
+  if (out.ByteLength() < CheckedBytes(env, npages, 32, "npages")) throw Napi::RangeError::New(env, "out must hold npages * 32 bytes");
+  CipherCtx ctx = XtsContext(env, key.Data(), false);
   std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> md(EVP_MD_CTX_new(), EVP_MD_CTX_free);
   uint8_t plain[kPage];
-  uint8_t tweak[16];
   for (uint64_t i = 0; i < npages; ++i) {
     uint64_t gfn = first + i;
     const uint8_t* page = memory.Data() + gfn * kPage;
     if ((cbits.words[gfn / 64] >> (gfn % 64)) & 1) {
-      std::memset(tweak, 0, sizeof tweak);
-      Le64(tweak, gfn * kPage);
-      int outl = 0;
-      if (EVP_DecryptInit_ex(ctx.get(), nullptr, nullptr, nullptr, tweak) != 1 ||
-          EVP_DecryptUpdate(ctx.get(), plain, &outl, page, kPage) != 1) {
-        Fail(env, "AES-128-XTS update");
-      }
+      XtsPage(env, ctx.get(), gfn * kPage, page, plain);
       page = plain;
     }
     unsigned int len = 0;
     if (EVP_DigestInit_ex(md.get(), EVP_sha256(), nullptr) != 1 || EVP_DigestUpdate(md.get(), page, kPage) != 1 ||
         EVP_DigestFinal_ex(md.get(), out.Data() + i * 32, &len) != 1) {
-      Fail(env, "SHA-256");
+      OpenSslFail(env, "SHA-256");
     }
   }
   return env.Undefined();

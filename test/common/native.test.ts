@@ -48,3 +48,56 @@ describe('native addon loader', () => {
     );
   });
 });
+
+describe('native page crypto refuses crafted lengths and indices (a RangeError, never a crash)', () => {
+  const key = new Uint8Array(32).map((_, i) => i);
+
+  it('a batch length whose byte size wraps 64 bits', () => {
+    const page = new Uint8Array(4096);
+    // 2^52 pages * 4096 bytes = 2^64: wraps to 0 in an unchecked product.
+    expect(() => nativeAddon().xtsPages(key, true, page, page, 0, 2 ** 52)).toThrow(RangeError);
+    expect(() => nativeAddon().xtsPages(key, true, page, page, 0, 2 ** 52 + 1)).toThrow(/overflows|npages/);
+  });
+
+  it('a viewDigests range whose byte size wraps 64 bits', () => {
+    const memory = new Uint8Array(4 * 4096);
+    const cbits = new Uint32Array(2 ** 20);
+    expect(() => nativeAddon().viewDigests(key, memory, cbits, 2 ** 52, 1, new Uint8Array(32))).toThrow(
+      RangeError,
+    );
+  });
+
+  it.each([
+    ['2^64', 2 ** 64],
+    ['-1', -1],
+    ['NaN', Number.NaN],
+    ['0.5', 0.5],
+    ['one past the end', 4],
+  ])('an out-of-range gfn (%s) for xtsGather and xtsScatter', (_label, gfn) => {
+    const memory = new Uint8Array(4 * 4096);
+    const before = memory.slice();
+    const gfns = new Float64Array([1, gfn]);
+    expect(() => nativeAddon().xtsGather(key, false, memory, new Uint8Array(2 * 4096), gfns)).toThrow(
+      /gfns\[1\].*is not an integer in \[0, 4\)/,
+    );
+    expect(() => nativeAddon().xtsScatter(key, true, new Uint8Array(2 * 4096), memory, gfns)).toThrow(
+      RangeError,
+    );
+    // The page before the bad one may be written; none outside the guest is.
+    expect(memory.subarray(2 * 4096)).toEqual(before.subarray(2 * 4096));
+  });
+
+  it.each([
+    ['2^64', 2 ** 64],
+    ['-4096', -4096],
+    ['NaN', Number.NaN],
+  ])('an out-of-range gpa (%s) for GCM sealing and opening', (_label, gpa) => {
+    const gpas = new Float64Array([gpa]);
+    expect(() =>
+      nativeAddon().gcmSealPages(key, new Uint8Array(4096), new Uint8Array(4112), gpas, 0),
+    ).toThrow(/gpas\[0\]/);
+    expect(() =>
+      nativeAddon().gcmOpenPages(key, new Uint8Array(4112), new Uint8Array(4096), gpas, 0),
+    ).toThrow(RangeError);
+  });
+});
