@@ -8,7 +8,10 @@
         "native/bitmap_binding.cc",
         "native/crypto_binding.cc",
         "native/sysgenid_binding.cc",
-        "native/page_args.cc"
+        "native/page_args.cc",
+        "native/page_pipeline.cc",
+        "native/pipeline_binding.cc",
+        "native/pipeline_limit.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

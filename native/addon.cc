@@ -37,6 +37,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   sevtrack::InitBitmap(env, exports);
   sevtrack::InitCrypto(env, exports);
   sevtrack::InitSysgenid(env, exports);
+  sevtrack::InitPipeline(env, exports);
+  sevtrack::InitPipelineLimit(env, exports);
   return exports;
 }
 

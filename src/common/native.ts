@@ -114,11 +114,96 @@ export interface NativeAddon {
     mode: 'map' | 'pread',
     iterations: number,
   ): { elapsedNs: number; checksum: number };
+  /**
+   * The view MAC (16 bytes a page: GMAC under macKey, nonce = the GPA) of the
+   * guest view of pages (firstGfn, npages) into out at i * 16; the cheap
+   * replacement of viewDigests' SHA-256.
+   */
+  viewMacs(
+    xtsKey: Uint8Array,
+    macKey: Uint8Array,
+    memory: Uint8Array,
+    cbits: Uint32Array,
+    firstGfn: number,
+    npages: number,
+    out: Uint8Array,
+  ): void;
+  /**
+   * SEND_UPDATE_DATA straight into a frame: guest page gfns[i] is
+   * XTS-decrypted and sealed (as gcmSealPages, seq = firstSeq + i) into frame
+   * at offset + i * 4112; with macKey, the view MAC of each plaintext into
+   * macs at i * 16 in the same pass.
+   */
+  sealPagesToFrame(
+    xtsKey: Uint8Array,
+    gcmKey: Uint8Array,
+    memory: Uint8Array,
+    gfns: Float64Array,
+    firstSeq: number,
+    frame: Uint8Array,
+    offset: number,
+    macKey?: Uint8Array,
+    macs?: Uint8Array,
+  ): void;
+  /**
+   * RECEIVE_UPDATE_DATA straight into guest memory; returns the index of the
+   * first page that fails to verify (it and those after it are not written),
+   * or -1.
+   */
+  openFrameToPages(
+    gcmKey: Uint8Array,
+    xtsKey: Uint8Array,
+    frame: Uint8Array,
+    offset: number,
+    gfns: Float64Array,
+    firstSeq: number,
+    memory: Uint8Array,
+    macKey?: Uint8Array,
+    macs?: Uint8Array,
+  ): number;
+  /** Raw copy of guest pages gfns[i] into frame at offset + i * 4096, view MACs optional. */
+  copyPagesToFrame(
+    memory: Uint8Array,
+    gfns: Float64Array,
+    frame: Uint8Array,
+    offset: number,
+    macKey?: Uint8Array,
+    macs?: Uint8Array,
+  ): void;
+  /** Raw copy of frame pages (offset + i * 4096) into guest pages gfns[i], view MACs optional. */
+  copyFrameToPages(
+    frame: Uint8Array,
+    offset: number,
+    memory: Uint8Array,
+    gfns: Float64Array,
+    macKey?: Uint8Array,
+    macs?: Uint8Array,
+  ): void;
+  /**
+   * The limit of a migration's per-page work: source and destination steps of
+   * an encrypted (XTS, GCM seal, GCM open, XTS) or shared (two copies) page,
+   * each side hashing the plaintext with `hash`, in a tight loop on `threads`
+   * native threads over pre-faulted buffers. Returns pages/s of all threads.
+   */
+  pipelineLimit(
+    encrypted: boolean,
+    hash: 'sha256' | 'mac' | 'none',
+    pagesPerThread: number,
+    passes: number,
+    threads: number,
+  ): number;
 }
 
 const here = fileURLToPath(new URL('.', import.meta.url));
-/** Relative to src/common or dist/common: both sit two levels below the root. */
-const CANDIDATES = ['../../build/Release/sevtrack_native.node', '../../build/Debug/sevtrack_native.node'];
+/**
+ * Relative to src/common or dist/common (two levels below the root), or to
+ * build/bench/src/common, where `npm run bench` compiles the benchmarks.
+ */
+const CANDIDATES = [
+  '../../build/Release/sevtrack_native.node',
+  '../../build/Debug/sevtrack_native.node',
+  '../../../../build/Release/sevtrack_native.node',
+];
 
 let loaded: NativeAddon | undefined;
 

@@ -1,0 +1,105 @@
+#include "page_pipeline.h"
+
+#include <cstring>
+
+namespace sevtrack {
+
+namespace {
+
+void Check(int rc, const char* what) {
+  if (rc != 1) throw StepError{what};
+}
+
+CipherCtx NewCipher(const EVP_CIPHER* cipher, const uint8_t* key, int encrypt, const char* what) {
+  CipherCtx ctx(EVP_CIPHER_CTX_new());
+  if (!ctx) throw StepError{what};
+  Check(EVP_CipherInit_ex(ctx.get(), cipher, nullptr, key, nullptr, encrypt), what);
+  return ctx;
+}
+
+void Xts(EVP_CIPHER_CTX* ctx, uint64_t gpa, const uint8_t* in, uint8_t* out) {
+  uint8_t tweak[16] = {0};
+  Le64(tweak, gpa);
+  int outl = 0;
+  Check(EVP_CipherInit_ex(ctx, nullptr, nullptr, nullptr, tweak, -1), "AES-128-XTS tweak");
+  Check(EVP_CipherUpdate(ctx, out, &outl, in, static_cast<int>(kPage)), "AES-128-XTS update");
+}
+
+}  // namespace
+
+void SealNonceAndAad(uint64_t seq, uint64_t gpa, uint8_t nonce[12], uint8_t aad[16]) {
+  std::memset(nonce, 0, 12);
+  Le64(nonce, seq);
+  Le64(aad, gpa);
+  Le64(aad + 8, seq);
+}
+
+ViewMac::ViewMac(const uint8_t* key16) : ctx_(NewCipher(EVP_aes_128_gcm(), key16, 1, "view MAC (AES-128-GCM) init")) {
+  // H = AES_K(0^128) is GHASH's evaluation point; H = 0 would make every tag
+  // independent of the page (probability 2^-128 for a random key).
+  CipherCtx ecb = NewCipher(EVP_aes_128_ecb(), key16, 1, "view MAC key check");
+  uint8_t zero[16] = {0}, h[32];
+  int outl = 0;
+  Check(EVP_EncryptUpdate(ecb.get(), h, &outl, zero, sizeof zero), "view MAC key check");
+  uint8_t any = 0;
+  for (int i = 0; i < 16; ++i) any |= h[i];
+  if (any == 0) throw StepError{"view MAC key check (this key gives GHASH key H = 0: use another key)"};
+}
+
+void ViewMac::Page(uint64_t gpa, const uint8_t* page, uint8_t* out16) {
+  uint8_t nonce[12] = {0};
+  Le64(nonce, gpa);
+  uint8_t none[16];
+  int outl = 0;
+  Check(EVP_EncryptInit_ex(ctx_.get(), nullptr, nullptr, nullptr, nonce), "view MAC nonce");
+  Check(EVP_EncryptUpdate(ctx_.get(), nullptr, &outl, page, static_cast<int>(kPage)), "view MAC update");
+  Check(EVP_EncryptFinal_ex(ctx_.get(), none, &outl), "view MAC final");
+  Check(EVP_CIPHER_CTX_ctrl(ctx_.get(), EVP_CTRL_GCM_GET_TAG, kMac, out16), "view MAC tag");
+}
+
+PageSha256::PageSha256() : ctx_(EVP_MD_CTX_new()) {
+  if (!ctx_) throw StepError{"SHA-256 init"};
+}
+
+void PageSha256::Page(const uint8_t* page, uint8_t* out32) {
+  unsigned int len = 0;
+  Check(EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr), "SHA-256 init");
+  Check(EVP_DigestUpdate(ctx_.get(), page, kPage), "SHA-256 update");
+  Check(EVP_DigestFinal_ex(ctx_.get(), out32, &len), "SHA-256 final");
+}
+
+Sealer::Sealer(const uint8_t* xts_key32, const uint8_t* gcm_key32)
+    : xts_(NewCipher(EVP_aes_128_xts(), xts_key32, 0, "AES-128-XTS init (the two key halves must differ)")),
+      gcm_(NewCipher(EVP_aes_256_gcm(), gcm_key32, 1, "AES-256-GCM init")) {}
+
+void Sealer::Page(uint64_t gpa, uint64_t seq, const uint8_t* guest_page, uint8_t* plain, uint8_t* out) {
+  Xts(xts_.get(), gpa, guest_page, plain);
+  uint8_t nonce[12], aad[16];
+  SealNonceAndAad(seq, gpa, nonce, aad);
+  int outl = 0;
+  Check(EVP_EncryptInit_ex(gcm_.get(), nullptr, nullptr, nullptr, nonce), "AES-256-GCM seal");
+  Check(EVP_EncryptUpdate(gcm_.get(), nullptr, &outl, aad, sizeof aad), "AES-256-GCM seal");
+  Check(EVP_EncryptUpdate(gcm_.get(), out, &outl, plain, static_cast<int>(kPage)), "AES-256-GCM seal");
+  Check(EVP_EncryptFinal_ex(gcm_.get(), out + kPage, &outl), "AES-256-GCM seal");
+  Check(EVP_CIPHER_CTX_ctrl(gcm_.get(), EVP_CTRL_GCM_GET_TAG, kTag, out + kPage), "AES-256-GCM tag");
+}
+
+Opener::Opener(const uint8_t* gcm_key32, const uint8_t* xts_key32)
+    : gcm_(NewCipher(EVP_aes_256_gcm(), gcm_key32, 0, "AES-256-GCM init")),
+      xts_(NewCipher(EVP_aes_128_xts(), xts_key32, 1, "AES-128-XTS init (the two key halves must differ)")) {}
+
+bool Opener::Page(uint64_t gpa, uint64_t seq, const uint8_t* sealed, uint8_t* plain, uint8_t* guest_page) {
+  uint8_t nonce[12], aad[16], tag[kTag];
+  SealNonceAndAad(seq, gpa, nonce, aad);
+  std::memcpy(tag, sealed + kPage, kTag);
+  int outl = 0;
+  Check(EVP_DecryptInit_ex(gcm_.get(), nullptr, nullptr, nullptr, nonce), "AES-256-GCM open");
+  Check(EVP_DecryptUpdate(gcm_.get(), nullptr, &outl, aad, sizeof aad), "AES-256-GCM open");
+  Check(EVP_DecryptUpdate(gcm_.get(), plain, &outl, sealed, static_cast<int>(kPage)), "AES-256-GCM open");
+  Check(EVP_CIPHER_CTX_ctrl(gcm_.get(), EVP_CTRL_GCM_SET_TAG, kTag, tag), "AES-256-GCM open");
+  if (EVP_DecryptFinal_ex(gcm_.get(), tag, &outl) != 1) return false;
+  Xts(xts_.get(), gpa, plain, guest_page);
+  return true;
+}
+
+}  // namespace sevtrack
