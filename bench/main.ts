@@ -1,11 +1,18 @@
-/** Entry of `npm run bench [-- --json] [-- GROUP ...]`. */
+/**
+ * Entry of `npm run bench [-- --json] [-- GROUP ...]`, run compiled: the
+ * script compiles src and bench (tsconfig.bench.json) into build/bench and runs
+ * node on build/bench/bench/main.js, so figures are those of the shipped code.
+ */
 import { bitmapGroup } from './groups/bitmap.js';
 import { exploreGroup } from './groups/explore.js';
 import { guestGroup } from './groups/guest.js';
 import { hostIngestGroup } from './groups/host-ingest.js';
 import { hostSyncGroup } from './groups/host-sync.js';
+import { memoryGroup } from './groups/memory.js';
 import { migrateGroup } from './groups/migrate.js';
 import { pageStateGroup } from './groups/page-state.js';
+import { pipelineGroup } from './groups/pipeline.js';
+import { pspGroup } from './groups/psp.js';
 import { sysgenidGroup } from './groups/sysgenid.js';
 import type { BenchGroup } from './harness.js';
 import { runGroups } from './harness.js';
@@ -16,9 +23,12 @@ const groups: BenchGroup[] = [
   hostIngestGroup,
   hostSyncGroup,
   guestGroup,
+  pipelineGroup,
   migrateGroup,
   exploreGroup,
   sysgenidGroup,
+  pspGroup,
+  memoryGroup,
 ];
 
 const args = process.argv.slice(2);

@@ -3,7 +3,13 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-export const CLI_MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
+/** The CLI's source, or its compiled sibling when this module itself runs compiled (`npm run bench`). */
+export const CLI_MAIN = fileURLToPath(
+  new URL(
+    import.meta.url.endsWith('.js') ? '../../src/cli/main.js' : '../../src/cli/main.ts',
+    import.meta.url,
+  ),
+);
 
 export interface CliResult {
   code: number | null;
@@ -12,9 +18,9 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Node arguments that run a TypeScript entry point. */
+/** Node arguments that run an entry point (TypeScript through tsx, compiled JavaScript as it is). */
 export function tsNodeArgs(entry: string, args: string[]): string[] {
-  return ['--import', 'tsx', entry, ...args];
+  return entry.endsWith('.ts') ? ['--import', 'tsx', entry, ...args] : [entry, ...args];
 }
 
 export function runCli(
