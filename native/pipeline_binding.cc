@@ -35,20 +35,27 @@ struct ScratchWipe {
   ~ScratchWipe() { OPENSSL_cleanse(Scratch(), kPage); }
 };
 
-// The optional (macKey, macs) pair at `index`: both undefined, or a 16-byte
-// key and an output of at least n * 16 bytes.
+// The optional (macKey, macs, byGfn) at `index`: macKey undefined for none,
+// else a 16-byte key and an output of n * 16 bytes (page i's MAC at i * 16),
+// or with byGfn one of memPages * 16 bytes (page gfn's MAC at gfn * 16: the
+// caller's per-guest digest table).
 struct MacOut {
   std::unique_ptr<ViewMac> mac;
   uint8_t* out = nullptr;
+  bool by_gfn = false;
+  uint8_t* At(size_t i, uint64_t gfn) const { return out + (by_gfn ? gfn : i) * kMac; }
 };
 
-MacOut GetMacOut(const Napi::CallbackInfo& info, size_t index, size_t n) {
+MacOut GetMacOut(const Napi::CallbackInfo& info, size_t index, size_t n, uint64_t mem_pages) {
   MacOut m;
   if (info.Length() <= index || info[index].IsUndefined() || info[index].IsNull()) return m;
   auto key = Key(info, index, "macKey", kMac);
   auto out = GetBytes(info, index + 1, "macs");
-  if (out.ByteLength() < CheckedBytes(info.Env(), n, kMac, "gfns.length")) {
-    throw Napi::RangeError::New(info.Env(), "macs must hold gfns.length * 16 bytes");
+  m.by_gfn = info.Length() > index + 2 && info[index + 2].ToBoolean();
+  uint64_t slots = m.by_gfn ? mem_pages : n;
+  if (out.ByteLength() < CheckedBytes(info.Env(), slots, kMac, "MAC slots")) {
+    throw Napi::RangeError::New(info.Env(), m.by_gfn ? "macs (byGfn) must hold memory pages * 16 bytes"
+                                                     : "macs must hold gfns.length * 16 bytes");
   }
   m.mac = std::make_unique<ViewMac>(key.Data());
   m.out = out.Data();
@@ -114,7 +121,7 @@ Napi::Value ViewMacs(const Napi::CallbackInfo& info) {
 }
 
 // sealPagesToFrame(xtsKey32, gcmKey32, memory, gfns, firstSeq, frame, offset
-// [, macKey16, macs]): SEND_UPDATE_DATA of guest pages gfns[i], sealed into
+// [, macKey16, macs, byGfn]): SEND_UPDATE_DATA of guest pages gfns[i], sealed into
 // frame at offset + i * 4112 with sequence firstSeq + i; with macKey, the view
 // MAC of each plaintext into macs at i * 16 in the same pass.
 Napi::Value SealPagesToFrame(const Napi::CallbackInfo& info) {
@@ -128,8 +135,8 @@ Napi::Value SealPagesToFrame(const Napi::CallbackInfo& info) {
   uint64_t offset = GetIndex(info, 6, "offset");
   size_t n = gfns.ElementLength();
   uint8_t* out = FrameAt(info, frame, offset, n, kSealed);
-  MacOut macs = GetMacOut(info, 7, n);
   uint64_t mem_pages = memory.ByteLength() / kPage;
+  MacOut macs = GetMacOut(info, 7, n, mem_pages);
   return Guard(env, [&] {
     ScratchWipe wipe;
     Sealer sealer(xts_key.Data(), gcm_key.Data());
@@ -137,14 +144,14 @@ Napi::Value SealPagesToFrame(const Napi::CallbackInfo& info) {
     for (size_t i = 0; i < n; ++i) {
       uint64_t gfn = IndexAt(env, gfns, i, mem_pages, "gfns");
       sealer.Page(gfn * kPage, seq + i, memory.Data() + gfn * kPage, plain, out + i * kSealed);
-      if (macs.mac) macs.mac->Page(gfn * kPage, plain, macs.out + i * kMac);
+      if (macs.mac) macs.mac->Page(gfn * kPage, plain, macs.At(i, gfn));
     }
     return env.Undefined();
   });
 }
 
 // openFrameToPages(gcmKey32, xtsKey32, frame, offset, gfns, firstSeq, memory
-// [, macKey16, macs]): RECEIVE_UPDATE_DATA straight into guest memory. Returns
+// [, macKey16, macs, byGfn]): RECEIVE_UPDATE_DATA straight into guest memory. Returns
 // the index of the first page whose tag fails (that page and those after it
 // are not written; those before it are), or -1 when all verify. Every gfn is
 // checked before any page is written.
@@ -159,8 +166,8 @@ Napi::Value OpenFrameToPages(const Napi::CallbackInfo& info) {
   auto memory = GetBytes(info, 6, "memory");
   size_t n = gfns.ElementLength();
   const uint8_t* in = FrameAt(info, frame, offset, n, kSealed);
-  MacOut macs = GetMacOut(info, 7, n);
   uint64_t mem_pages = memory.ByteLength() / kPage;
+  MacOut macs = GetMacOut(info, 7, n, mem_pages);
   for (size_t i = 0; i < n; ++i) IndexAt(env, gfns, i, mem_pages, "gfns");
   return Guard(env, [&] {
     ScratchWipe wipe;
@@ -171,14 +178,14 @@ Napi::Value OpenFrameToPages(const Napi::CallbackInfo& info) {
       if (!opener.Page(gfn * kPage, seq + i, in + i * kSealed, plain, memory.Data() + gfn * kPage)) {
         return Napi::Number::New(env, static_cast<double>(i));
       }
-      if (macs.mac) macs.mac->Page(gfn * kPage, plain, macs.out + i * kMac);
+      if (macs.mac) macs.mac->Page(gfn * kPage, plain, macs.At(i, gfn));
     }
     return Napi::Number::New(env, -1);
   });
 }
 
-// copyPagesToFrame(memory, gfns, frame, offset [, macKey16, macs]) and
-// copyFrameToPages(frame, offset, memory, gfns [, macKey16, macs]): shared
+// copyPagesToFrame(memory, gfns, frame, offset [, macKey16, macs, byGfn]) and
+// copyFrameToPages(frame, offset, memory, gfns [, macKey16, macs, byGfn]): shared
 // pages as raw bytes between guest memory and a frame (4096 bytes each), with
 // the view MAC of each (its raw bytes: a shared page's view) in the same pass.
 Napi::Value CopyPages(const Napi::CallbackInfo& info, bool to_frame) {
@@ -189,8 +196,8 @@ Napi::Value CopyPages(const Napi::CallbackInfo& info, bool to_frame) {
   uint64_t offset = GetIndex(info, to_frame ? 3 : 1, "offset");
   size_t n = gfns.ElementLength();
   uint8_t* linear = FrameAt(info, frame, offset, n, kPage);
-  MacOut macs = GetMacOut(info, 4, n);
   uint64_t mem_pages = memory.ByteLength() / kPage;
+  MacOut macs = GetMacOut(info, 4, n, mem_pages);
   for (size_t i = 0; i < n; ++i) IndexAt(env, gfns, i, mem_pages, "gfns");
   return Guard(env, [&] {
     for (size_t i = 0; i < n; ++i) {
@@ -198,7 +205,7 @@ Napi::Value CopyPages(const Napi::CallbackInfo& info, bool to_frame) {
       uint8_t* page = memory.Data() + gfn * kPage;
       uint8_t* slot = linear + i * kPage;
       std::memcpy(to_frame ? slot : page, to_frame ? page : slot, kPage);
-      if (macs.mac) macs.mac->Page(gfn * kPage, page, macs.out + i * kMac);
+      if (macs.mac) macs.mac->Page(gfn * kPage, page, macs.At(i, gfn));
     }
     return env.Undefined();
   });

@@ -132,7 +132,8 @@ export interface NativeAddon {
    * SEND_UPDATE_DATA straight into a frame: guest page gfns[i] is
    * XTS-decrypted and sealed (as gcmSealPages, seq = firstSeq + i) into frame
    * at offset + i * 4112; with macKey, the view MAC of each plaintext into
-   * macs at i * 16 in the same pass.
+   * macs at i * 16 (at gfn * 16 with macsByGfn: a per-guest table) in the
+   * same pass.
    */
   sealPagesToFrame(
     xtsKey: Uint8Array,
@@ -144,6 +145,7 @@ export interface NativeAddon {
     offset: number,
     macKey?: Uint8Array,
     macs?: Uint8Array,
+    macsByGfn?: boolean,
   ): void;
   /**
    * RECEIVE_UPDATE_DATA straight into guest memory; returns the index of the
@@ -160,6 +162,7 @@ export interface NativeAddon {
     memory: Uint8Array,
     macKey?: Uint8Array,
     macs?: Uint8Array,
+    macsByGfn?: boolean,
   ): number;
   /** Raw copy of guest pages gfns[i] into frame at offset + i * 4096, view MACs optional. */
   copyPagesToFrame(
@@ -169,6 +172,7 @@ export interface NativeAddon {
     offset: number,
     macKey?: Uint8Array,
     macs?: Uint8Array,
+    macsByGfn?: boolean,
   ): void;
   /** Raw copy of frame pages (offset + i * 4096) into guest pages gfns[i], view MACs optional. */
   copyFrameToPages(
@@ -178,6 +182,7 @@ export interface NativeAddon {
     gfns: Float64Array,
     macKey?: Uint8Array,
     macs?: Uint8Array,
+    macsByGfn?: boolean,
   ): void;
   /**
    * The limit of a migration's per-page work: source and destination steps of

@@ -148,10 +148,15 @@ export function viewDigests(
  */
 export const VIEW_MAC_BYTES = 16;
 
-/** Where a pipeline call also writes the view MAC of each page it moves: key and output (i * 16). */
+/**
+ * Where a pipeline call also writes the view MAC of each page it moves: the
+ * key, and the output: page i of the batch at i * 16, or with `byGfn` page
+ * gfn at gfn * 16 (a per-guest table of memory pages * 16 bytes).
+ */
 export interface MacOutput {
   key: Uint8Array;
   out: Uint8Array;
+  byGfn?: boolean;
 }
 
 function checkFrame(frame: Uint8Array, offset: number, npages: number, unit: number): void {
@@ -194,7 +199,18 @@ export function sealPagesToFrame(
   macs?: MacOutput,
 ): void {
   checkFrame(frame, offset, gfns.length, SEALED_PAGE_BYTES);
-  nativeAddon().sealPagesToFrame(xtsKey, gcmKey, memory, gfns, firstSeq, frame, offset, macs?.key, macs?.out);
+  nativeAddon().sealPagesToFrame(
+    xtsKey,
+    gcmKey,
+    memory,
+    gfns,
+    firstSeq,
+    frame,
+    offset,
+    macs?.key,
+    macs?.out,
+    macs?.byGfn,
+  );
 }
 
 /**
@@ -225,6 +241,7 @@ export function openFrameToPages(
     memory,
     macs?.key,
     macs?.out,
+    macs?.byGfn,
   );
 }
 
@@ -237,7 +254,7 @@ export function copyPagesToFrame(
   macs?: MacOutput,
 ): void {
   checkFrame(frame, offset, gfns.length, PAGE_SIZE);
-  nativeAddon().copyPagesToFrame(memory, gfns, frame, offset, macs?.key, macs?.out);
+  nativeAddon().copyPagesToFrame(memory, gfns, frame, offset, macs?.key, macs?.out, macs?.byGfn);
 }
 
 /** Copies frame pages (offset + i * 4096) raw into guest pages gfns[i], view MACs optional. */
@@ -249,5 +266,5 @@ export function copyFrameToPages(
   macs?: MacOutput,
 ): void {
   checkFrame(frame, offset, gfns.length, PAGE_SIZE);
-  nativeAddon().copyFrameToPages(frame, offset, memory, gfns, macs?.key, macs?.out);
+  nativeAddon().copyFrameToPages(frame, offset, memory, gfns, macs?.key, macs?.out, macs?.byGfn);
 }

@@ -238,6 +238,43 @@ describe('view MACs and the frame pipeline', () => {
     );
   });
 
+  it('byGfn writes each MAC into a per-guest table at its gfn, matching viewMacs of the whole guest', () => {
+    const srcKey = newMemoryKey();
+    const dstKey = newMemoryKey();
+    const gcmKey = new Uint8Array(randomBytes(32));
+    const { memory, cbits } = guest(6, srcKey);
+    const sealedGfns = new Float64Array([5, 1, 3]); // the private pages
+    const rawGfns = new Float64Array([4, 0, 2]); // the shared ones
+    const table = new Uint8Array(6 * 16);
+    const frame = new Uint8Array(3 * SEALED_PAGE_BYTES);
+    sealPagesToFrame(srcKey, gcmKey, memory, sealedGfns, 0, frame, 0, {
+      key: macKey,
+      out: table,
+      byGfn: true,
+    });
+    const raw = new Uint8Array(3 * 4096);
+    copyPagesToFrame(memory, rawGfns, raw, 0, { key: macKey, out: table, byGfn: true });
+    expect(Buffer.from(table).equals(Buffer.from(viewMacs(srcKey, macKey, memory, cbits.words, 0, 6)))).toBe(
+      true,
+    );
+    // The destination fills its own table while receiving: equal to the source's.
+    const dst = new Uint8Array(6 * 4096);
+    const dstTable = new Uint8Array(6 * 16);
+    expect(
+      openFrameToPages(gcmKey, dstKey, frame, 0, sealedGfns, 0, dst, {
+        key: macKey,
+        out: dstTable,
+        byGfn: true,
+      }),
+    ).toBe(-1);
+    copyFrameToPages(raw, 0, dst, rawGfns, { key: macKey, out: dstTable, byGfn: true });
+    expect(Buffer.from(dstTable).equals(Buffer.from(table))).toBe(true);
+    // A table too small for the guest is refused.
+    expect(() =>
+      copyPagesToFrame(memory, rawGfns, raw, 0, { key: macKey, out: new Uint8Array(5 * 16), byGfn: true }),
+    ).toThrow(/byGfn/);
+  });
+
   it('a frame too small for the batch at that offset is bad input, and nothing is written', () => {
     const memory = new Uint8Array(2 * 4096);
     const frame = new Uint8Array(4096 + 10);
