@@ -73,6 +73,14 @@ uint8_t* FrameAt(const Napi::CallbackInfo& info, Napi::Uint8Array& frame, uint64
   return frame.Data() + offset;
 }
 
+// Every gfn checked (below memPages) and copied before any page is written: a
+// gfn list on shared memory cannot change between the check and the write.
+std::vector<uint64_t> CheckedGfns(Napi::Env env, const Napi::Float64Array& gfns, uint64_t mem_pages) {
+  std::vector<uint64_t> out(gfns.ElementLength());
+  for (size_t i = 0; i < out.size(); ++i) out[i] = IndexAt(env, gfns, i, mem_pages, "gfns");
+  return out;
+}
+
 template <typename F>
 Napi::Value Guard(Napi::Env env, F f) {
   try {
@@ -168,13 +176,13 @@ Napi::Value OpenFrameToPages(const Napi::CallbackInfo& info) {
   const uint8_t* in = FrameAt(info, frame, offset, n, kSealed);
   uint64_t mem_pages = memory.ByteLength() / kPage;
   MacOut macs = GetMacOut(info, 7, n, mem_pages);
-  for (size_t i = 0; i < n; ++i) IndexAt(env, gfns, i, mem_pages, "gfns");
+  std::vector<uint64_t> checked = CheckedGfns(env, gfns, mem_pages);
   return Guard(env, [&] {
     ScratchWipe wipe;
     Opener opener(gcm_key.Data(), xts_key.Data());
     uint8_t* plain = Scratch();
     for (size_t i = 0; i < n; ++i) {
-      uint64_t gfn = static_cast<uint64_t>(gfns[i]);
+      uint64_t gfn = checked[i];
       if (!opener.Page(gfn * kPage, seq + i, in + i * kSealed, plain, memory.Data() + gfn * kPage)) {
         return Napi::Number::New(env, static_cast<double>(i));
       }
@@ -198,10 +206,10 @@ Napi::Value CopyPages(const Napi::CallbackInfo& info, bool to_frame) {
   uint8_t* linear = FrameAt(info, frame, offset, n, kPage);
   uint64_t mem_pages = memory.ByteLength() / kPage;
   MacOut macs = GetMacOut(info, 4, n, mem_pages);
-  for (size_t i = 0; i < n; ++i) IndexAt(env, gfns, i, mem_pages, "gfns");
+  std::vector<uint64_t> checked = CheckedGfns(env, gfns, mem_pages);
   return Guard(env, [&] {
     for (size_t i = 0; i < n; ++i) {
-      uint64_t gfn = static_cast<uint64_t>(gfns[i]);
+      uint64_t gfn = checked[i];
       uint8_t* page = memory.Data() + gfn * kPage;
       uint8_t* slot = linear + i * kPage;
       std::memcpy(to_frame ? slot : page, to_frame ? page : slot, kPage);
