@@ -8,7 +8,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MessageChannel } from 'node:worker_threads';
 import { InvalidArgumentError, PeerError } from '../common/errors.js';
-import { PAGE_SIZE } from '../common/ranges.js';
 import { startWorker } from '../common/worker-script.js';
 import type { WorkloadName } from '../guest/workloads.js';
 import { CbitStore } from '../host/cbit-store.js';
@@ -20,6 +19,7 @@ import { VcpuPool } from '../vmm/sim/vcpu-pool.js';
 import { type FrameChannel, memoryChannelPair } from './channel.js';
 import { type DestinationResult, MigrationDestination } from './destination.js';
 import { connectChannel, type Endpoint, listenChannel, type Transport } from './endpoints.js';
+import { guestPagesFor } from './guest-size.js';
 import { MigrationLog } from './migration-log.js';
 import { portChannel } from './port-channel.js';
 import type { PspLimits } from './psp.js';
@@ -72,14 +72,9 @@ export const DEFAULT_PARAMS: MigrateParams = {
   batchPages: 256,
 };
 
-export function guestPages(p: MigrateParams): number {
-  if (p.memoryBytes % PAGE_SIZE !== 0 || p.memoryBytes < PAGE_SIZE * 64) {
-    throw new InvalidArgumentError(
-      '--memory',
-      `--memory ${p.memoryBytes} must be a multiple of 4 KiB and at least 256 KiB`,
-    );
-  }
-  return p.memoryBytes / PAGE_SIZE;
+/** The guest's page count; throws (naming the limit) unless `guests` guests of this size fit in this process. */
+export function guestPages(p: MigrateParams, guests = 1): number {
+  return guestPagesFor(p.memoryBytes, { guests });
 }
 
 /** The source side: a running guest, its host store, and the migration of it over `channel`. */
@@ -216,6 +211,7 @@ function destinationOnWorker(p: MigrateParams): {
 export async function migrateLocally(
   p: MigrateParams,
 ): Promise<{ summary: MigrationSummary; destination: DestinationVerdict }> {
+  guestPages(p, 2); // both guests live in this process: refuse a size it cannot hold before starting
   let srcChannel: FrameChannel;
   let destination: Promise<DestinationVerdict>;
   let closeListener: () => unknown = () => {};
