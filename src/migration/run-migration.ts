@@ -45,6 +45,8 @@ export interface MigrateParams {
   psp: PspLimits;
   forceUnsafe: boolean;
   peerTimeoutMs: number;
+  /** How long the destination waits for the source's handshake (HELLO) on a connection. */
+  handshakeTimeoutMs: number;
   /** How long the guest runs before the migration starts. */
   warmupMs: number;
   batchPages: number;
@@ -68,6 +70,7 @@ export const DEFAULT_PARAMS: MigrateParams = {
   psp: { rate: 0, batch: 4096 },
   forceUnsafe: false,
   peerTimeoutMs: 30_000,
+  handshakeTimeoutMs: 10_000,
   warmupMs: 300,
   batchPages: 256,
 };
@@ -165,6 +168,7 @@ export async function migrateGuest(
   const dest = new MigrationDestination({
     channel: b,
     peerTimeoutMs: p.peerTimeoutMs,
+    handshakeTimeoutMs: p.handshakeTimeoutMs,
     psp: p.psp,
     allocate: options.allocate,
   });
@@ -185,7 +189,12 @@ function destinationOnWorker(p: MigrateParams): {
   stop: () => Promise<number>;
 } {
   const { port1, port2 } = new MessageChannel();
-  const workerData: DestinationWorkerData = { port: port2, peerTimeoutMs: p.peerTimeoutMs, psp: p.psp };
+  const workerData: DestinationWorkerData = {
+    port: port2,
+    peerTimeoutMs: p.peerTimeoutMs,
+    handshakeTimeoutMs: p.handshakeTimeoutMs,
+    psp: p.psp,
+  };
   const worker = startWorker(import.meta.url, './destination-worker.js', {
     workerData,
     transferList: [port2],
@@ -227,7 +236,10 @@ export async function migrateLocally(
       p.transport === 'tcp'
         ? { kind: 'tcp', host: '127.0.0.1', port: 0 }
         : { kind: 'unix', path: join(dir, 'm.sock') };
-    const listener = await listenChannel(ep, p.peerTimeoutMs);
+    const listener = await listenChannel(ep, {
+      peerTimeoutMs: p.peerTimeoutMs,
+      handshakeTimeoutMs: p.handshakeTimeoutMs,
+    });
     closeListener = () => {
       listener.close();
       rmSync(dir, { recursive: true, force: true });
