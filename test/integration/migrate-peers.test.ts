@@ -3,7 +3,6 @@
  * brings: silent clients, strays before the real source, stale and live
  * socket files. Every destination and source is a real CLI process.
  */
-import { spawnSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -13,6 +12,7 @@ import { newMemoryKey } from '../../src/common/page-crypto.js';
 import { PspSession } from '../../src/migration/psp.js';
 import { encodeHello, MIGRATION_FRAME, Msg } from '../../src/migration/stream.js';
 import { type RunningCli, runCli, startCli, waitForStderr } from '../support/cli.js';
+import { leaveStaleSocket } from '../support/stale-socket.js';
 import { tempDir } from '../support/tmp.js';
 
 const running: RunningCli[] = [];
@@ -24,23 +24,17 @@ afterEach(() => {
 
 type Transport = 'tcp' | 'unix';
 
+function destinationArgs(transport: Transport, listen: string): string[] {
+  return ['migrate', '--role', 'destination', '--transport', transport, '--listen', listen];
+}
+
 /** Starts a destination process; resolves with it and the address a source connects to. */
 async function destination(
   transport: Transport,
   listen: string,
   extra: string[] = [],
 ): Promise<{ cli: RunningCli; address: string }> {
-  const cli = startCli([
-    'migrate',
-    '--role',
-    'destination',
-    '--transport',
-    transport,
-    '--listen',
-    listen,
-    '--json',
-    ...extra,
-  ]);
+  const cli = startCli([...destinationArgs(transport, listen), '--json', ...extra]);
   running.push(cli);
   const m = await waitForStderr(cli, /destination listening on (\S+)/);
   return { cli, address: m[1] };
@@ -126,10 +120,7 @@ describe('a --listen destination and its peers', () => {
 
   it('replaces a stale socket file left by a killed destination', async () => {
     const path = join(tempDir(), 'stale.sock');
-    spawnSync(process.execPath, [
-      '-e',
-      `require('net').createServer().listen(${JSON.stringify(path)}, () => process.kill(process.pid, 'SIGKILL'))`,
-    ]);
+    leaveStaleSocket(path);
     expect(statSync(path).isSocket()).toBe(true);
     const { cli, address } = await destination('unix', path);
     const src = await source('unix', address);
@@ -140,15 +131,7 @@ describe('a --listen destination and its peers', () => {
   for (const transport of ['tcp', 'unix'] as const) {
     it(`${transport}: a second destination on a live address exits 2 saying so, and the first carries on`, async () => {
       const first = await destination(transport, listenAddress(transport));
-      const second = await runCli([
-        'migrate',
-        '--role',
-        'destination',
-        '--transport',
-        transport,
-        '--listen',
-        first.address,
-      ]);
+      const second = await runCli(destinationArgs(transport, first.address));
       expect(second.code).toBe(2);
       expect(second.stderr).toMatch(
         transport === 'tcp'

@@ -1,4 +1,3 @@
-import { spawnSync } from 'node:child_process';
 import { statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -16,6 +15,7 @@ import {
 import { PspSession } from '../../src/migration/psp.js';
 import { runDestination } from '../../src/migration/run-destination.js';
 import { encodeHello, MIGRATION_FRAME, Msg } from '../../src/migration/stream.js';
+import { leaveStaleSocket } from '../support/stale-socket.js';
 import { tempDir } from '../support/tmp.js';
 
 const cleanups: (() => void)[] = [];
@@ -150,10 +150,7 @@ describe('unix socket paths', () => {
   it('replaces a stale socket file nobody listens on', async () => {
     const path = join(tempDir(), 'stale.sock');
     // A destination killed with SIGKILL leaves its socket file behind.
-    spawnSync(process.execPath, [
-      '-e',
-      `require('net').createServer().listen(${JSON.stringify(path)}, () => process.kill(process.pid, 'SIGKILL'))`,
-    ]);
+    leaveStaleSocket(path);
     expect(statSync(path).isSocket()).toBe(true);
     const l = await listen({ kind: 'unix', path });
     const accepted = l.accept();
