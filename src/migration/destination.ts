@@ -33,7 +33,7 @@ import {
 export interface DestinationOptions {
   channel: FrameChannel;
   peerTimeoutMs: number;
-  /** How long to wait for the source's HELLO (default: peerTimeoutMs). */
+  /** How long to wait for the source's HELLO (default: peerTimeoutMs; 0 = no limit). */
   handshakeTimeoutMs?: number;
   psp?: PspLimits;
   log?: MigrationLog;

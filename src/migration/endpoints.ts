@@ -128,7 +128,7 @@ export function listenError(err: NodeJS.ErrnoException, e: Endpoint, flag: strin
 export interface ListenOptions {
   /** Applied to every frame after the first (and to sends): --peer-timeout. */
   peerTimeoutMs: number;
-  /** How long a connection may stay open without sending its first frame: --handshake-timeout. */
+  /** How long a connection may stay open without sending its first frame: --handshake-timeout (0 = no limit). */
   handshakeTimeoutMs: number;
   /** The flag errors name (default --listen). */
   flag?: string;

@@ -81,7 +81,17 @@ export function guestPages(p: MigrateParams, guests = 1): number {
 }
 
 /** The source side: a running guest, its host store, and the migration of it over `channel`. */
-export async function runSource(p: MigrateParams, channel: FrameChannel): Promise<MigrationSummary> {
+/**
+ * `connect`: the channel, or a function that opens it. A function is called
+ * once the guest runs, when the migration starts (as a VMM connects when told
+ * to migrate), so a destination's --handshake-timeout never covers the
+ * simulated guest's boot.
+ */
+export async function runSource(
+  p: MigrateParams,
+  connect: FrameChannel | (() => Promise<FrameChannel>),
+): Promise<MigrationSummary> {
+  let channel = typeof connect === 'function' ? undefined : connect;
   let npages: number;
   let log: MigrationLog | undefined;
   try {
@@ -90,7 +100,7 @@ export async function runSource(p: MigrateParams, channel: FrameChannel): Promis
       ? MigrationLog.create(p.log, 'source', npages, { ...p, onRound: undefined, onPages: undefined })
       : undefined;
   } catch (err) {
-    channel.close(); // the peer learns at once that no migration is coming
+    channel?.close(); // the peer learns at once that no migration is coming
     throw err;
   }
   const dir = mkdtempSync(join(tmpdir(), 'sevtrack-src-'));
@@ -110,6 +120,7 @@ export async function runSource(p: MigrateParams, channel: FrameChannel): Promis
     });
     await pool.waitSetup();
     await new Promise((r) => setTimeout(r, p.warmupMs));
+    channel ??= await (connect as () => Promise<FrameChannel>)();
     const guest = new ThreadedGuest(memory, pool);
     const summary = await new MigrationSource(sourceOptions(p, guest, store, 1, channel, log)).run();
     log?.close({ ...summary });
@@ -119,7 +130,7 @@ export async function runSource(p: MigrateParams, channel: FrameChannel): Promis
     throw err;
   } finally {
     await pool?.stop();
-    channel.close();
+    channel?.close();
     store.close();
     rmSync(dir, { recursive: true, force: true });
   }
@@ -192,7 +203,8 @@ function destinationOnWorker(p: MigrateParams): {
   const workerData: DestinationWorkerData = {
     port: port2,
     peerTimeoutMs: p.peerTimeoutMs,
-    handshakeTimeoutMs: p.handshakeTimeoutMs,
+    // The source is this process: it says HELLO after booting its guest, or closes the channel.
+    handshakeTimeoutMs: 0,
     psp: p.psp,
   };
   const worker = startWorker(import.meta.url, './destination-worker.js', {
@@ -236,10 +248,9 @@ export async function migrateLocally(
       p.transport === 'tcp'
         ? { kind: 'tcp', host: '127.0.0.1', port: 0 }
         : { kind: 'unix', path: join(dir, 'm.sock') };
-    const listener = await listenChannel(ep, {
-      peerTimeoutMs: p.peerTimeoutMs,
-      handshakeTimeoutMs: p.handshakeTimeoutMs,
-    });
+    // No handshake timeout: our own source connects at once and says HELLO
+    // after booting its guest; a stray on this private address cannot block it.
+    const listener = await listenChannel(ep, { peerTimeoutMs: p.peerTimeoutMs, handshakeTimeoutMs: 0 });
     closeListener = () => {
       listener.close();
       rmSync(dir, { recursive: true, force: true });

@@ -215,10 +215,8 @@ export function registerMigrate(program: Command): void {
         if (role === 'source') {
           if (!f.connect)
             throw new InvalidArgumentError('--connect', '--role source needs --connect HOST:PORT or PATH');
-          summary = await runSource(
-            p,
-            await connectChannel(parseEndpoint(f.connect, p.transport, '--connect'), p.peerTimeoutMs),
-          );
+          const to = parseEndpoint(f.connect, p.transport, '--connect');
+          summary = await runSource(p, () => connectChannel(to, p.peerTimeoutMs));
         } else {
           if (f.listen || f.connect)
             throw new InvalidArgumentError('--role', '--listen/--connect need --role destination/source');
