@@ -159,6 +159,7 @@ export {
   connectChannel,
   type Endpoint,
   type Listener,
+  type ListenOptions,
   listenChannel,
   type Transport,
 } from './migration/endpoints.js';

@@ -44,18 +44,43 @@ export interface WorkloadContext {
 
 /** The guest-memory layout every vCPU derives the same way. */
 export interface Layout {
-  /** The swiotlb pool (6% of memory, 2 MiB aligned), at the top of memory. */
+  /** The swiotlb pool at the top of memory (0 pages for workloads that do no I/O on tiny guests). */
   pool: { gfn: number; npages: number };
-  /** This vCPU's private partition. */
+  /** This vCPU's private partition; empty (npages 0) when there are more vCPUs than private pages. */
   part: { gfn: number; npages: number };
 }
 
-export function layout(npages: number, vcpu: number, vcpus: number): Layout {
-  const raw = Math.max(1, Math.floor(npages * 0.06));
-  const poolPages = raw >= 512 ? raw - (raw % 512) : raw;
+/** The workloads that bounce I/O through the swiotlb pool. */
+const POOL_WORKLOADS: ReadonlySet<WorkloadName> = new Set(['swiotlb', 'mixed']);
+
+/**
+ * Splits npages of guest memory for `workload` (any npages >= 1, any vcpus >= 1):
+ * - the pool is 6% of memory (2 MiB aligned from 512 pages), at the top; a
+ *   workload that uses it gets at least one page, so on a one-page guest the
+ *   pool is the whole guest and every partition is empty;
+ * - the rest is split evenly into disjoint vCPU partitions (a remainder stays
+ *   unused); with fewer pages than vCPUs, the first vCPUs get one page each
+ *   and the others none. Partitions never overlap, so no two vCPUs ever
+ *   convert one buffer (the guest contract of docs/design.md §3 rule 5).
+ * From 17 pages up the layout does not depend on the workload.
+ */
+export function layout(npages: number, vcpu: number, vcpus: number, workload?: WorkloadName): Layout {
+  if (!Number.isInteger(npages) || npages < 1)
+    throw new InvalidArgumentError('npages', `guest size ${npages} pages must be at least 1`);
+  if (!Number.isInteger(vcpus) || vcpus < 1 || !Number.isInteger(vcpu) || vcpu < 0 || vcpu >= vcpus)
+    throw new InvalidArgumentError('vcpu', `vCPU ${vcpu} of ${vcpus} is not a vCPU of this guest`);
+  const raw = Math.floor(npages * 0.06);
+  const minPool = workload === undefined || POOL_WORKLOADS.has(workload) ? 1 : 0;
+  const poolPages = raw >= 512 ? raw - (raw % 512) : Math.max(minPool, raw);
   const poolGfn = npages - poolPages;
   const per = Math.floor(poolGfn / vcpus);
-  return { pool: { gfn: poolGfn, npages: poolPages }, part: { gfn: vcpu * per, npages: per } };
+  const part =
+    per > 0
+      ? { gfn: vcpu * per, npages: per }
+      : vcpu < poolGfn
+        ? { gfn: vcpu, npages: 1 }
+        : { gfn: poolGfn, npages: 0 };
+  return { pool: { gfn: poolGfn, npages: poolPages }, part };
 }
 
 /** A guest workload: setup (vCPU 0 runs it before the others start) and one step. */
@@ -87,8 +112,9 @@ function convert(ctx: WorkloadContext, gfn: number, npages: number, encrypted: b
   ctx.stats.converted(1);
 }
 
+/** Up to `count` single-page conversions to shared below the pool (one per 4 pages, at least one). */
 function bootStorm(ctx: WorkloadContext, l: Layout, count: number): void {
-  const n = Math.min(count, Math.floor(l.pool.gfn / 4));
+  const n = l.pool.gfn === 0 ? 0 : Math.min(count, Math.max(1, Math.floor(l.pool.gfn / 4)));
   for (let i = 0; i < n; i++) {
     const gfn = randomInt(ctx.rng, l.pool.gfn);
     convert(ctx, gfn, 1, false);
@@ -97,26 +123,37 @@ function bootStorm(ctx: WorkloadContext, l: Layout, count: number): void {
 }
 
 function setupPool(ctx: WorkloadContext, l: Layout): void {
-  convert(ctx, l.pool.gfn, l.pool.npages, false);
+  if (l.pool.npages > 0) convert(ctx, l.pool.gfn, l.pool.npages, false);
 }
 
-function privateWrite(ctx: WorkloadContext, l: Layout): void {
-  const gfn = l.part.gfn + randomInt(ctx.rng, l.part.npages);
-  writePattern(ctx, gfn);
+/** Writes one page of this vCPU's partition; returns the pages written (0 for an empty partition). */
+function privateWrite(ctx: WorkloadContext, l: Layout): number {
+  if (l.part.npages === 0) return 0;
+  writePattern(ctx, l.part.gfn + randomInt(ctx.rng, l.part.npages));
+  return 1;
 }
 
-function ioWrite(ctx: WorkloadContext, l: Layout): void {
+/** Writes one page of the pool; returns the pages written (0 without a pool). */
+function ioWrite(ctx: WorkloadContext, l: Layout): number {
+  if (l.pool.npages === 0) return 0;
   writePattern(ctx, l.pool.gfn + randomInt(ctx.rng, l.pool.npages));
+  return 1;
 }
 
-/** DMA buffers in the last eighth of this vCPU's partition, converted back and forth. */
+/**
+ * DMA buffers in the last eighth of this vCPU's partition (at least 16
+ * pages, at most the whole partition), in slots of 16 pages (fewer on a
+ * smaller partition), converted back and forth. Returns the operations done.
+ */
 function churnStep(ctx: WorkloadContext, l: Layout): number {
-  const region = Math.max(16, Math.floor(l.part.npages / 8));
+  if (l.part.npages === 0) return 0;
+  const region = Math.min(l.part.npages, Math.max(16, Math.floor(l.part.npages / 8)));
   const base = l.part.gfn + l.part.npages - region;
-  const slots = Math.floor(region / 16);
+  const slotPages = Math.min(16, region);
+  const slots = Math.floor(region / slotPages);
   const slot = randomInt(ctx.rng, slots);
-  const npages = 1 + randomInt(ctx.rng, 16);
-  const gfn = base + slot * 16;
+  const npages = 1 + randomInt(ctx.rng, slotPages);
+  const gfn = base + slot * slotPages;
   const toShared = ctx.memory.isEncrypted(gfn);
   convert(ctx, gfn, npages, !toShared);
   // Usually the driver fills the buffer after converting it; sometimes not.
@@ -133,16 +170,17 @@ export const workloads: Record<WorkloadName, Workload> = {
   swiotlb: {
     setup: setupPool,
     step(ctx, l) {
-      for (let i = 0; i < 8; i++) ioWrite(ctx, l);
-      privateWrite(ctx, l);
-      return 9;
+      let ops = 0;
+      for (let i = 0; i < 8; i++) ops += ioWrite(ctx, l);
+      return ops + privateWrite(ctx, l);
     },
   },
   churn: { step: (ctx, l) => churnStep(ctx, l) },
   'write-heavy': {
     step(ctx, l) {
-      for (let i = 0; i < 16; i++) privateWrite(ctx, l);
-      return 16;
+      let ops = 0;
+      for (let i = 0; i < 16; i++) ops += privateWrite(ctx, l);
+      return ops;
     },
   },
   mixed: {
@@ -152,13 +190,14 @@ export const workloads: Record<WorkloadName, Workload> = {
     },
     step(ctx, l) {
       const r = ctx.rng();
+      let ops = 0;
       if (r < 0.5) {
-        for (let i = 0; i < 4; i++) privateWrite(ctx, l);
-        return 4;
+        for (let i = 0; i < 4; i++) ops += privateWrite(ctx, l);
+        return ops;
       }
       if (r < 0.8) {
-        for (let i = 0; i < 4; i++) ioWrite(ctx, l);
-        return 4;
+        for (let i = 0; i < 4; i++) ops += ioWrite(ctx, l);
+        return ops;
       }
       return churnStep(ctx, l);
     },

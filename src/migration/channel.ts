@@ -11,8 +11,12 @@ import { encodeFrame, type Frame, FrameDecoder, type FrameSpec, isFrame } from '
 export interface FrameChannel {
   /** Sends a frame; resolves once the transport accepted it (backpressure). */
   send(type: number, payload: Uint8Array): Promise<void>;
-  /** The next frame; rejects with PeerError when the peer is gone or sent a bad frame. */
-  next(timeoutMs?: number): Promise<Frame>;
+  /**
+   * The next frame; rejects with PeerError when the peer is gone or sent a bad
+   * frame, or when nothing arrives within timeoutMs (with `timeoutError()` if
+   * given, else an error naming --peer-timeout).
+   */
+  next(timeoutMs?: number, timeoutError?: () => Error): Promise<Frame>;
   close(): void;
 }
 
@@ -33,7 +37,7 @@ export class Inbox {
     for (const w of this.waiters.splice(0)) w.reject(this.dead);
   }
 
-  next(timeoutMs?: number): Promise<Frame> {
+  next(timeoutMs?: number, timeoutError?: () => Error): Promise<Frame> {
     const f = this.frames.shift();
     if (f) return Promise.resolve(f);
     if (this.dead) return Promise.reject(this.dead);
@@ -46,9 +50,10 @@ export class Inbox {
           if (i >= 0) {
             this.waiters.splice(i, 1);
             reject(
-              new PeerError(
-                `the peer sent nothing for ${timeoutMs} ms (--peer-timeout); the link or the peer is down`,
-              ),
+              timeoutError?.() ??
+                new PeerError(
+                  `the peer sent nothing for ${timeoutMs} ms (--peer-timeout); the link or the peer is down`,
+                ),
             );
           }
         }, timeoutMs);
@@ -119,8 +124,8 @@ export class SocketChannel implements FrameChannel {
     });
   }
 
-  next(timeoutMs?: number): Promise<Frame> {
-    return this.inbox.next(timeoutMs);
+  next(timeoutMs?: number, timeoutError?: () => Error): Promise<Frame> {
+    return this.inbox.next(timeoutMs, timeoutError);
   }
 
   /** Ends the connection; a peer that does not finish closing within 2 s (link down) is cut off. */
@@ -159,7 +164,7 @@ export function memoryChannelPair(spec: FrameSpec): [FrameChannel, FrameChannel]
         // Yield so the peer runs: the in-memory pipe has the backpressure of one frame.
         await new Promise((r) => setImmediate(r));
       },
-      next: (t) => mine.next(t),
+      next: (t, e) => mine.next(t, e),
       close() {
         closed = true;
         peer.fail(new PeerError('the peer closed the connection'));

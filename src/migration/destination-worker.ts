@@ -14,7 +14,15 @@ import { MIGRATION_FRAME } from './stream.js';
 
 const data = workerData as DestinationWorkerData;
 const channel = portChannel(data.port, MIGRATION_FRAME.version);
-runDestination({ peerTimeoutMs: data.peerTimeoutMs, psp: data.psp, log: undefined }, channel).then(
+runDestination(
+  {
+    peerTimeoutMs: data.peerTimeoutMs,
+    handshakeTimeoutMs: data.handshakeTimeoutMs,
+    psp: data.psp,
+    log: undefined,
+  },
+  channel,
+).then(
   (r) => {
     const out: DestinationWorkerResult = {
       ok: true,

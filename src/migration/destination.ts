@@ -6,7 +6,7 @@
  * guest with a bumped generation (docs/design.md §3 rule 6). On any failure the
  * partial guest is discarded.
  */
-import { PeerError } from '../common/errors.js';
+import { PeerError, RuntimeFailure } from '../common/errors.js';
 import { PageBitmap } from '../common/page-bitmap.js';
 import { DIGEST_BYTES } from '../common/page-crypto.js';
 import { PAGE_SIZE } from '../common/ranges.js';
@@ -33,6 +33,8 @@ import {
 export interface DestinationOptions {
   channel: FrameChannel;
   peerTimeoutMs: number;
+  /** How long to wait for the source's HELLO (default: peerTimeoutMs; 0 = no limit). */
+  handshakeTimeoutMs?: number;
   psp?: PspLimits;
   log?: MigrationLog;
   /** Allocates the destination guest (tests inject failures here). */
@@ -58,7 +60,12 @@ export class MigrationDestination {
 
   async run(): Promise<DestinationResult> {
     const ch = this.o.channel;
-    const first = await ch.next();
+    const handshakeMs = this.o.handshakeTimeoutMs ?? this.o.peerTimeoutMs;
+    const first = await ch.next(
+      handshakeMs,
+      () =>
+        new PeerError(`the source sent no handshake (HELLO) within ${handshakeMs} ms (--handshake-timeout)`),
+    );
     let hello: Hello;
     try {
       if (first.type !== Msg.HELLO)
@@ -74,7 +81,7 @@ export class MigrationDestination {
     } catch (err) {
       const message = `destination cannot allocate the guest (${hello.npages} pages): ${(err as Error).message}`;
       await ch.send(Msg.HELLO_ACK, encodeHelloAck(undefined, message)).catch(() => {});
-      throw new PeerError(message, { cause: err });
+      throw new RuntimeFailure('ERR_ALLOCATION', message, { cause: err }); // local, not the peer's fault
     }
     warmDigestWorkers(hello.npages);
     // The destination guest's page tables arrive with its memory: start clear.

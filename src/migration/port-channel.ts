@@ -34,7 +34,7 @@ export function portChannel(port: MessagePort, version: number): FrameChannel {
         body.buffer as ArrayBuffer,
       ]);
     },
-    next: (t) => inbox.next(t),
+    next: (t, e) => inbox.next(t, e),
     close() {
       if (closed) return;
       closed = true;

@@ -5,23 +5,28 @@
  * (destination-worker.ts) and over local sockets.
  */
 import type { MessagePort } from 'node:worker_threads';
+import { PAGE_SIZE } from '../common/ranges.js';
 import { GuestMemory } from '../vmm/sim/guest-memory.js';
 import type { FrameChannel } from './channel.js';
 import { type DestinationResult, MigrationDestination } from './destination.js';
+import { guestPagesFor } from './guest-size.js';
 import { MigrationLog } from './migration-log.js';
 import type { PspLimits } from './psp.js';
 
 /** The destination side over `channel`. */
 export async function runDestination(
-  p: { peerTimeoutMs: number; psp: PspLimits; log?: string },
+  p: { peerTimeoutMs: number; handshakeTimeoutMs?: number; psp: PspLimits; log?: string },
   channel: FrameChannel,
 ): Promise<DestinationResult> {
   let log: MigrationLog | undefined;
   const dest = new MigrationDestination({
     channel,
     peerTimeoutMs: p.peerTimeoutMs,
+    handshakeTimeoutMs: p.handshakeTimeoutMs,
     psp: p.psp,
     allocate: (npages) => {
+      // A two-process destination holds one guest: refuse what this machine cannot hold.
+      guestPagesFor(npages * PAGE_SIZE, { guests: 1 });
       if (p.log) log = MigrationLog.create(p.log, 'destination', npages, {});
       return GuestMemory.create(npages);
     },
@@ -50,6 +55,7 @@ export type DestinationVerdict = Pick<
 export interface DestinationWorkerData {
   port: MessagePort;
   peerTimeoutMs: number;
+  handshakeTimeoutMs: number;
   psp: PspLimits;
 }
 

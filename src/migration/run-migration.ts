@@ -7,8 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MessageChannel } from 'node:worker_threads';
-import { InvalidArgumentError, PeerError } from '../common/errors.js';
-import { PAGE_SIZE } from '../common/ranges.js';
+import { PeerError } from '../common/errors.js';
 import { startWorker } from '../common/worker-script.js';
 import type { WorkloadName } from '../guest/workloads.js';
 import { CbitStore } from '../host/cbit-store.js';
@@ -20,6 +19,7 @@ import { VcpuPool } from '../vmm/sim/vcpu-pool.js';
 import { type FrameChannel, memoryChannelPair } from './channel.js';
 import { type DestinationResult, MigrationDestination } from './destination.js';
 import { connectChannel, type Endpoint, listenChannel, type Transport } from './endpoints.js';
+import { guestPagesFor } from './guest-size.js';
 import { MigrationLog } from './migration-log.js';
 import { portChannel } from './port-channel.js';
 import type { PspLimits } from './psp.js';
@@ -45,6 +45,8 @@ export interface MigrateParams {
   psp: PspLimits;
   forceUnsafe: boolean;
   peerTimeoutMs: number;
+  /** How long the destination waits for the source's handshake (HELLO) on a connection. */
+  handshakeTimeoutMs: number;
   /** How long the guest runs before the migration starts. */
   warmupMs: number;
   batchPages: number;
@@ -68,22 +70,28 @@ export const DEFAULT_PARAMS: MigrateParams = {
   psp: { rate: 0, batch: 4096 },
   forceUnsafe: false,
   peerTimeoutMs: 30_000,
+  handshakeTimeoutMs: 10_000,
   warmupMs: 300,
   batchPages: 256,
 };
 
-export function guestPages(p: MigrateParams): number {
-  if (p.memoryBytes % PAGE_SIZE !== 0 || p.memoryBytes < PAGE_SIZE * 64) {
-    throw new InvalidArgumentError(
-      '--memory',
-      `--memory ${p.memoryBytes} must be a multiple of 4 KiB and at least 256 KiB`,
-    );
-  }
-  return p.memoryBytes / PAGE_SIZE;
+/** The guest's page count; throws (naming the limit) unless `guests` guests of this size fit in this process. */
+export function guestPages(p: MigrateParams, guests = 1): number {
+  return guestPagesFor(p.memoryBytes, { guests });
 }
 
 /** The source side: a running guest, its host store, and the migration of it over `channel`. */
-export async function runSource(p: MigrateParams, channel: FrameChannel): Promise<MigrationSummary> {
+/**
+ * `connect`: the channel, or a function that opens it. A function is called
+ * once the guest runs, when the migration starts (as a VMM connects when told
+ * to migrate), so a destination's --handshake-timeout never covers the
+ * simulated guest's boot.
+ */
+export async function runSource(
+  p: MigrateParams,
+  connect: FrameChannel | (() => Promise<FrameChannel>),
+): Promise<MigrationSummary> {
+  let channel = typeof connect === 'function' ? undefined : connect;
   let npages: number;
   let log: MigrationLog | undefined;
   try {
@@ -92,7 +100,7 @@ export async function runSource(p: MigrateParams, channel: FrameChannel): Promis
       ? MigrationLog.create(p.log, 'source', npages, { ...p, onRound: undefined, onPages: undefined })
       : undefined;
   } catch (err) {
-    channel.close(); // the peer learns at once that no migration is coming
+    channel?.close(); // the peer learns at once that no migration is coming
     throw err;
   }
   const dir = mkdtempSync(join(tmpdir(), 'sevtrack-src-'));
@@ -112,6 +120,7 @@ export async function runSource(p: MigrateParams, channel: FrameChannel): Promis
     });
     await pool.waitSetup();
     await new Promise((r) => setTimeout(r, p.warmupMs));
+    channel ??= await (connect as () => Promise<FrameChannel>)();
     const guest = new ThreadedGuest(memory, pool);
     const summary = await new MigrationSource(sourceOptions(p, guest, store, 1, channel, log)).run();
     log?.close({ ...summary });
@@ -121,7 +130,7 @@ export async function runSource(p: MigrateParams, channel: FrameChannel): Promis
     throw err;
   } finally {
     await pool?.stop();
-    channel.close();
+    channel?.close();
     store.close();
     rmSync(dir, { recursive: true, force: true });
   }
@@ -170,6 +179,7 @@ export async function migrateGuest(
   const dest = new MigrationDestination({
     channel: b,
     peerTimeoutMs: p.peerTimeoutMs,
+    handshakeTimeoutMs: p.handshakeTimeoutMs,
     psp: p.psp,
     allocate: options.allocate,
   });
@@ -190,7 +200,13 @@ function destinationOnWorker(p: MigrateParams): {
   stop: () => Promise<number>;
 } {
   const { port1, port2 } = new MessageChannel();
-  const workerData: DestinationWorkerData = { port: port2, peerTimeoutMs: p.peerTimeoutMs, psp: p.psp };
+  const workerData: DestinationWorkerData = {
+    port: port2,
+    peerTimeoutMs: p.peerTimeoutMs,
+    // The source is this process: it says HELLO after booting its guest, or closes the channel.
+    handshakeTimeoutMs: 0,
+    psp: p.psp,
+  };
   const worker = startWorker(import.meta.url, './destination-worker.js', {
     workerData,
     transferList: [port2],
@@ -216,6 +232,7 @@ function destinationOnWorker(p: MigrateParams): {
 export async function migrateLocally(
   p: MigrateParams,
 ): Promise<{ summary: MigrationSummary; destination: DestinationVerdict }> {
+  guestPages(p, 2); // both guests live in this process: refuse a size it cannot hold before starting
   let srcChannel: FrameChannel;
   let destination: Promise<DestinationVerdict>;
   let closeListener: () => unknown = () => {};
@@ -231,7 +248,9 @@ export async function migrateLocally(
       p.transport === 'tcp'
         ? { kind: 'tcp', host: '127.0.0.1', port: 0 }
         : { kind: 'unix', path: join(dir, 'm.sock') };
-    const listener = await listenChannel(ep, p.peerTimeoutMs);
+    // No handshake timeout: our own source connects at once and says HELLO
+    // after booting its guest; a stray on this private address cannot block it.
+    const listener = await listenChannel(ep, { peerTimeoutMs: p.peerTimeoutMs, handshakeTimeoutMs: 0 });
     closeListener = () => {
       listener.close();
       rmSync(dir, { recursive: true, force: true });

@@ -5,9 +5,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { PeerError } from '../../src/common/errors.js';
 import { viewDigests } from '../../src/common/page-crypto.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
-import { type FrameChannel, memoryChannelPair } from '../../src/migration/channel.js';
+import { type FrameChannel, memoryChannelPair, SocketChannel } from '../../src/migration/channel.js';
 import { MigrationDestination } from '../../src/migration/destination.js';
-import { connectChannel, listenChannel } from '../../src/migration/endpoints.js';
+import { connectChannel } from '../../src/migration/endpoints.js';
 import { DEFAULT_PARAMS, migrateGuest } from '../../src/migration/run-migration.js';
 import { MigrationRefusedError, MigrationSource } from '../../src/migration/source.js';
 import { MIGRATION_FRAME, Msg } from '../../src/migration/stream.js';
@@ -110,12 +110,16 @@ describe('migration failure paths leave the source guest running and intact', ()
   });
 
   it('a bad frame on the wire: the destination aborts naming the offset and the expected magic', async () => {
+    // A raw server: a listenChannel listener drops such a stray connection
+    // itself (test/migration/endpoints.test.ts); this is the destination's own check.
     const sock = join(tempDir(), 'd.sock');
-    const listener = await listenChannel({ kind: 'unix', path: sock }, 5000);
-    cleanups.push(() => listener.close());
+    const server = net.createServer();
+    await new Promise<void>((r) => server.listen(sock, r));
+    cleanups.push(() => void server.close());
+    const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
     const raw = net.connect(sock);
-    await new Promise((r) => raw.once('connect', r));
-    const dest = new MigrationDestination({ channel: await listener.accept(), peerTimeoutMs: 5000 }).run();
+    const channel = new SocketChannel(await accepted, MIGRATION_FRAME, 5000);
+    const dest = new MigrationDestination({ channel, peerTimeoutMs: 5000 }).run();
     const outcome = dest.then(
       () => 'resolved',
       (e: Error) => e.message,

@@ -41,6 +41,7 @@ interface MigrateFlags {
   verify: string;
   forceUnsafe?: boolean;
   peerTimeout: string;
+  handshakeTimeout: string;
   json?: boolean;
 }
 
@@ -69,6 +70,7 @@ function toParams(f: MigrateFlags): MigrateParams {
     },
     forceUnsafe: f.forceUnsafe ?? false,
     peerTimeoutMs: parseIntIn(f.peerTimeout, '--peer-timeout', 100, 3_600_000),
+    handshakeTimeoutMs: parseIntIn(f.handshakeTimeout, '--handshake-timeout', 100, 3_600_000),
     log: f.log,
   };
 }
@@ -158,6 +160,11 @@ export function registerMigrate(program: Command): void {
       'abort when the peer sends or takes nothing for this long',
       String(d.peerTimeoutMs),
     )
+    .option(
+      '--handshake-timeout <ms>',
+      'destination: abort when a connected peer sends no handshake for this long',
+      String(d.handshakeTimeoutMs),
+    )
     .option('--json', 'print the summary as one JSON object')
     .action(
       runAction(async (f: MigrateFlags) => {
@@ -175,10 +182,12 @@ export function registerMigrate(program: Command): void {
         if (role === 'destination') {
           if (!f.listen)
             throw new InvalidArgumentError('--listen', '--role destination needs --listen HOST:PORT or PATH');
-          const listener = await listenChannel(
-            parseEndpoint(f.listen, p.transport, '--listen'),
-            p.peerTimeoutMs,
-          );
+          const listener = await listenChannel(parseEndpoint(f.listen, p.transport, '--listen'), {
+            peerTimeoutMs: p.peerTimeoutMs,
+            handshakeTimeoutMs: p.handshakeTimeoutMs,
+            // Always on stderr: the destination keeps listening for its source.
+            onStray: (reason) => process.stderr.write(`destination: ${reason}; still listening\n`),
+          });
           // Always on stderr (also with --json): a script reads the bound port from it.
           process.stderr.write(`destination listening on ${describeEndpoint(listener.endpoint)}
 `);
@@ -206,10 +215,8 @@ export function registerMigrate(program: Command): void {
         if (role === 'source') {
           if (!f.connect)
             throw new InvalidArgumentError('--connect', '--role source needs --connect HOST:PORT or PATH');
-          summary = await runSource(
-            p,
-            await connectChannel(parseEndpoint(f.connect, p.transport, '--connect'), p.peerTimeoutMs),
-          );
+          const to = parseEndpoint(f.connect, p.transport, '--connect');
+          summary = await runSource(p, () => connectChannel(to, p.peerTimeoutMs));
         } else {
           if (f.listen || f.connect)
             throw new InvalidArgumentError('--role', '--listen/--connect need --role destination/source');

@@ -57,7 +57,7 @@ const ctx: WorkloadContext = {
   },
   counters: data.counters ? new Int32Array(data.counters) : undefined,
 };
-const l = layout(memory.npages, data.vcpu, data.vcpus);
+const l = layout(memory.npages, data.vcpu, data.vcpus, data.workload);
 const workload = workloads[data.workload];
 
 /** A clean point: parks while paused; returns false when told to stop. */

@@ -1,0 +1,147 @@
+/**
+ * `sevtrack migrate --role destination` against the peers a real network
+ * brings: silent clients, strays before the real source, stale and live
+ * socket files. Every destination and source is a real CLI process.
+ */
+import { statSync } from 'node:fs';
+import net from 'node:net';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { encodeFrame } from '../../src/common/frames.js';
+import { newMemoryKey } from '../../src/common/page-crypto.js';
+import { PspSession } from '../../src/migration/psp.js';
+import { encodeHello, MIGRATION_FRAME, Msg } from '../../src/migration/stream.js';
+import { type RunningCli, runCli, startCli, waitForStderr } from '../support/cli.js';
+import { leaveStaleSocket } from '../support/stale-socket.js';
+import { tempDir } from '../support/tmp.js';
+
+const running: RunningCli[] = [];
+const sockets: net.Socket[] = [];
+afterEach(() => {
+  for (const s of sockets.splice(0)) s.destroy();
+  for (const c of running.splice(0)) if (c.child.exitCode === null) c.child.kill('SIGKILL');
+});
+
+type Transport = 'tcp' | 'unix';
+
+function destinationArgs(transport: Transport, listen: string): string[] {
+  return ['migrate', '--role', 'destination', '--transport', transport, '--listen', listen];
+}
+
+/** Starts a destination process; resolves with it and the address a source connects to. */
+async function destination(
+  transport: Transport,
+  listen: string,
+  extra: string[] = [],
+): Promise<{ cli: RunningCli; address: string }> {
+  const cli = startCli([...destinationArgs(transport, listen), '--json', ...extra]);
+  running.push(cli);
+  const m = await waitForStderr(cli, /destination listening on (\S+)/);
+  return { cli, address: m[1] };
+}
+
+function source(transport: Transport, address: string): ReturnType<typeof runCli> {
+  return runCli([
+    'migrate',
+    '--role',
+    'source',
+    '--transport',
+    transport,
+    '--connect',
+    address,
+    '--memory',
+    '1M',
+    '--json',
+  ]);
+}
+
+/** A raw client of the destination, as a stray or a hand-driven source would be. */
+async function dial(transport: Transport, address: string): Promise<net.Socket> {
+  const s =
+    transport === 'tcp' ? net.connect(Number(address.split(':')[1]), '127.0.0.1') : net.connect(address);
+  sockets.push(s);
+  await new Promise((resolve, reject) => {
+    s.once('connect', resolve);
+    s.once('error', reject);
+  });
+  s.on('error', () => {}); // the destination drops strays: a reset is expected
+  return s;
+}
+
+function listenAddress(transport: Transport): string {
+  return transport === 'tcp' ? '127.0.0.1:0' : join(tempDir(), 'd.sock');
+}
+
+describe('a --listen destination and its peers', () => {
+  it('aborts (exit 3) a peer that connects and sends no handshake within --handshake-timeout', async () => {
+    const { cli, address } = await destination('tcp', listenAddress('tcp'), ['--handshake-timeout', '500']);
+    await dial('tcp', address);
+    expect(await cli.exit).toBe(3);
+    expect(cli.err()).toMatch(/connected but sent no handshake within 500 ms \(--handshake-timeout\)/);
+  });
+
+  it('aborts (exit 3) a source that goes silent after its handshake, after --peer-timeout', async () => {
+    const { cli, address } = await destination('unix', listenAddress('unix'), ['--peer-timeout', '500']);
+    const s = await dial('unix', address);
+    const publicKey = new PspSession(newMemoryKey()).publicKey;
+    const hello = encodeHello({
+      npages: 16,
+      vcpus: 1,
+      protocol: 'safe',
+      verify: 'strict',
+      generation: 0,
+      publicKey,
+    });
+    s.write(encodeFrame(MIGRATION_FRAME, Msg.HELLO, 0, hello));
+    expect(await cli.exit).toBe(3);
+    expect(cli.err()).toMatch(/the peer sent nothing for 500 ms \(--peer-timeout\)/);
+  });
+
+  for (const transport of ['tcp', 'unix'] as const) {
+    it(`${transport}: strays before the real source do not use up the listener`, async () => {
+      const { cli, address } = await destination(transport, listenAddress(transport));
+      const garbage = await dial(transport, address);
+      garbage.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+      await waitForStderr(
+        cli,
+        /dropped a connection from .*not the migration stream's magic.*; still listening/,
+      );
+      (await dial(transport, address)).end(); // connects and hangs up without a word
+      await waitForStderr(cli, /dropped a connection from .*closed the connection; still listening/);
+      await dial(transport, address); // connects and stays silent while the source comes
+      const src = await source(transport, address);
+      expect(src.stderr).toBe('');
+      expect(src.code).toBe(0);
+      expect(JSON.parse(src.stdout)).toMatchObject({ verified: true });
+      expect(await cli.exit).toBe(0);
+      expect(JSON.parse(cli.out())).toMatchObject({ verified: true });
+    });
+  }
+
+  it('replaces a stale socket file left by a killed destination', async () => {
+    const path = join(tempDir(), 'stale.sock');
+    leaveStaleSocket(path);
+    expect(statSync(path).isSocket()).toBe(true);
+    const { cli, address } = await destination('unix', path);
+    const src = await source('unix', address);
+    expect(src.code).toBe(0);
+    expect(await cli.exit).toBe(0);
+  });
+
+  for (const transport of ['tcp', 'unix'] as const) {
+    it(`${transport}: a second destination on a live address exits 2 saying so, and the first carries on`, async () => {
+      const first = await destination(transport, listenAddress(transport));
+      const second = await runCli(destinationArgs(transport, first.address));
+      expect(second.code).toBe(2);
+      expect(second.stderr).toMatch(
+        transport === 'tcp'
+          ? /is already in use on this machine; stop what listens there or choose another --listen address \[ERR_SOCKET_IN_USE\]/
+          : /is held by a live server; stop it or choose another --listen path \[ERR_SOCKET_IN_USE\]/,
+      );
+      expect(second.stderr).not.toMatch(/ERR_PEER/);
+      const src = await source(transport, first.address);
+      expect(src.code).toBe(0);
+      expect(await first.cli.exit).toBe(0);
+    });
+  }
+});
