@@ -15,6 +15,7 @@
         "native/kvm/binding.cc",
         "native/kvm/longmode.cc",
         "native/kvm/probe.cc",
+        "native/kvm/sev.cc",
         "native/kvm/sys.cc",
         "native/kvm/vcpu.cc",
         "native/kvm/vcpu_state.cc",

@@ -63,7 +63,9 @@ run(cc, [
 run(process.env.OBJCOPY ?? 'objcopy', ['-O', 'binary', elf, bin]);
 const size = statSync(bin).size;
 if (size > 0x20000) {
-  process.stderr.write(`sevtrack: the guest helper is ${size} bytes; it must fit in 128 KiB (SVT_CODE_MAX)\n`);
+  process.stderr.write(
+    `sevtrack: the guest helper is ${size} bytes; it must fit in 128 KiB (SVT_CODE_MAX)\n`,
+  );
   process.exit(1);
 }
 process.stdout.write(`sevtrack: guest helper built: ${bin} (${size} bytes)\n`);

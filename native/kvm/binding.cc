@@ -320,11 +320,14 @@ Napi::Value KvmKeystreamXor(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+void InitSev(Napi::Env env, Napi::Object exports);
+
 void InitKvm(Napi::Env env, Napi::Object exports) {
   exports.Set("KvmVm", KvmVmWrap::Define(env));
   exports.Set("kvmProbe", Napi::Function::New(env, KvmProbe));
   exports.Set("kvmLayout", Napi::Function::New(env, KvmLayout));
   exports.Set("kvmKeystreamXor", Napi::Function::New(env, KvmKeystreamXor));
+  InitSev(env, exports);
 }
 
 }  // namespace sevtrack

@@ -3,6 +3,7 @@
 import { Command, CommanderError } from 'commander';
 import { registerDecode } from './commands/decode.js';
 import { registerExplore } from './commands/explore.js';
+import { registerDoctor } from './commands/doctor.js';
 import { registerMigrate } from './commands/migrate.js';
 import { registerServe } from './commands/serve.js';
 import { registerState } from './commands/state.js';
@@ -23,6 +24,7 @@ export function buildProgram(): Command {
   registerDecode(program);
   registerExplore(program);
   registerSysgenid(program);
+  registerDoctor(program);
   return program;
 }
 

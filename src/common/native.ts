@@ -81,7 +81,9 @@ export interface NativeAddon {
     gfns: Float64Array,
   ): void;
   /** A real VM on /dev/kvm (native/kvm/vm.h); construction throws with `code` ERR_KVM_* when KVM refuses. */
-  KvmVm: new (config: KvmVmConfig) => KvmVmNative;
+  KvmVm: new (
+    config: KvmVmConfig,
+  ) => KvmVmNative;
   /** What this host's KVM offers, probed once per process (each probe VM lives < 1 s). */
   kvmProbe(): KvmProbeResult;
   /** The numbers of native/guest/abi.h (guest memory layout, control-page offsets). */
@@ -92,6 +94,8 @@ export interface NativeAddon {
    * and back (its own inverse). firstGpa and bytes.length are multiples of 8.
    */
   kvmKeystreamXor(key: Uint8Array, bytes: Uint8Array, firstGpa: number): void;
+  /** SEV platform status from /dev/sev (SEV_PLATFORM_STATUS); `present` false where there is no /dev/sev. */
+  sevPlatformStatus(): SevPlatformStatus;
   /** SHA-256 of the guest view of pages (firstGfn, npages): decrypted where cbits has the bit set. */
   viewDigests(
     key: Uint8Array,
@@ -209,6 +213,19 @@ export interface NativeAddon {
     passes: number,
     threads: number,
   ): number;
+}
+
+/** What the PSP driver reports (read only). */
+export interface SevPlatformStatus {
+  present: boolean;
+  ok: boolean;
+  error?: string;
+  apiMajor?: number;
+  apiMinor?: number;
+  state?: 'UNINIT' | 'INIT' | 'WORKING' | 'unknown';
+  build?: number;
+  guestCount?: number;
+  flags?: number;
 }
 
 /** The configuration of a native KvmVm. */

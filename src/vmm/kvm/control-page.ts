@@ -7,7 +7,15 @@
  */
 import { type KvmLayout, nativeAddon } from '../../common/native.js';
 
-export const KVM_WORKLOADS = ['idle', 'churn', 'swiotlb', 'write-heavy', 'iterate', 'shim-seq', 'stride'] as const;
+export const KVM_WORKLOADS = [
+  'idle',
+  'churn',
+  'swiotlb',
+  'write-heavy',
+  'iterate',
+  'shim-seq',
+  'stride',
+] as const;
 /** The guest helper's workloads, numbered as SVT_WL_* in abi.h. */
 export type KvmWorkload = (typeof KVM_WORKLOADS)[number];
 

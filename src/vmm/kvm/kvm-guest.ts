@@ -101,7 +101,12 @@ export class KvmGuest {
     const a = requireKvm(options.profile);
     const layout = kvmLayout();
     const { ramPages, vcpus } = options;
-    if (!Number.isInteger(ramPages) || ramPages % 64 !== 0 || ramPages < layout.minRamPages || ramPages > layout.maxRamPages)
+    if (
+      !Number.isInteger(ramPages) ||
+      ramPages % 64 !== 0 ||
+      ramPages < layout.minRamPages ||
+      ramPages > layout.maxRamPages
+    )
       throw new InvalidArgumentError(
         'ramPages',
         `ramPages ${ramPages} must be a multiple of 64 in [${layout.minRamPages}, ${layout.maxRamPages}] (the guest helper's c-bit table covers 1 GiB)`,
@@ -230,8 +235,11 @@ export class KvmGuest {
   loadVcpuStates(states: readonly Uint8Array[]): void {
     this.checkOpen();
     if (states.length !== this.vcpus)
-      throw new InvalidArgumentError('states', `${states.length} vCPU states for a guest of ${this.vcpus} vCPUs`);
-    states.forEach((s, i) => nativeCall(() => this.vm.loadVcpuState(i, s), 'state'));
+      throw new InvalidArgumentError(
+        'states',
+        `${states.length} vCPU states for a guest of ${this.vcpus} vCPUs`,
+      );
+    for (const [i, s] of states.entries()) nativeCall(() => this.vm.loadVcpuState(i, s), 'state');
   }
 
   /** The guest's own c-bit table (1 = encrypted), read from guest memory: it travels with the pages. */

@@ -57,13 +57,20 @@ async function harvestRounds(
         if (dirty.test(gfn)) {
           copy.set(now, at);
           out.reported++;
-        } else if (!Buffer.from(now.buffer, now.byteOffset, PAGE_SIZE).equals(Buffer.from(was.buffer, was.byteOffset, PAGE_SIZE))) {
-          expect(owed.has(gfn), `gfn ${gfn} changed but was in neither this harvest nor the one before`).toBe(false);
+        } else if (
+          !Buffer.from(now.buffer, now.byteOffset, PAGE_SIZE).equals(
+            Buffer.from(was.buffer, was.byteOffset, PAGE_SIZE),
+          )
+        ) {
+          expect(owed.has(gfn), `gfn ${gfn} changed but was in neither this harvest nor the one before`).toBe(
+            false,
+          );
           expect(final, `gfn ${gfn} changed while paused without being reported`).toBe(false);
           nextOwed.add(gfn);
         }
       }
-      for (const gfn of owed) expect(dirty.test(gfn), `owed gfn ${gfn} missing from the next harvest`).toBe(true);
+      for (const gfn of owed)
+        expect(dirty.test(gfn), `owed gfn ${gfn} missing from the next harvest`).toBe(true);
       out.owedCarried += nextOwed.size;
       owed = nextOwed;
     };
@@ -86,7 +93,9 @@ async function harvestRounds(
       const word = new DataView(guest.guestView(gfn).buffer).getBigUint64(0, true);
       const iteration = word >> 40n;
       const vcpu = (word >> 32n) & 0xffn;
-      expect(iteration <= BigInt(rounds) && vcpu < 2n, `stamp 0x${word.toString(16)} at gfn ${gfn}`).toBe(true);
+      expect(iteration <= BigInt(rounds) && vcpu < 2n, `stamp 0x${word.toString(16)} at gfn ${gfn}`).toBe(
+        true,
+      );
       out.stampsChecked++;
     }
     return out;

@@ -41,7 +41,10 @@ function checkSequence(calls: ShimCall[], ramPages: number, vcpus: number, first
     expect(c.seq).toBeGreaterThan(lastSeq[c.vcpu]);
     lastSeq[c.vcpu] = c.seq;
     const want = expectedCall(next[c.vcpu], partition(ramPages, vcpus, c.vcpu));
-    expect({ nr: c.nr, a0: c.a0, a1: c.a1, a2: c.a2, ret: c.ret }).toEqual({ nr: BigInt(KVM_HC_MAP_GPA_RANGE), ...want });
+    expect({ nr: c.nr, a0: c.a0, a1: c.a1, a2: c.a2, ret: c.ret }).toEqual({
+      nr: BigInt(KVM_HC_MAP_GPA_RANGE),
+      ...want,
+    });
     next[c.vcpu]++;
   }
   return next;
@@ -52,7 +55,9 @@ describe('KvmGuest on real KVM', () => {
     expect(() => KvmGuest.create({ ramPages: 100, vcpus: 1, profile: 'cpl3', workload: 'idle' })).toThrow(
       InvalidArgumentError,
     );
-    expect(() => KvmGuest.create({ ramPages: 4096, vcpus: 0, profile: 'cpl3', workload: 'idle' })).toThrow(/vcpus 0/);
+    expect(() => KvmGuest.create({ ramPages: 4096, vcpus: 0, profile: 'cpl3', workload: 'idle' })).toThrow(
+      /vcpus 0/,
+    );
   });
 
   for (const profile of ['cpl3', 'cpl0'] as const) {
@@ -103,37 +108,40 @@ describe('KvmGuest on real KVM', () => {
     );
   }
 
-  it.skipIf(skip)('a copy of memory and vCPU state continues on a second VM exactly where the first paused', async () => {
-    const ramPages = 1024;
-    const vcpus = 2;
-    const key = new Uint8Array(16).fill(7);
-    const a = KvmGuest.create({ ramPages, vcpus, profile: 'cpl3', workload: 'shim-seq', key });
-    const b = KvmGuest.create({ ramPages, vcpus, profile: 'cpl3', workload: 'shim-seq', key, boot: false });
-    try {
-      const callsA: ShimCall[] = [];
-      a.onBatch((batch) => callsA.push(...batch.calls));
-      a.resume();
-      await until(() => callsA.length >= 100, '100 hypercalls on the source');
-      a.pause();
-      const next = checkSequence(callsA, ramPages, vcpus);
-      const states = a.saveVcpuStates();
-      b.ram.set(a.ram);
-      b.loadVcpuStates(states);
-      const progress = [0, 1].map((v) => a.control.counters(v).progress);
-      a.close();
-      const callsB: ShimCall[] = [];
-      b.onBatch((batch) => callsB.push(...batch.calls));
-      b.resume();
-      await until(() => callsB.length >= 100, '100 hypercalls on the destination');
-      b.pause();
-      // The destination's first call of each vCPU is the one after the source's last.
-      checkSequence(callsB, ramPages, vcpus, next);
-      for (let v = 0; v < vcpus; v++) expect(b.control.counters(v).progress).toBeGreaterThan(progress[v]);
-    } finally {
-      a.close();
-      b.close();
-    }
-  });
+  it.skipIf(skip)(
+    'a copy of memory and vCPU state continues on a second VM exactly where the first paused',
+    async () => {
+      const ramPages = 1024;
+      const vcpus = 2;
+      const key = new Uint8Array(16).fill(7);
+      const a = KvmGuest.create({ ramPages, vcpus, profile: 'cpl3', workload: 'shim-seq', key });
+      const b = KvmGuest.create({ ramPages, vcpus, profile: 'cpl3', workload: 'shim-seq', key, boot: false });
+      try {
+        const callsA: ShimCall[] = [];
+        a.onBatch((batch) => callsA.push(...batch.calls));
+        a.resume();
+        await until(() => callsA.length >= 100, '100 hypercalls on the source');
+        a.pause();
+        const next = checkSequence(callsA, ramPages, vcpus);
+        const states = a.saveVcpuStates();
+        b.ram.set(a.ram);
+        b.loadVcpuStates(states);
+        const progress = [0, 1].map((v) => a.control.counters(v).progress);
+        a.close();
+        const callsB: ShimCall[] = [];
+        b.onBatch((batch) => callsB.push(...batch.calls));
+        b.resume();
+        await until(() => callsB.length >= 100, '100 hypercalls on the destination');
+        b.pause();
+        // The destination's first call of each vCPU is the one after the source's last.
+        checkSequence(callsB, ramPages, vcpus, next);
+        for (let v = 0; v < vcpus; v++) expect(b.control.counters(v).progress).toBeGreaterThan(progress[v]);
+      } finally {
+        a.close();
+        b.close();
+      }
+    },
+  );
 
   it.skipIf(skip)('refuses vCPU state that is not a saved state, naming the offset', () => {
     const g = KvmGuest.create({ ramPages: 256, vcpus: 1, profile: 'cpl3', workload: 'idle' });
