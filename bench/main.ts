@@ -9,6 +9,7 @@ import { guestGroup } from './groups/guest.js';
 import { hostIngestGroup } from './groups/host-ingest.js';
 import { hostSyncGroup } from './groups/host-sync.js';
 import { memoryGroup } from './groups/memory.js';
+import { kvmGroup } from './groups/kvm.js';
 import { migrateGroup } from './groups/migrate.js';
 import { pageStateGroup } from './groups/page-state.js';
 import { pipelineGroup } from './groups/pipeline.js';
@@ -29,6 +30,7 @@ const groups: BenchGroup[] = [
   sysgenidGroup,
   pspGroup,
   memoryGroup,
+  kvmGroup,
 ];
 
 const args = process.argv.slice(2);
