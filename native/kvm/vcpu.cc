@@ -51,11 +51,16 @@ void Vm::HandleShim(Vcpu& v, uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2,
   *ret = static_cast<uint64_t>(r);  // only now may the guest continue
 }
 
+// Marks the vCPU failed first, so whoever reads the record sees the status
+// already say so; then reports it and parks for good.
 void Vm::Fail(Vcpu& v, uint64_t reason, uint64_t detail, const std::string& message) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    v.failed = true;
+    parked_cv_.notify_all();
+  }
   Push(v, Record{kFatal, 0, 0, 0, reason, detail, 0, 0}, Target(v) + ": " + message);
   std::unique_lock<std::mutex> lk(mu_);
-  v.failed = true;
-  parked_cv_.notify_all();
   resume_cv_.wait(lk, [this] { return quit_.load(); });
 }
 
