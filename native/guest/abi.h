@@ -10,6 +10,8 @@
  *     0x30000  stacks, one 4 KiB page per vCPU (the stack of vCPU v ends at
  *              0x31000 + v * 0x1000)
  *     0x40000  workload data: everything above, split per vCPU
+ *   Everything below 0x40000 is shared (vCPU 0 converts it at boot); data
+ *   pages start encrypted.
  *   Firmware slot (unlogged, never migrated; each VM builds its own):
  *     SVT_FW_GPA + 0x0000  key page: the VM's memory-encryption key
  *     SVT_FW_GPA + 0x1000  PML4, +0x2000 PDPT, +0x3000.. page directories

@@ -169,6 +169,13 @@ static void boot(uint64_t vcpu, volatile struct svt_vcpu_counters* c) {
     CTL->cpuid_features = a;
     /* An SEV guest starts with every page private. */
     for (uint64_t w = 0; w < (CTL->ram_pages + 63) / 64; w++) TABLE[w] = ~0ull;
+    /*
+     * The helper's own pages (control page, c-bit table, code, stacks) are
+     * shared: the encryption model lives in gwrite(), and instruction
+     * fetches, stack and table accesses cannot go through it. Reported like
+     * any conversion, so the host's tracker agrees.
+     */
+    convert(c, 0, SVT_DATA_GPA >> 12, 0);
     if (CTL->workload == SVT_WL_SWIOTLB) {
       struct part pool = pool_of();
       convert(c, pool.gfn, pool.npages, 0);

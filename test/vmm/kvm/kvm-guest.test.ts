@@ -34,10 +34,22 @@ function expectedCall(k: number, part: { gfn: number; npages: number }) {
   };
 }
 
-function checkSequence(calls: ShimCall[], ramPages: number, vcpus: number, firstK: number[] = []): number[] {
-  const next = Array.from({ length: vcpus }, (_, v) => firstK[v] ?? 0);
+/**
+ * Checks each vCPU's calls against shim-seq's formula, from call firstK[v]
+ * on; without firstK, vCPU 0 must start with the boot conversion of the
+ * helper's own pages (gpa 0, 64 pages, to shared). Returns the next k per vCPU.
+ */
+function checkSequence(calls: ShimCall[], ramPages: number, vcpus: number, firstK?: number[]): number[] {
+  const next = Array.from({ length: vcpus }, (_, v) => firstK?.[v] ?? 0);
   const lastSeq = new Array<number>(vcpus).fill(-1);
+  let bootCall = firstK === undefined;
   for (const c of calls) {
+    if (bootCall && c.vcpu === 0) {
+      expect({ a0: c.a0, a1: c.a1, a2: c.a2, ret: c.ret }).toEqual({ a0: 0n, a1: 64n, a2: 0n, ret: 0 });
+      bootCall = false;
+      lastSeq[0] = c.seq;
+      continue;
+    }
     expect(c.seq).toBeGreaterThan(lastSeq[c.vcpu]);
     lastSeq[c.vcpu] = c.seq;
     const want = expectedCall(next[c.vcpu], partition(ramPages, vcpus, c.vcpu));
