@@ -71,7 +71,7 @@ std::vector<uint8_t> Vm::SaveVcpu(uint32_t index) {
   Vcpu& v = *vcpus_[index];
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (started_ && !v.parked) throw std::runtime_error(Target(v) + " is running; pause the VM before saving its state");
+    if (started_ && (!pause_req_.load() || !v.parked)) throw std::runtime_error(Target(v) + " is running; pause the VM before saving its state");
   }
   const std::string t = Target(v);
   std::vector<uint8_t> out(kMagic, kMagic + 8);
@@ -113,7 +113,7 @@ void Vm::LoadVcpu(uint32_t index, const uint8_t* data, size_t size) {
   Vcpu& v = *vcpus_[index];
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (started_ && !v.parked) throw std::runtime_error(Target(v) + " is running; pause the VM before loading state");
+    if (started_ && (!pause_req_.load() || !v.parked)) throw std::runtime_error(Target(v) + " is running; pause the VM before loading state");
   }
   auto bad = [](size_t off, const std::string& expected, const std::string& got) {
     return std::invalid_argument("vCPU state: expected " + expected + " at offset " + std::to_string(off) + ", got " + got);
