@@ -32,6 +32,15 @@ void PutSection(std::vector<uint8_t>& out, uint32_t id, const void* data, size_t
   out.insert(out.end(), p, p + len);
 }
 
+// One section read by ioctl `req` into a T.
+template <typename T>
+void SaveSection(std::vector<uint8_t>& out, int fd, uint32_t id, unsigned long req, const char* name,
+                 const std::string& target) {
+  T value{};
+  Ioctl(fd, req, &value, name, target);
+  PutSection(out, id, &value, sizeof value);
+}
+
 // struct kvm_msrs with room for n entries, in its C layout (uapi.h).
 struct MsrBuf {
   struct Head {
@@ -77,24 +86,12 @@ std::vector<uint8_t> Vm::SaveVcpu(uint32_t index) {
   std::vector<uint8_t> out(kMagic, kMagic + 8);
   Put32(out, kVersion);
   Put32(out, 7);
-  kvm_regs regs{};
-  Ioctl(v.fd, KVM_GET_REGS, &regs, "KVM_GET_REGS", t);
-  PutSection(out, kRegs, &regs, sizeof regs);
-  kvm_sregs sregs{};
-  Ioctl(v.fd, KVM_GET_SREGS, &sregs, "KVM_GET_SREGS", t);
-  PutSection(out, kSregs, &sregs, sizeof sregs);
-  uapi::Xsave xsave{};
-  Ioctl(v.fd, uapi::kGetXsave, &xsave, "KVM_GET_XSAVE", t);
-  PutSection(out, kXsave, &xsave, sizeof xsave);
-  kvm_xcrs xcrs{};
-  Ioctl(v.fd, KVM_GET_XCRS, &xcrs, "KVM_GET_XCRS", t);
-  PutSection(out, kXcrs, &xcrs, sizeof xcrs);
-  kvm_debugregs dbg{};
-  Ioctl(v.fd, KVM_GET_DEBUGREGS, &dbg, "KVM_GET_DEBUGREGS", t);
-  PutSection(out, kDebugregs, &dbg, sizeof dbg);
-  kvm_vcpu_events ev{};
-  Ioctl(v.fd, KVM_GET_VCPU_EVENTS, &ev, "KVM_GET_VCPU_EVENTS", t);
-  PutSection(out, kEvents, &ev, sizeof ev);
+  SaveSection<kvm_regs>(out, v.fd, kRegs, KVM_GET_REGS, "KVM_GET_REGS", t);
+  SaveSection<kvm_sregs>(out, v.fd, kSregs, KVM_GET_SREGS, "KVM_GET_SREGS", t);
+  SaveSection<uapi::Xsave>(out, v.fd, kXsave, uapi::kGetXsave, "KVM_GET_XSAVE", t);
+  SaveSection<kvm_xcrs>(out, v.fd, kXcrs, KVM_GET_XCRS, "KVM_GET_XCRS", t);
+  SaveSection<kvm_debugregs>(out, v.fd, kDebugregs, KVM_GET_DEBUGREGS, "KVM_GET_DEBUGREGS", t);
+  SaveSection<kvm_vcpu_events>(out, v.fd, kEvents, KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", t);
   const size_t n = MsrListFor(v);
   MsrBuf m(n);
   m.msrs()->nmsrs = static_cast<uint32_t>(n);

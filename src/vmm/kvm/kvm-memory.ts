@@ -26,6 +26,25 @@ function checkGfns(guest: KvmGuest, gfns: ArrayLike<number>): void {
   }
 }
 
+/**
+ * For each i: copy(guest page gfns[i], buffer page i), then the keystream
+ * over the guest page's bytes where `encrypted` has its bit set.
+ */
+function eachPage(
+  guest: KvmGuest,
+  gfns: ArrayLike<number>,
+  encrypted: PageBitmap,
+  copy: (page: Uint8Array, i: number) => Uint8Array,
+): void {
+  checkGfns(guest, gfns);
+  const xor = nativeAddon().kvmKeystreamXor;
+  for (let i = 0; i < gfns.length; i++) {
+    const g = gfns[i];
+    const transformed = copy(guest.ram.subarray(g * PAGE_SIZE, (g + 1) * PAGE_SIZE), i);
+    if (encrypted.test(g)) xor(guest.key, transformed, g * PAGE_SIZE);
+  }
+}
+
 /** Pages gfns[i] into out at i * 4096: decrypted where `encrypted` (the host's belief) has the bit set. */
 export function readPages(
   guest: KvmGuest,
@@ -33,14 +52,11 @@ export function readPages(
   encrypted: PageBitmap,
   out: Uint8Array,
 ): void {
-  checkGfns(guest, gfns);
-  const xor = nativeAddon().kvmKeystreamXor;
-  for (let i = 0; i < gfns.length; i++) {
-    const g = gfns[i];
+  eachPage(guest, gfns, encrypted, (page, i) => {
     const dst = out.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
-    dst.set(guest.ram.subarray(g * PAGE_SIZE, (g + 1) * PAGE_SIZE));
-    if (encrypted.test(g)) xor(guest.key, dst, g * PAGE_SIZE);
-  }
+    dst.set(page);
+    return dst;
+  });
 }
 
 /** Stores src page i at gfns[i]: under the guest's key where `encrypted` has the bit set, raw otherwise. */
@@ -50,14 +66,10 @@ export function writePages(
   encrypted: PageBitmap,
   src: Uint8Array,
 ): void {
-  checkGfns(guest, gfns);
-  const xor = nativeAddon().kvmKeystreamXor;
-  for (let i = 0; i < gfns.length; i++) {
-    const g = gfns[i];
-    const dst = guest.ram.subarray(g * PAGE_SIZE, (g + 1) * PAGE_SIZE);
-    dst.set(src.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
-    if (encrypted.test(g)) xor(guest.key, dst, g * PAGE_SIZE);
-  }
+  eachPage(guest, gfns, encrypted, (page, i) => {
+    page.set(src.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+    return page;
+  });
 }
 
 /** A copy of the guest's own c-bit table (1 = encrypted) as a bitmap over its RAM pages. */
