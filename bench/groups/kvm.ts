@@ -174,11 +174,11 @@ export const kvmGroup: BenchGroup = {
   async run(report) {
     const skip = kvmSkipReason();
     if (skip) {
-      process.stdout.write(`  skipped: ${skip}\n`);
+      process.stderr.write(`kvm: skipped: ${skip}\n`);
       return;
     }
     const a = kvmAvailability();
-    process.stdout.write(`  host: KVM ${a.flavour}, shim ${a.shim}, profiles ${a.profiles.join(', ')}\n`);
+    process.stderr.write(`kvm: host KVM ${a.flavour}, shim ${a.shim}, profiles ${a.profiles.join(', ')}\n`);
     for (const profile of a.profiles) {
       const shim = await shimRate(profile, 1000);
       const bare = await bareExitRate(profile, 1000);

@@ -30,6 +30,7 @@ import { until } from '../vmm/kvm/support.js';
 const RAM_PAGES = 2048;
 const VCPUS = 2;
 const skip = kvmSkipReason();
+if (skip) console.warn(`kvm tests skipped: ${skip}`);
 
 function perspectiveOf(state: PageStateMap): PageBitmap {
   const bm = new PageBitmap(RAM_PAGES);

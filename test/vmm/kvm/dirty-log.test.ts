@@ -110,6 +110,7 @@ async function harvestRounds(
 }
 
 const skip = kvmSkipReason();
+if (skip) console.warn(`kvm tests skipped: ${skip}`);
 const skipCpl0 = kvmSkipReason('cpl0');
 
 describe('dirty log under concurrent vCPU writes', () => {

@@ -13,6 +13,7 @@ import { KvmGuest } from '../../../src/vmm/kvm/kvm-guest.js';
 import { waitForBatch } from '../../../src/vmm/kvm/wait-for.js';
 
 const skip = kvmSkipReason();
+if (skip) console.warn(`kvm tests skipped: ${skip}`);
 
 /** A one-vCPU guest running `code` instead of the helper. */
 function rawGuest(code: number[], stallMs = 10_000): KvmGuest {
