@@ -18,7 +18,7 @@ import { InvalidArgumentError, KvmError } from '../../common/errors.js';
 import { type KvmVmNative, nativeAddon } from '../../common/native.js';
 import type { PageBitmap } from '../../common/page-bitmap.js';
 import { PAGE_SIZE } from '../../common/ranges.js';
-import { requireKvm } from './availability.js';
+import { requireKvm, type ShimPath } from './availability.js';
 import { ControlPage, type KvmWorkload, kvmLayout } from './control-page.js';
 import { guestImage } from './guest-image.js';
 import { nativeCall } from './native-call.js';
@@ -92,6 +92,12 @@ export class KvmGuest {
   readonly ram: Uint8Array;
   readonly control: ControlPage;
   readonly manualProtect: boolean;
+  /**
+   * How the guest's hypercalls reach the host: `vmcall` (KVM_EXIT_HYPERCALL;
+   * KVM itself answers the calls it can refuse, such as an unaligned gpa, so
+   * those never reach the host) or `portio` (every call reaches the host).
+   */
+  readonly shim: ShimPath;
   private readonly vm: KvmVmNative;
   private readonly listeners = new Set<BatchListener>();
   private closed = false;
@@ -119,7 +125,9 @@ export class KvmGuest {
     this.vcpus = vcpus;
     this.profile = options.profile;
     this.key = key;
+    // KVM answers hypercalls from ring 3 with -EPERM: vmcall only at CPL0.
     const vmcall = a.shim === 'vmcall' && options.profile === 'cpl0';
+    this.shim = vmcall ? 'vmcall' : 'portio';
     this.vm = nativeCall(
       () =>
         new (nativeAddon().KvmVm)({

@@ -39,7 +39,13 @@ function expectedCall(k: number, part: { gfn: number; npages: number }) {
  * on; without firstK, vCPU 0 must start with the boot conversion of the
  * helper's own pages (gpa 0, 64 pages, to shared). Returns the next k per vCPU.
  */
-function checkSequence(calls: ShimCall[], ramPages: number, vcpus: number, firstK?: number[]): number[] {
+function checkSequence(
+  calls: ShimCall[],
+  ramPages: number,
+  vcpus: number,
+  firstK?: number[],
+  kvmAnswersInvalid = false,
+): number[] {
   const next = Array.from({ length: vcpus }, (_, v) => firstK?.[v] ?? 0);
   const lastSeq = new Array<number>(vcpus).fill(-1);
   let bootCall = firstK === undefined;
@@ -52,6 +58,8 @@ function checkSequence(calls: ShimCall[], ramPages: number, vcpus: number, first
     }
     expect(c.seq).toBeGreaterThan(lastSeq[c.vcpu]);
     lastSeq[c.vcpu] = c.seq;
+    // Through vmcall, KVM itself refuses the unaligned calls: they never exit.
+    if (kvmAnswersInvalid && next[c.vcpu] % 5 === 4) next[c.vcpu]++;
     const want = expectedCall(next[c.vcpu], partition(ramPages, vcpus, c.vcpu));
     expect({ nr: c.nr, a0: c.a0, a1: c.a1, a2: c.a2, ret: c.ret }).toEqual({
       nr: BigInt(KVM_HC_MAP_GPA_RANGE),
@@ -94,23 +102,35 @@ describe('KvmGuest on real KVM', () => {
           const booted = waitForEveryVcpu(guest, GuestEvent.booted, 'every vCPU booted');
           guest.resume();
           await booted;
-          await until(() => calls.length >= 400, '400 hypercalls');
+          await until(
+            () => [0, 1].every((v) => calls.filter((c) => c.vcpu === v).length >= 100),
+            '100 hypercalls of each vCPU',
+          );
           guest.pause();
-          checkSequence(calls, ramPages, vcpus);
+          const vmcall = guest.shim === 'vmcall';
+          const next = checkSequence(calls, ramPages, vcpus, undefined, vmcall);
           for (let v = 0; v < vcpus; v++) {
             const mine = calls.filter((c) => c.vcpu === v);
             const c = guest.control.counters(v);
             // The host records a call before the guest sees its result; a vCPU
             // paused right after its exit has not counted the last call yet.
             const okLag = BigInt(mine.filter((x) => x.ret === 0).length) - c.conversions;
-            const rejectedLag = BigInt(mine.filter((x) => x.ret !== 0).length) - c.rejected;
+            const rejectedLag = vmcall ? 0n : BigInt(mine.filter((x) => x.ret !== 0).length) - c.rejected;
             expect(okLag >= 0n && rejectedLag >= 0n && okLag + rejectedLag <= 1n).toBe(true);
           }
+          // The tracker agrees with the guest's own table, except where a vCPU
+          // paused between its table update and its hypercall (table first,
+          // docs/design.md §3 rule 5): only the range of its next call.
           const state = store.state(1);
           for (let v = 0; v < vcpus; v++) {
             const part = partition(ramPages, vcpus, v);
-            for (let gfn = part.gfn; gfn < part.gfn + part.npages; gfn++)
+            const inFlight = expectedCall(next[v], part);
+            const first = Number(inFlight.a0 / 4096n);
+            const end = inFlight.ret === 0 ? first + Number(inFlight.a1) : first;
+            for (let gfn = part.gfn; gfn < part.gfn + part.npages; gfn++) {
+              if (gfn >= first && gfn < end) continue;
               expect(state.isEncrypted(gfn), `gfn ${gfn}`).toBe(guest.guestCbit(gfn));
+            }
           }
         } finally {
           guest.close();
@@ -132,7 +152,9 @@ describe('KvmGuest on real KVM', () => {
         const callsA: ShimCall[] = [];
         a.onBatch((batch) => callsA.push(...batch.calls));
         a.resume();
-        await until(() => callsA.length >= 100, '100 hypercalls on the source');
+        const each = (calls: ShimCall[]) =>
+          [0, 1].every((v) => calls.filter((c) => c.vcpu === v).length >= 30);
+        await until(() => each(callsA), '30 hypercalls of each vCPU on the source');
         a.pause();
         const next = checkSequence(callsA, ramPages, vcpus);
         const states = a.saveVcpuStates();
@@ -143,7 +165,7 @@ describe('KvmGuest on real KVM', () => {
         const callsB: ShimCall[] = [];
         b.onBatch((batch) => callsB.push(...batch.calls));
         b.resume();
-        await until(() => callsB.length >= 100, '100 hypercalls on the destination');
+        await until(() => each(callsB), '30 hypercalls of each vCPU on the destination');
         b.pause();
         // The destination's first call of each vCPU is the one after the source's last.
         checkSequence(callsB, ramPages, vcpus, next);
