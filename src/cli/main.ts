@@ -2,8 +2,8 @@
 /** The sevtrack CLI: one module per command under commands/, each only parses and calls the library. */
 import { Command, CommanderError } from 'commander';
 import { registerDecode } from './commands/decode.js';
-import { registerExplore } from './commands/explore.js';
 import { registerDoctor } from './commands/doctor.js';
+import { registerExplore } from './commands/explore.js';
 import { registerMigrate } from './commands/migrate.js';
 import { registerServe } from './commands/serve.js';
 import { registerState } from './commands/state.js';
