@@ -11,7 +11,15 @@
         "native/page_args.cc",
         "native/page_pipeline.cc",
         "native/pipeline_binding.cc",
-        "native/pipeline_limit.cc"
+        "native/pipeline_limit.cc",
+        "native/kvm/binding.cc",
+        "native/kvm/longmode.cc",
+        "native/kvm/probe.cc",
+        "native/kvm/sev.cc",
+        "native/kvm/sys.cc",
+        "native/kvm/vcpu.cc",
+        "native/kvm/vcpu_state.cc",
+        "native/kvm/vm.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

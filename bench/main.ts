@@ -8,6 +8,7 @@ import { exploreGroup } from './groups/explore.js';
 import { guestGroup } from './groups/guest.js';
 import { hostIngestGroup } from './groups/host-ingest.js';
 import { hostSyncGroup } from './groups/host-sync.js';
+import { kvmGroup } from './groups/kvm.js';
 import { memoryGroup } from './groups/memory.js';
 import { migrateGroup } from './groups/migrate.js';
 import { pageStateGroup } from './groups/page-state.js';
@@ -29,6 +30,7 @@ const groups: BenchGroup[] = [
   sysgenidGroup,
   pspGroup,
   memoryGroup,
+  kvmGroup,
 ];
 
 const args = process.argv.slice(2);

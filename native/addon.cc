@@ -39,6 +39,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   sevtrack::InitSysgenid(env, exports);
   sevtrack::InitPipeline(env, exports);
   sevtrack::InitPipelineLimit(env, exports);
+  sevtrack::InitKvm(env, exports);
   return exports;
 }
 

@@ -22,5 +22,6 @@ void InitCrypto(Napi::Env env, Napi::Object exports);
 void InitSysgenid(Napi::Env env, Napi::Object exports);
 void InitPipeline(Napi::Env env, Napi::Object exports);
 void InitPipelineLimit(Napi::Env env, Napi::Object exports);
+void InitKvm(Napi::Env env, Napi::Object exports);
 
 }  // namespace sevtrack

@@ -20,6 +20,8 @@ export {
   FormatError,
   InvalidArgumentError,
   InvariantError,
+  KvmError,
+  KvmUnavailableError,
   MisuseError,
   NativeAddonMissingError,
   PeerError,
@@ -136,6 +138,34 @@ export {
   SocketBackend,
   UnsupportedBackend,
 } from './vmm/hypercall-backend.js';
+/**
+ * The `kvm` backend (docs/kvm.md): a real VM on /dev/kvm running the guest
+ * helper. `KvmGuest.create` throws `KvmUnavailableError` naming the reason
+ * where KVM cannot run it (`kvmAvailability()` says so without throwing).
+ * Records of the guest's hypercalls and events reach listeners in batches,
+ * each vCPU's in order, queued before the guest saw the return value;
+ * `pause()` returns with every vCPU at a clean point and every record
+ * delivered; `harvestDirty` must precede the page copies it covers.
+ */
+export {
+  type KvmAvailability,
+  kvmAvailability,
+  kvmSkipReason,
+  requireKvm,
+} from './vmm/kvm/availability.js';
+export { GuestEvent, KVM_WORKLOADS, type KvmWorkload, type VcpuCounters } from './vmm/kvm/control-page.js';
+/** `doctorReport()`: what this host offers and what sevtrack will use (`sevtrack doctor`). */
+export { type DoctorReport, doctorReport } from './vmm/kvm/doctor-report.js';
+export {
+  type GuestEventRecord,
+  KvmGuest,
+  type KvmGuestOptions,
+  type KvmProfile,
+  type RecordBatch,
+  type ShimCall,
+} from './vmm/kvm/kvm-guest.js';
+/** Resolves on the first record batch that satisfies a condition; rejects when a vCPU fails. */
+export { waitForBatch, waitForEveryVcpu } from './vmm/kvm/wait-for.js';
 /** The `sim` backend: guest memory with the SEV encryption model, and vCPU worker threads. */
 export { GuestMemory, type GuestMemoryDescriptor } from './vmm/sim/guest-memory.js';
 export { ThreadedGuest } from './vmm/sim/threaded-guest.js';

@@ -2,6 +2,7 @@
 /** The sevtrack CLI: one module per command under commands/, each only parses and calls the library. */
 import { Command, CommanderError } from 'commander';
 import { registerDecode } from './commands/decode.js';
+import { registerDoctor } from './commands/doctor.js';
 import { registerExplore } from './commands/explore.js';
 import { registerMigrate } from './commands/migrate.js';
 import { registerServe } from './commands/serve.js';
@@ -23,6 +24,7 @@ export function buildProgram(): Command {
   registerDecode(program);
   registerExplore(program);
   registerSysgenid(program);
+  registerDoctor(program);
   return program;
 }
 

@@ -80,3 +80,30 @@ export class PeerError extends RuntimeFailure {
     super('ERR_PEER', message, options);
   }
 }
+
+/**
+ * The kvm backend cannot run on this host: /dev/kvm is missing, not
+ * accessible, or not usable for what sevtrack needs; `reason` says which
+ * (`sevtrack doctor` shows the whole probe).
+ */
+export class KvmUnavailableError extends RuntimeFailure {
+  readonly reason: string;
+  constructor(reason: string) {
+    super('ERR_KVM_UNAVAILABLE', `the kvm backend is unavailable: ${reason}`);
+    this.reason = reason;
+  }
+}
+
+/**
+ * A KVM system call failed or a VM stopped: the message names what failed,
+ * on what, and the errno (`ioctl(KVM_GET_DIRTY_LOG) on slot 0 failed: EINVAL`).
+ */
+export class KvmError extends RuntimeFailure {
+  readonly errno: number | undefined;
+  readonly errnoName: string | undefined;
+  constructor(message: string, errno?: number, errnoName?: string, options?: { cause?: unknown }) {
+    super('ERR_KVM', message, options);
+    this.errno = errno;
+    this.errnoName = errnoName;
+  }
+}

@@ -80,6 +80,22 @@ export interface NativeAddon {
     memory: Uint8Array,
     gfns: Float64Array,
   ): void;
+  /** A real VM on /dev/kvm (native/kvm/vm.h); construction throws with `code` ERR_KVM_* when KVM refuses. */
+  KvmVm: new (
+    config: KvmVmConfig,
+  ) => KvmVmNative;
+  /** What this host's KVM offers, probed once per process (each probe VM lives < 1 s). */
+  kvmProbe(): KvmProbeResult;
+  /** The numbers of native/guest/abi.h (guest memory layout, control-page offsets). */
+  kvmLayout(): KvmLayout;
+  /**
+   * XORs every 8-byte word of bytes with the kvm backend's keystream for
+   * (key, gpa of the word): raw bytes to the guest view of an encrypted page
+   * and back (its own inverse). firstGpa and bytes.length are multiples of 8.
+   */
+  kvmKeystreamXor(key: Uint8Array, bytes: Uint8Array, firstGpa: number): void;
+  /** SEV platform status from /dev/sev (SEV_PLATFORM_STATUS); `present` false where there is no /dev/sev. */
+  sevPlatformStatus(): SevPlatformStatus;
   /** SHA-256 of the guest view of pages (firstGfn, npages): decrypted where cbits has the bit set. */
   viewDigests(
     key: Uint8Array,
@@ -197,6 +213,121 @@ export interface NativeAddon {
     passes: number,
     threads: number,
   ): number;
+}
+
+/** What the PSP driver reports (read only). */
+export interface SevPlatformStatus {
+  present: boolean;
+  ok: boolean;
+  error?: string;
+  apiMajor?: number;
+  apiMinor?: number;
+  state?: 'UNINIT' | 'INIT' | 'WORKING' | 'unknown';
+  build?: number;
+  guestCount?: number;
+  flags?: number;
+}
+
+/** The configuration of a native KvmVm. */
+export interface KvmVmConfig {
+  /** RAM slot size in 4 KiB pages: a multiple of 64 in [kvmLayout().minRamPages, maxRamPages]. */
+  ramPages: number;
+  vcpus: number;
+  /** 0: the CPL0 profile; 3: CPL3 with IOPL=3. */
+  cpl: 0 | 3;
+  /** Use KVM_CLEAR_DIRTY_LOG with manual protect where the host offers it. */
+  manualProtect: boolean;
+  /** Enable KVM_CAP_EXIT_HYPERCALL and answer KVM_EXIT_HYPERCALL (the guest uses vmcall). */
+  vmcall: boolean;
+  /** The VM's 16-byte memory-encryption key, placed in the firmware slot. */
+  key: Uint8Array;
+  /** A vCPU without exits or progress for this long is reported stalled. */
+  stallMs: number;
+  /** Called (coalesced) when records are queued; call drain() to take them. */
+  onRecords: () => void;
+}
+
+/** Status of one vCPU thread. */
+export interface KvmVcpuStatus {
+  parked: boolean;
+  failed: boolean;
+  exits: number;
+  kicks: number;
+}
+
+/**
+ * The records of every vCPU: 8 words each (kind, vcpu, seq, nr, a0, a1, a2,
+ * ret), each vCPU's in the order it produced them; `messages` holds one line
+ * per fatal record (kind 2), in order.
+ */
+export interface KvmDrain {
+  records: BigUint64Array;
+  messages: string[];
+}
+
+export interface KvmVmNative {
+  /** Guest RAM (the slot's own mapping, no copy). */
+  ram(): ArrayBuffer;
+  info(): { manualProtect: boolean; syncRegs: boolean };
+  resume(): void;
+  /** Parks every vCPU at a clean point; throws if one does not park within timeoutMs. */
+  pause(timeoutMs: number): void;
+  close(): void;
+  drain(): KvmDrain;
+  /** ORs the dirty pages since the last harvest into out and clears them in KVM; returns their number. */
+  harvestDirty(out: Uint32Array): number;
+  saveVcpuState(vcpu: number): Uint8Array;
+  loadVcpuState(vcpu: number, state: Uint8Array): void;
+  status(): KvmVcpuStatus[];
+}
+
+export interface KvmProbeRun {
+  ok: boolean;
+  detail: string;
+}
+
+export interface KvmProbeResult {
+  available: boolean;
+  /** Why /dev/kvm cannot be used, when !available. */
+  reason: string;
+  apiVersion: number;
+  caps: Record<string, number>;
+  /** A vCPU in long mode at CPL0 / CPL3 ran the port-I/O shim and got its result in RAX. */
+  cpl0: KvmProbeRun;
+  cpl3: KvmProbeRun;
+  /** vmcall reached userspace as KVM_EXIT_HYPERCALL. */
+  vmcall: KvmProbeRun;
+}
+
+export interface KvmLayout {
+  magic: number;
+  version: number;
+  controlGpa: number;
+  cbitTableGpa: number;
+  codeGpa: number;
+  codeMax: number;
+  dataGpa: number;
+  maxVcpus: number;
+  minRamPages: number;
+  maxRamPages: number;
+  offVersion: number;
+  offVcpus: number;
+  offRamPages: number;
+  offWorkload: number;
+  offShimMode: number;
+  offSeed: number;
+  offStride: number;
+  offIteration: number;
+  offStop: number;
+  offCpuidFeatures: number;
+  offVcpu: number;
+  vcpuCountersSize: number;
+  offProgress: number;
+  offWrites: number;
+  offConversions: number;
+  offRejected: number;
+  offLastRet: number;
+  offPass: number;
 }
 
 const here = fileURLToPath(new URL('.', import.meta.url));
