@@ -37,7 +37,11 @@ import { checkRegistration, type HypercallOutcome, newVm, type Vm, type VmInfo, 
 export type { SyncResult } from './syncs.js';
 export { type HypercallOutcome, touchedWindows, type VmInfo } from './vm-state.js';
 
-/** Take a checkpoint of the full state at a sync once this many changes accumulated since the last one. */
+/**
+ * Take a checkpoint of the full state once this many changes accumulated since
+ * the last one (or the state's range count, if larger, so the cost of
+ * serializing stays O(1) per change). Bounds what recovery replays.
+ */
 const DEFAULT_CHECKPOINT_INTERVAL = 65_536;
 /** The migration-control MSR bits a guest may set (KVM rejects others). */
 const MIGRATION_CONTROL_VALID = KVM_MIGRATION_READY;
@@ -46,7 +50,7 @@ export interface OpenOptions {
   readonly?: boolean;
   /** SQLite synchronous level: FULL (default) survives power loss; NORMAL survives a process crash. */
   synchronous?: 'FULL' | 'NORMAL';
-  /** Changes between checkpoints of the full state (taken at syncs); bounds recovery's replay. */
+  /** Changes between checkpoints of the full state (taken at commits and syncs); bounds recovery's replay. */
   checkpointInterval?: number;
 }
 
@@ -109,10 +113,28 @@ export class CbitStore {
     }
   }
 
+  /**
+   * Commits, checkpoints every VM at its newest change and folds the WAL into
+   * the database, then closes: the next open replays nothing.
+   */
   close(): void {
     if (!this.db.open) return;
-    if (!this.db.readonly) this.commit();
+    if (!this.db.readonly) {
+      this.commit();
+      this.db.transaction(() => {
+        for (const vm of this.vmsById.values()) {
+          if (vm.lastSeq > vm.checkpointSeq) this.checkpointVm(vm);
+        }
+      })();
+      this.db.pragma('wal_checkpoint(TRUNCATE)');
+    }
     this.db.close();
+  }
+
+  /** Checkpoints vm at its newest committed change (inside a transaction). */
+  private checkpointVm(vm: Vm): void {
+    const keepFrom = this.log.checkpointSeqAtOrBefore(vm.id, vm.lastSyncSeq);
+    this.log.checkpoint(vm.id, vm.committedSeq, vm.state, keepFrom);
   }
 
   private recover(row: VmRow): Vm {
@@ -140,6 +162,11 @@ export class CbitStore {
       this.stmts.insertVm.run(id, npages, initialEncrypted ? 1 : 0, new Date().toISOString());
       this.log.checkpoint(id, 0, state);
     })();
+    this.registered(id, npages, initialEncrypted, state);
+    return this.info(id);
+  }
+
+  private registered(id: number, npages: number, initialEncrypted: boolean, state: PageStateMap): void {
     this.vmsById.set(
       id,
       newVm({
@@ -154,7 +181,23 @@ export class CbitStore {
         checkpointSeq: 0,
       }),
     );
-    return this.info(id);
+  }
+
+  /**
+   * Forgets a VM: commits its pending changes, then deletes its state, log,
+   * checkpoints, syncs and migration-control record in one transaction. The
+   * id may be registered again afterwards. Durable on return.
+   */
+  unregisterVm(id: number): void {
+    this.vm(id);
+    this.commit();
+    this.db.transaction(() => {
+      for (const table of ['migration_control_log', 'syncs', 'checkpoints', 'change_segments']) {
+        this.db.prepare(`DELETE FROM ${table} WHERE vm = ?`).run(id);
+      }
+      this.db.prepare('DELETE FROM vms WHERE id = ?').run(id);
+    })();
+    this.vmsById.delete(id);
   }
 
   hasVm(id: number): boolean {
@@ -239,11 +282,24 @@ export class CbitStore {
   private commitWith(also?: () => void): void {
     const dirty = [...this.vmsById.values()].filter((vm) => vm.pending.count > 0);
     if (dirty.length === 0 && !also) return;
+    const checkpointed: Vm[] = [];
     try {
       this.db.transaction(() => {
         for (const vm of dirty) {
           const count = vm.pending.count;
-          this.log.append(vm.id, vm.committedSeq + 1, count, vm.pending.take());
+          const head = this.log.append(
+            vm.id,
+            { seq: vm.committedSeq, crc: vm.headCrc },
+            count,
+            vm.pending.take(),
+          );
+          vm.committedSeq = head.seq;
+          vm.headCrc = head.crc;
+          // Continuous compaction: recovery replays at most one interval.
+          if (vm.lastSeq - vm.checkpointSeq >= Math.max(this.checkpointInterval, vm.state.rangeCount)) {
+            this.checkpointVm(vm);
+            checkpointed.push(vm);
+          }
         }
         also?.();
       })();
@@ -255,7 +311,7 @@ export class CbitStore {
         { cause: err },
       );
     }
-    for (const vm of dirty) vm.committedSeq = vm.lastSeq;
+    for (const vm of checkpointed) vm.checkpointSeq = vm.committedSeq;
   }
 
   /**

@@ -40,6 +40,8 @@ export interface Vm {
   lastSeq: number;
   /** The newest change that is durable; pending holds (committedSeq, lastSeq]. */
   committedSeq: number;
+  /** The CRC of the segment ending at committedSeq (the chain head, segment-chain.ts). */
+  headCrc: number;
   pending: SegmentWriter;
   lastSyncSeq: number;
   lastSyncState: PageStateMap;
@@ -51,10 +53,14 @@ export interface Vm {
 
 /** A fresh record of a VM whose durable state is `state` at seq `seq`, synced at `lastSyncSeq`. */
 export function newVm(
-  fields: Omit<Vm, 'pending' | 'committedSeq' | 'touched'> & { touched?: TouchedSet },
+  fields: Omit<Vm, 'pending' | 'committedSeq' | 'touched' | 'headCrc'> & {
+    touched?: TouchedSet;
+    headCrc?: number;
+  },
 ): Vm {
   return {
     ...fields,
+    headCrc: fields.headCrc ?? 0,
     committedSeq: fields.lastSeq,
     pending: new SegmentWriter(),
     touched: fields.touched ?? new TouchedSet(fields.npages),
