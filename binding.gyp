@@ -7,7 +7,8 @@
         "native/bitmap.cc",
         "native/bitmap_binding.cc",
         "native/crypto_binding.cc",
-        "native/sysgenid_binding.cc"
+        "native/sysgenid_binding.cc",
+        "native/lock_binding.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -37,6 +37,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   sevtrack::InitBitmap(env, exports);
   sevtrack::InitCrypto(env, exports);
   sevtrack::InitSysgenid(env, exports);
+  sevtrack::InitLock(env, exports);
   return exports;
 }
 

@@ -20,5 +20,6 @@ uint64_t GetIndex(const Napi::CallbackInfo& info, size_t index, const char* name
 void InitBitmap(Napi::Env env, Napi::Object exports);
 void InitCrypto(Napi::Env env, Napi::Object exports);
 void InitSysgenid(Napi::Env env, Napi::Object exports);
+void InitLock(Napi::Env env, Napi::Object exports);
 
 }  // namespace sevtrack

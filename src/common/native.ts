@@ -114,6 +114,14 @@ export interface NativeAddon {
     mode: 'map' | 'pread',
     iterations: number,
   ): { elapsedNs: number; checksum: number };
+  /**
+   * Takes an exclusive POSIX record lock on path (created with mode, whatever
+   * the umask): { fd } when this process now holds it (until unlockFile or
+   * exit), { holderPid } when another process holds it.
+   */
+  lockFile(path: string, mode: number): { fd: number } | { holderPid: number };
+  /** Releases a lock taken by lockFile. */
+  unlockFile(fd: number): void;
 }
 
 const here = fileURLToPath(new URL('.', import.meta.url));

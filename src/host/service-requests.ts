@@ -14,8 +14,8 @@ import {
   MAX_QUERY_RANGES,
   MessageType,
   replyWriter,
-  SYNC_PAGE_RANGES,
   Status,
+  SYNC_PAGE_RANGES,
   writeRanges,
   writeVmSummary,
 } from './service-protocol.js';
