@@ -16,7 +16,7 @@
 import type net from 'node:net';
 import { BinaryReader, type BinaryWriter } from '../common/binary.js';
 import { InvalidArgumentError, MisuseError, SevtrackError, UnknownVmError } from '../common/errors.js';
-import { encodeFrame, type Frame, FrameDecoder, isFrame } from '../common/frames.js';
+import { encodeFrame, type Frame, FrameDecoder, type FrameProblem, isFrame } from '../common/frames.js';
 import { KVM_EINVAL } from '../common/kvm-abi.js';
 import type { CbitStore } from './cbit-store.js';
 import type { GroupCommit } from './group-commit.js';
@@ -50,6 +50,8 @@ export class Connection {
   private held = 0;
   private draining = false;
   private pausedForReplies = false;
+  /** Frames received but not handled yet (only while paused for replies). */
+  private backlog: (Frame | FrameProblem)[] = [];
 
   constructor(
     readonly socket: net.Socket,
@@ -64,6 +66,7 @@ export class Connection {
       if (this.pausedForReplies) {
         this.pausedForReplies = false;
         socket.resume();
+        this.work();
       }
     });
   }
@@ -75,22 +78,33 @@ export class Connection {
 
   /** Whether the connection holds no partial frame and no reply waiting for a commit. */
   get idle(): boolean {
-    return this.held === 0 && this.decoder.pending === 0;
+    return this.held === 0 && this.decoder.pending === 0 && this.backlog.length === 0;
   }
 
   private receive(chunk: Buffer): void {
-    for (const item of this.decoder.push(chunk)) {
+    for (const item of this.decoder.push(chunk)) this.backlog.push(item);
+    this.work();
+  }
+
+  /**
+   * Handles the received frames in order, stopping while the client is not
+   * reading its replies (the rest wait here, and no more bytes are read).
+   */
+  private work(): void {
+    while (this.backlog.length > 0 && !this.pausedForReplies && !this.socket.destroyed) {
+      const item = this.backlog.shift()!;
       if (isFrame(item)) {
         this.handle(item);
-      } else {
-        this.log(`protocol error: ${item.message}`);
-        this.commits.flush();
-        if (item.fatal) {
-          this.disconnect(Status.BAD_FRAME, item.message);
-          return;
-        }
-        this.send(item.type | REPLY_FLAG, item.id, replyWriter(-KVM_EINVAL, Status.BAD_FRAME, item.message));
+        continue;
       }
+      this.log(`protocol error: ${item.message}`);
+      this.commits.flush();
+      if (item.fatal) {
+        this.backlog = [];
+        this.disconnect(Status.BAD_FRAME, item.message);
+        return;
+      }
+      this.send(item.type | REPLY_FLAG, item.id, replyWriter(-KVM_EINVAL, Status.BAD_FRAME, item.message));
     }
     if (this.draining && this.idle) this.onIdleWhileDraining(this);
   }

@@ -9,14 +9,46 @@ export interface ServeProcess {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+/** Who the child runs as: an unprivileged uid where the tests run as root, so file modes bind. */
+export interface SpawnAs {
+  uid?: number;
+  gid?: number;
+}
+
+/** uid/gid 65534 (nobody) when running as root, else this user: permission checks then apply. */
+export const UNPRIVILEGED: SpawnAs = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
+
+/** Spawns `sevtrack serve` with these arguments (no readiness wait). */
+export function spawnServe(args: string[], as: SpawnAs = {}): ServeProcess {
+  const child = spawn(process.execPath, tsNodeArgs(CLI_MAIN, ['serve', ...args]), {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...as,
+  });
+  let err = '';
+  child.stderr?.on('data', (d) => {
+    err += d;
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal })),
+  );
+  return { child, stderr: () => err, exited };
+}
+
 /** Starts the service and resolves once a client can connect. */
-export async function startServe(db: string, socket: string, extra: string[] = []): Promise<ServeProcess> {
+export async function startServe(
+  db: string,
+  socket: string,
+  extra: string[] = [],
+  as: SpawnAs = {},
+): Promise<ServeProcess> {
   const child = spawn(
     process.execPath,
     tsNodeArgs(CLI_MAIN, ['serve', '--db', db, '--socket', socket, ...extra]),
     {
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
+      ...as,
     },
   );
   let err = '';
