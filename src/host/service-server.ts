@@ -9,8 +9,8 @@
  * replies written (service-connection.ts).
  *
  * Memory: `maxMemory` bounds what the connections may hold beside the
- * tracked state: each connection's reply queue (maxMemory / 16, reading
- * paused above 1 MiB) and the partial request frames of all connections
+ * tracked state: each connection's reply queue (reading paused above 1 MiB
+ * queued; disconnected above max(maxMemory / 16, 32 MiB)) and the partial request frames of all connections
  * together (maxMemory / 4; past it the connection holding the most is
  * disconnected, status OVERLOADED).
  */
@@ -29,6 +29,8 @@ export const DEFAULT_MAX_MEMORY = 1024 * 2 ** 20;
 /** The default of `--drain-timeout`, in milliseconds. */
 export const DEFAULT_DRAIN_TIMEOUT_MS = 5000;
 const REPLY_HIGH_WATER = 2 ** 20;
+/** The largest single reply (QUERY_RANGES of 10^6 ranges, 24 MB) must fit a queue. */
+const MIN_REPLY_LIMIT = 32 * 2 ** 20;
 
 export interface HostServiceOptions {
   store: CbitStore;
@@ -147,7 +149,7 @@ export class HostService {
       socket,
       this.store,
       this.commits,
-      { replyHighWater: REPLY_HIGH_WATER, replyLimit: Math.floor(this.maxMemory / 16) },
+      { replyHighWater: REPLY_HIGH_WATER, replyLimit: Math.max(Math.floor(this.maxMemory / 16), MIN_REPLY_LIMIT) },
       this.log,
       (c) => this.endConnection(c),
     );
