@@ -136,7 +136,12 @@ export class ChangeLog {
         seq - seg.first_seq + 1,
       );
     }
-    if (next <= seq) throw this.corrupt(vmId, `the change log ends at seq ${next - 1}, expected ${seq}`);
+    if (next <= seq) {
+      throw this.corrupt(
+        vmId,
+        `the change log ends at seq ${next - 1}, expected ${seq}: segment(s) for seq ${next}..${seq} are missing`,
+      );
+    }
     if (head && (next - 1 !== head.seq || crc !== head.crc)) {
       throw this.corrupt(
         vmId,

@@ -149,7 +149,10 @@ export class HostService {
       socket,
       this.store,
       this.commits,
-      { replyHighWater: REPLY_HIGH_WATER, replyLimit: Math.max(Math.floor(this.maxMemory / 16), MIN_REPLY_LIMIT) },
+      {
+        replyHighWater: REPLY_HIGH_WATER,
+        replyLimit: Math.max(Math.floor(this.maxMemory / 16), MIN_REPLY_LIMIT),
+      },
       this.log,
       (c) => this.endConnection(c),
     );
