@@ -2,7 +2,10 @@
 import { bitmapGroup } from './groups/bitmap.js';
 import { exploreGroup } from './groups/explore.js';
 import { guestGroup } from './groups/guest.js';
+import { hostCommitGroup } from './groups/host-commit.js';
 import { hostIngestGroup } from './groups/host-ingest.js';
+import { hostMemoryGroup } from './groups/host-memory.js';
+import { hostRecoveryGroup } from './groups/host-recovery.js';
 import { hostSyncGroup } from './groups/host-sync.js';
 import { migrateGroup } from './groups/migrate.js';
 import { pageStateGroup } from './groups/page-state.js';
@@ -15,6 +18,9 @@ const groups: BenchGroup[] = [
   bitmapGroup,
   hostIngestGroup,
   hostSyncGroup,
+  hostCommitGroup,
+  hostMemoryGroup,
+  hostRecoveryGroup,
   guestGroup,
   migrateGroup,
   exploreGroup,
