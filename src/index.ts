@@ -86,7 +86,9 @@ export { PageStateMap } from './host/page-state-map.js';
 /**
  * `HostServiceClient`: a client of `sevtrack serve` over its unix socket
  * (docs/host-protocol.md). Each call resolves once the service answered;
- * a hypercall's reply comes only after the change is committed.
+ * a hypercall's reply comes only after the change is committed. A malformed
+ * reply rejects the pending calls and is emitted as 'error' (when listened
+ * for); the service's SHUTTING_DOWN notice is emitted as 'shutdown'.
  */
 export {
   HostServiceClient,
@@ -100,6 +102,13 @@ export {
  * own process. Replies to hypercalls only after their commit.
  */
 export { HostService, type HostServiceOptions } from './host/service-server.js';
+/**
+ * `checkDatabase(path)`: the full integrity check of a host database
+ * (`sevtrack state --check`): SQLite's own check, every change-log segment's
+ * chained checksum and sequence, every checkpoint against the log, every
+ * sync. Read-only; returns a report with one line per problem.
+ */
+export { checkDatabase, type IntegrityReport, type VmCheck } from './host/integrity.js';
 
 // ---- The guest helper ---------------------------------------------------
 

@@ -30,7 +30,7 @@ export class ChangeLog {
   private readonly stmts;
 
   constructor(
-    private readonly db: Database.Database,
+    db: Database.Database,
     readonly path: string,
   ) {
     this.stmts = {

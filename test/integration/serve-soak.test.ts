@@ -67,7 +67,7 @@ describe('soak: random kills and restarts under several clients', () => {
           const batch = Array.from({ length: 1 + randomInt(rng, 64) }, nextChange);
           for (const c of batch) sent.add(key(c));
           const replies = await client.hypercallBatch(1, batch.map(toCall));
-          replies.forEach((r, i) => acked.set(r.seq!, batch[i]));
+          for (const [i, r] of replies.entries()) acked.set(r.seq!, batch[i]);
         } else {
           await client.sync(1);
         }
