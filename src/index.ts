@@ -79,6 +79,13 @@ export { PAGE_SIZE, type PageRange, type StateRange } from './common/ranges.js';
  */
 export { CbitStore, type OpenOptions, type SyncResult, type VmInfo } from './host/cbit-store.js';
 /**
+ * `checkDatabase(path)`: the full integrity check of a host database
+ * (`sevtrack state --check`): SQLite's own check, every change-log segment's
+ * chained checksum and sequence, every checkpoint against the log, every
+ * sync. Read-only; returns a report with one line per problem.
+ */
+export { checkDatabase, type IntegrityReport, type VmCheck } from './host/integrity.js';
+/**
  * `PageStateMap`: c-bit state as coalesced `(gfn, npages)` ranges, with
  * copy-on-write clones and a diff between two maps. Pure in-memory.
  */
@@ -102,13 +109,6 @@ export {
  * own process. Replies to hypercalls only after their commit.
  */
 export { HostService, type HostServiceOptions } from './host/service-server.js';
-/**
- * `checkDatabase(path)`: the full integrity check of a host database
- * (`sevtrack state --check`): SQLite's own check, every change-log segment's
- * chained checksum and sequence, every checkpoint against the log, every
- * sync. Read-only; returns a report with one line per problem.
- */
-export { checkDatabase, type IntegrityReport, type VmCheck } from './host/integrity.js';
 
 // ---- The guest helper ---------------------------------------------------
 
