@@ -35,6 +35,9 @@ import {
 } from './service-protocol.js';
 import { answer, type SyncCursor } from './service-requests.js';
 
+/** How long a draining connection must stay idle and silent before it is ended. */
+export const DRAIN_QUIET_MS = 50;
+
 export interface ConnectionLimits {
   /** Queued reply bytes above which the connection stops reading requests. */
   replyHighWater: number;
@@ -52,6 +55,7 @@ export class Connection {
   private pausedForReplies = false;
   /** Frames received but not handled yet (only while paused for replies). */
   private backlog: (Frame | FrameProblem)[] = [];
+  private quietTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly socket: net.Socket,
@@ -106,7 +110,21 @@ export class Connection {
       }
       this.send(item.type | REPLY_FLAG, item.id, replyWriter(-KVM_EINVAL, Status.BAD_FRAME, item.message));
     }
-    if (this.draining && this.idle) this.onIdleWhileDraining(this);
+    if (this.draining) this.armQuiet();
+  }
+
+  /**
+   * While draining, a connection is ended once it has been idle (no partial
+   * frame, no unanswered request) and has sent nothing for DRAIN_QUIET_MS:
+   * a client still sending when the notice went out gets every request
+   * answered SHUTTING_DOWN instead of a reset in the middle of its writes.
+   */
+  private armQuiet(): void {
+    clearTimeout(this.quietTimer);
+    this.quietTimer = setTimeout(() => {
+      if (this.idle) this.onIdleWhileDraining(this);
+      else this.armQuiet();
+    }, DRAIN_QUIET_MS);
   }
 
   /** Writes one frame unless the socket is gone, applying the reply-queue bounds. */
@@ -143,6 +161,8 @@ export class Connection {
   startDrain(): void {
     this.draining = true;
     this.send(TYPE_NOTICE, 0, replyWriter(0, Status.SHUTTING_DOWN, 'the host service is shutting down'));
+    this.socket.once('close', () => clearTimeout(this.quietTimer));
+    this.armQuiet();
   }
 
   private handle(frame: Frame): void {

@@ -108,8 +108,9 @@ export class HostService {
    * Drains (docs/host-protocol.md "Shutdown"): stops accepting, commits and
    * answers every request already received, sends each client the
    * SHUTTING_DOWN notice, answers later requests SHUTTING_DOWN, closes each
-   * connection once it is idle, and after drainTimeoutMs closes whatever is
-   * left. The store stays open; its owner closes it.
+   * connection once it is idle and quiet (service-connection.ts), and after
+   * drainTimeoutMs closes whatever is left. The store stays open; its owner
+   * closes it.
    */
   stop(drainTimeoutMs = DEFAULT_DRAIN_TIMEOUT_MS): Promise<void> {
     this.stopping ??= this.drain(drainTimeoutMs);
@@ -119,10 +120,7 @@ export class HostService {
   private async drain(drainTimeoutMs: number): Promise<void> {
     const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.commits.flush();
-    for (const c of this.connections) {
-      c.startDrain();
-      if (c.idle) this.endConnection(c);
-    }
+    for (const c of this.connections) c.startDrain();
     const timer = setTimeout(() => {
       for (const c of this.connections) {
         this.log('drain timeout: closing a connection that is still busy');
