@@ -19,7 +19,8 @@
         "native/kvm/sys.cc",
         "native/kvm/vcpu.cc",
         "native/kvm/vcpu_state.cc",
-        "native/kvm/vm.cc"
+        "native/kvm/vm.cc",
+        "native/lock_binding.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

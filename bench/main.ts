@@ -6,7 +6,10 @@
 import { bitmapGroup } from './groups/bitmap.js';
 import { exploreGroup } from './groups/explore.js';
 import { guestGroup } from './groups/guest.js';
+import { hostCommitGroup } from './groups/host-commit.js';
 import { hostIngestGroup } from './groups/host-ingest.js';
+import { hostMemoryGroup } from './groups/host-memory.js';
+import { hostRecoveryGroup } from './groups/host-recovery.js';
 import { hostSyncGroup } from './groups/host-sync.js';
 import { kvmGroup } from './groups/kvm.js';
 import { memoryGroup } from './groups/memory.js';
@@ -23,6 +26,9 @@ const groups: BenchGroup[] = [
   bitmapGroup,
   hostIngestGroup,
   hostSyncGroup,
+  hostCommitGroup,
+  hostMemoryGroup,
+  hostRecoveryGroup,
   guestGroup,
   pipelineGroup,
   migrateGroup,

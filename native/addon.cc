@@ -40,6 +40,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   sevtrack::InitPipeline(env, exports);
   sevtrack::InitPipelineLimit(env, exports);
   sevtrack::InitKvm(env, exports);
+  sevtrack::InitLock(env, exports);
   return exports;
 }
 

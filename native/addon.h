@@ -23,5 +23,6 @@ void InitSysgenid(Napi::Env env, Napi::Object exports);
 void InitPipeline(Napi::Env env, Napi::Object exports);
 void InitPipelineLimit(Napi::Env env, Napi::Object exports);
 void InitKvm(Napi::Env env, Napi::Object exports);
+void InitLock(Napi::Env env, Napi::Object exports);
 
 }  // namespace sevtrack

@@ -81,6 +81,13 @@ export { PAGE_SIZE, type PageRange, type StateRange } from './common/ranges.js';
  */
 export { CbitStore, type OpenOptions, type SyncResult, type VmInfo } from './host/cbit-store.js';
 /**
+ * `checkDatabase(path)`: the full integrity check of a host database
+ * (`sevtrack state --check`): SQLite's own check, every change-log segment's
+ * chained checksum and sequence, every checkpoint against the log, every
+ * sync. Read-only; returns a report with one line per problem.
+ */
+export { checkDatabase, type IntegrityReport, type VmCheck } from './host/integrity.js';
+/**
  * `PageStateMap`: c-bit state as coalesced `(gfn, npages)` ranges, with
  * copy-on-write clones and a diff between two maps. Pure in-memory.
  */
@@ -88,7 +95,9 @@ export { PageStateMap } from './host/page-state-map.js';
 /**
  * `HostServiceClient`: a client of `sevtrack serve` over its unix socket
  * (docs/host-protocol.md). Each call resolves once the service answered;
- * a hypercall's reply comes only after the change is committed.
+ * a hypercall's reply comes only after the change is committed. A malformed
+ * reply rejects the pending calls and is emitted as 'error' (when listened
+ * for); the service's SHUTTING_DOWN notice is emitted as 'shutdown'.
  */
 export {
   HostServiceClient,

@@ -28,6 +28,10 @@ export class FramedConnection {
   private nextId = 1;
   private readonly waiting = new Map<number, Waiting>();
   private closedError: Error | undefined;
+  /** Called once when the server breaks the protocol (a bad frame, or abort()); the connection is closed. */
+  onBroken: ((err: Error) => void) | undefined;
+  /** Called for a frame with id 0 that is not the protocol-error type: a notice from the server. */
+  onNotice: ((type: number, payload: Buffer) => void) | undefined;
 
   private constructor(
     private readonly socket: net.Socket,
@@ -38,11 +42,16 @@ export class FramedConnection {
     socket.on('data', (chunk: Buffer) => {
       for (const item of decoder.push(chunk)) {
         if (!isFrame(item)) {
-          this.failAll(new PeerError(`${what}: bad frame from the server: ${item.message}`));
-          socket.destroy();
+          this.abort(new PeerError(`${what}: bad frame from the server: ${item.message}`));
           return;
         }
-        this.dispatch(item.type, item.id, item.payload);
+        try {
+          this.dispatch(item.type, item.id, item.payload);
+        } catch (err) {
+          // A reply the protocol's parser rejects must not throw out of the event loop.
+          this.abort(new PeerError(`${what}: malformed frame from the server: ${(err as Error).message}`));
+          return;
+        }
       }
     });
     socket.on('error', (err) =>
@@ -91,6 +100,14 @@ export class FramedConnection {
     });
   }
 
+  /** The server broke the protocol: fail everything, close, tell onBroken. */
+  abort(err: Error): void {
+    const first = this.closedError === undefined;
+    this.failAll(err);
+    this.socket.destroy();
+    if (first) this.onBroken?.(err);
+  }
+
   private failAll(err: Error): void {
     this.closedError ??= err;
     for (const w of this.waiting.values()) w.reject(err);
@@ -100,6 +117,10 @@ export class FramedConnection {
   private dispatch(type: number, id: number, payload: Buffer): void {
     if (type === this.protocol.protocolErrorType) {
       this.failAll(this.protocol.protocolError(payload));
+      return;
+    }
+    if (id === 0) {
+      this.onNotice?.(type, payload);
       return;
     }
     const w = this.waiting.get(id);

@@ -66,6 +66,11 @@ export class FrameDecoder {
 
   constructor(private readonly spec: FrameSpec) {}
 
+  /** Bytes received but not yet returned as a frame (a partial frame); at most header + maxPayload. */
+  get pending(): number {
+    return this.buffered;
+  }
+
   push(chunk: Buffer): (Frame | FrameProblem)[] {
     if (this.dead) return [];
     this.chunks.push(chunk);

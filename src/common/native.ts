@@ -328,6 +328,13 @@ export interface KvmLayout {
   offRejected: number;
   offLastRet: number;
   offPass: number;
+   * Takes an exclusive POSIX record lock on path (created with mode, whatever
+   * the umask): { fd } when this process now holds it (until unlockFile or
+   * exit), { holderPid } when another process holds it.
+   */
+  lockFile(path: string, mode: number): { fd: number } | { holderPid: number };
+  /** Releases a lock taken by lockFile. */
+  unlockFile(fd: number): void;
 }
 
 const here = fileURLToPath(new URL('.', import.meta.url));

@@ -1,9 +1,10 @@
 /**
  * CbitStore: the host's durable record of every guest's c-bit state
  * (docs/design.md §3 rule 1, §6). Per VM it keeps, in memory, the full state as a
- * PageStateMap and, in SQLite (WAL), the append-only change log with
- * monotonically increasing sequence numbers, checkpoints of the full state,
- * syncs and the migration-control (READY) state.
+ * PageStateMap (vm-state.ts) and, in SQLite (WAL), the append-only change log
+ * with monotonically increasing sequence numbers and checkpoints of the full
+ * state (change-log.ts), syncs (syncs.ts) and the migration-control (READY)
+ * state. recovery.ts rebuilds the memory side from the database.
  *
  * Durability contract: a change applied with applyChange/applyHypercall is
  * durable once commit() returns; callers acknowledge changes to guests only
@@ -25,71 +26,31 @@ import {
   type GpaRangeChange,
   KVM_MIGRATION_READY,
 } from '../common/kvm-abi.js';
-import type { PageRange, StateRange } from '../common/ranges.js';
-import { forEachRecord, SegmentWriter } from './change-segment.js';
-import { MAX_GUEST_PAGES, PageStateMap } from './page-state-map.js';
+import type { StateRange } from '../common/ranges.js';
+import { ChangeLog } from './change-log.js';
+import { PageStateMap } from './page-state-map.js';
+import { recoverVm, type VmRow } from './recovery.js';
 import { migrate } from './schema.js';
+import { advanceSync, type SyncResult, SyncTable } from './syncs.js';
+import { checkRegistration, type HypercallOutcome, newVm, type Vm, type VmInfo, vmInfo } from './vm-state.js';
 
-/** Take a checkpoint of the full state at a sync once this many changes accumulated since the last one. */
+export type { SyncResult } from './syncs.js';
+export { type HypercallOutcome, touchedWindows, type VmInfo } from './vm-state.js';
+
+/**
+ * Take a checkpoint of the full state once this many changes accumulated since
+ * the last one (or the state's range count, if larger, so the cost of
+ * serializing stays O(1) per change). Bounds what recovery replays.
+ */
 const DEFAULT_CHECKPOINT_INTERVAL = 65_536;
 /** The migration-control MSR bits a guest may set (KVM rejects others). */
 const MIGRATION_CONTROL_VALID = KVM_MIGRATION_READY;
-
-export interface VmInfo {
-  id: number;
-  npages: number;
-  initialEncrypted: boolean;
-  migrationControl: bigint;
-  encryptedPages: number;
-  sharedPages: number;
-  rangeCount: number;
-  /** Sequence number of the newest change (0 = none). */
-  lastSeq: number;
-  /** Sequence number of the newest sync (0 = none yet). */
-  lastSyncSeq: number;
-  /** Number of changes in the log. */
-  logLength: number;
-}
-
-export interface SyncResult {
-  /** The new sync's sequence number: every change up to it is consumed. */
-  seq: number;
-  previousSeq: number;
-  /** Coalesced ranges whose state changed since the previous sync, with their new state. */
-  delta: StateRange[];
-  /** A consistent snapshot of the full state at seq (independent of later changes). */
-  state: PageStateMap;
-}
-
-export type HypercallOutcome =
-  | { ret: 0; seq: number; change: GpaRangeChange }
-  | { ret: number; seq?: undefined; field: string; message: string };
-
-interface Vm {
-  id: number;
-  npages: number;
-  initialEncrypted: boolean;
-  migrationControl: bigint;
-  state: PageStateMap;
-  lastSeq: number;
-  committedSeq: number;
-  pending: SegmentWriter;
-  lastSyncSeq: number;
-  lastSyncState: PageStateMap;
-  /**
-   * (gfn, npages) pairs changed since the last sync, to bound the sync's
-   * diff; null when unknown (after recovery), which means a full diff.
-   * A flat array keeps the per-change cost to one push.
-   */
-  touched: number[] | null;
-  checkpointSeq: number;
-}
 
 export interface OpenOptions {
   readonly?: boolean;
   /** SQLite synchronous level: FULL (default) survives power loss; NORMAL survives a process crash. */
   synchronous?: 'FULL' | 'NORMAL';
-  /** Changes between checkpoints of the full state (taken at syncs); bounds recovery's replay. */
+  /** Changes between checkpoints of the full state (taken at commits and syncs); bounds recovery's replay. */
   checkpointInterval?: number;
 }
 
@@ -97,6 +58,8 @@ export class CbitStore {
   readonly path: string;
   private readonly db: Database.Database;
   private readonly vmsById = new Map<number, Vm>();
+  private readonly log: ChangeLog;
+  private readonly syncs: SyncTable;
   private readonly stmts;
   private readonly checkpointInterval: number;
 
@@ -104,27 +67,18 @@ export class CbitStore {
     this.path = path;
     this.db = db;
     this.checkpointInterval = checkpointInterval;
+    this.log = new ChangeLog(db, path);
+    this.syncs = new SyncTable(db);
     this.stmts = {
       insertVm: db.prepare(
         'INSERT INTO vms (id, npages, initial_encrypted, migration_control, created_at) VALUES (?, ?, ?, 0, ?)',
       ),
-      insertSegment: db.prepare(
-        'INSERT INTO change_segments (vm, first_seq, count, records) VALUES (?, ?, ?, ?)',
-      ),
-      insertSync: db.prepare('INSERT OR IGNORE INTO syncs (vm, seq, created_at) VALUES (?, ?, ?)'),
-      insertCheckpoint: db.prepare('INSERT OR REPLACE INTO checkpoints (vm, seq, state) VALUES (?, ?, ?)'),
       setControl: db.prepare('UPDATE vms SET migration_control = ? WHERE id = ?'),
       logControl: db.prepare(
         'INSERT INTO migration_control_log (vm, after_seq, value, at) VALUES (?, ?, ?, ?)',
       ),
-      checkpointAtOrBefore: db.prepare(
-        'SELECT seq, state FROM checkpoints WHERE vm = ? AND seq <= ? ORDER BY seq DESC LIMIT 1',
-      ),
-      segmentsAfter: db.prepare(
-        'SELECT first_seq, count, records FROM change_segments WHERE vm = ? AND first_seq > ? AND first_seq <= ? ORDER BY first_seq',
-      ),
-      lastSync: db.prepare('SELECT max(seq) AS seq FROM syncs WHERE vm = ?'),
-      lastSeq: db.prepare('SELECT max(first_seq + count - 1) AS seq FROM change_segments WHERE vm = ?'),
+      vmRow: db.prepare('SELECT id, npages, initial_encrypted, migration_control FROM vms WHERE id = ?'),
+      vmRows: db.prepare('SELECT id, npages, initial_encrypted, migration_control FROM vms ORDER BY id'),
     };
   }
 
@@ -151,7 +105,7 @@ export class CbitStore {
       }
       db.pragma('foreign_keys = ON');
       const store = new CbitStore(path, db, options.checkpointInterval ?? DEFAULT_CHECKPOINT_INTERVAL);
-      store.loadAll();
+      for (const row of store.stmts.vmRows.all() as VmRow[]) store.vmsById.set(row.id, store.recover(row));
       return store;
     } catch (err) {
       db.close();
@@ -159,89 +113,32 @@ export class CbitStore {
     }
   }
 
+  /**
+   * Commits, checkpoints every VM at its newest change and folds the WAL into
+   * the database, then closes: the next open replays nothing.
+   */
   close(): void {
     if (!this.db.open) return;
-    if (!this.db.readonly) this.commit();
+    if (!this.db.readonly) {
+      this.commit();
+      this.db.transaction(() => {
+        for (const vm of this.vmsById.values()) {
+          if (vm.lastSeq > vm.checkpointSeq) this.checkpointVm(vm);
+        }
+      })();
+      this.db.pragma('wal_checkpoint(TRUNCATE)');
+    }
     this.db.close();
   }
 
-  private loadAll(): void {
-    const rows = this.db
-      .prepare('SELECT id, npages, initial_encrypted, migration_control FROM vms ORDER BY id')
-      .all() as {
-      id: number;
-      npages: number;
-      initial_encrypted: number;
-      migration_control: number | bigint;
-    }[];
-    for (const row of rows) this.vmsById.set(row.id, this.loadVm(row));
+  /** Checkpoints vm at its newest committed change (inside a transaction). */
+  private checkpointVm(vm: Vm): void {
+    const keepFrom = this.log.checkpointSeqAtOrBefore(vm.id, vm.lastSyncSeq);
+    this.log.checkpoint(vm.id, vm.committedSeq, vm.state, keepFrom);
   }
 
-  /** Rebuilds one VM from its newest checkpoint and the log after it. */
-  private loadVm(row: {
-    id: number;
-    npages: number;
-    initial_encrypted: number;
-    migration_control: number | bigint;
-  }): Vm {
-    const lastSyncSeq = (this.stmts.lastSync.get(row.id) as { seq: number | null }).seq ?? 0;
-    const lastSeq = (this.stmts.lastSeq.get(row.id) as { seq: number | null }).seq ?? 0;
-    let syncState: PageStateMap | undefined;
-    const state = this.replay(row.id, lastSeq, (seq, s) => {
-      if (seq === lastSyncSeq) syncState = s.clone();
-    });
-    const ckpt = this.stmts.checkpointAtOrBefore.get(row.id, lastSeq) as { seq: number } | undefined;
-    return {
-      id: row.id,
-      npages: row.npages,
-      initialEncrypted: row.initial_encrypted === 1,
-      migrationControl: BigInt(row.migration_control),
-      state,
-      lastSeq,
-      committedSeq: lastSeq,
-      pending: new SegmentWriter(),
-      lastSyncSeq,
-      lastSyncState: syncState ?? this.replay(row.id, lastSyncSeq),
-      touched: lastSeq === lastSyncSeq ? [] : null,
-      checkpointSeq: ckpt?.seq ?? 0,
-    };
-  }
-
-  /**
-   * The committed state of a VM at seq: the newest checkpoint at or before it
-   * plus the log up to seq. onSeq, if given, sees the state after each seq
-   * (and after the checkpoint's own seq).
-   */
-  private replay(
-    vmId: number,
-    seq: number,
-    onSeq?: (seq: number, state: PageStateMap) => void,
-  ): PageStateMap {
-    const ckpt = this.stmts.checkpointAtOrBefore.get(vmId, seq) as { seq: number; state: Buffer } | undefined;
-    if (!ckpt)
-      throw new RuntimeFailure(
-        'ERR_DB_CORRUPT',
-        `${this.path}: vm ${vmId} has no checkpoint at or before seq ${seq}`,
-      );
-    const state = PageStateMap.deserialize(ckpt.state);
-    onSeq?.(ckpt.seq, state);
-    const segments = this.stmts.segmentsAfter.iterate(vmId, ckpt.seq, seq) as IterableIterator<{
-      first_seq: number;
-      count: number;
-      records: Buffer;
-    }>;
-    for (const seg of segments) {
-      forEachRecord(
-        seg.records,
-        seg.count,
-        (gfn, npages, encrypted, i) => {
-          state.apply(gfn, npages, encrypted);
-          onSeq?.(seg.first_seq + i, state);
-        },
-        seq - seg.first_seq + 1,
-      );
-    }
-    return state;
+  private recover(row: VmRow): Vm {
+    return recoverVm(this.log, this.syncs, row);
   }
 
   private vm(id: number): Vm {
@@ -255,15 +152,7 @@ export class CbitStore {
    * initialEncrypted is false. Durable on return.
    */
   registerVm(id: number, npages: number, options: { initialEncrypted?: boolean } = {}): VmInfo {
-    if (!Number.isInteger(id) || id < 0 || id > 0xffff_ffff) {
-      throw new InvalidArgumentError('vm', `vm id ${id} must be an integer from 0 to 2^32-1`);
-    }
-    if (!Number.isInteger(npages) || npages < 1 || npages > MAX_GUEST_PAGES) {
-      throw new InvalidArgumentError(
-        'npages',
-        `npages ${npages} must be an integer from 1 to 2^52 (guest size / 4 KiB)`,
-      );
-    }
+    checkRegistration(id, npages);
     if (this.vmsById.has(id)) {
       throw new InvalidArgumentError('vm', `vm ${id} is already registered; pick another id`);
     }
@@ -271,23 +160,44 @@ export class CbitStore {
     const state = new PageStateMap(npages, initialEncrypted);
     this.db.transaction(() => {
       this.stmts.insertVm.run(id, npages, initialEncrypted ? 1 : 0, new Date().toISOString());
-      this.stmts.insertCheckpoint.run(id, 0, state.serialize());
+      this.log.checkpoint(id, 0, state);
     })();
-    this.vmsById.set(id, {
-      id,
-      npages,
-      initialEncrypted,
-      migrationControl: 0n,
-      state,
-      lastSeq: 0,
-      committedSeq: 0,
-      pending: new SegmentWriter(),
-      lastSyncSeq: 0,
-      lastSyncState: state.clone(),
-      touched: [],
-      checkpointSeq: 0,
-    });
+    this.registered(id, npages, initialEncrypted, state);
     return this.info(id);
+  }
+
+  private registered(id: number, npages: number, initialEncrypted: boolean, state: PageStateMap): void {
+    this.vmsById.set(
+      id,
+      newVm({
+        id,
+        npages,
+        initialEncrypted,
+        migrationControl: 0n,
+        state,
+        lastSeq: 0,
+        lastSyncSeq: 0,
+        lastSyncState: state.clone(),
+        checkpointSeq: 0,
+      }),
+    );
+  }
+
+  /**
+   * Forgets a VM: commits its pending changes, then deletes its state, log,
+   * checkpoints, syncs and migration-control record in one transaction. The
+   * id may be registered again afterwards. Durable on return.
+   */
+  unregisterVm(id: number): void {
+    this.vm(id);
+    this.commit();
+    this.db.transaction(() => {
+      for (const table of ['migration_control_log', 'syncs', 'checkpoints', 'change_segments']) {
+        this.db.prepare(`DELETE FROM ${table} WHERE vm = ?`).run(id);
+      }
+      this.db.prepare('DELETE FROM vms WHERE id = ?').run(id);
+    })();
+    this.vmsById.delete(id);
   }
 
   hasVm(id: number): boolean {
@@ -299,19 +209,7 @@ export class CbitStore {
   }
 
   info(id: number): VmInfo {
-    const vm = this.vm(id);
-    return {
-      id,
-      npages: vm.npages,
-      initialEncrypted: vm.initialEncrypted,
-      migrationControl: vm.migrationControl,
-      encryptedPages: vm.state.encryptedCount,
-      sharedPages: vm.state.sharedCount,
-      rangeCount: vm.state.rangeCount,
-      lastSeq: vm.lastSeq,
-      lastSyncSeq: vm.lastSyncSeq,
-      logLength: vm.lastSeq,
-    };
+    return vmInfo(this.vm(id));
   }
 
   /**
@@ -322,7 +220,7 @@ export class CbitStore {
     const vm = this.vm(vmId);
     vm.state.apply(change.gfn, change.npages, change.encrypted);
     vm.pending.push(change.gfn, change.npages, change.encrypted);
-    vm.touched?.push(change.gfn, change.npages);
+    vm.touched.add(change.gfn, change.npages);
     vm.lastSeq++;
     return vm.lastSeq;
   }
@@ -384,34 +282,36 @@ export class CbitStore {
   private commitWith(also?: () => void): void {
     const dirty = [...this.vmsById.values()].filter((vm) => vm.pending.count > 0);
     if (dirty.length === 0 && !also) return;
+    const checkpointed: Vm[] = [];
     try {
       this.db.transaction(() => {
         for (const vm of dirty) {
           const count = vm.pending.count;
-          this.stmts.insertSegment.run(vm.id, vm.committedSeq + 1, count, vm.pending.take());
+          const head = this.log.append(
+            vm.id,
+            { seq: vm.committedSeq, crc: vm.headCrc },
+            count,
+            vm.pending.take(),
+          );
+          vm.committedSeq = head.seq;
+          vm.headCrc = head.crc;
+          // Continuous compaction: recovery replays at most one interval.
+          if (vm.lastSeq - vm.checkpointSeq >= Math.max(this.checkpointInterval, vm.state.rangeCount)) {
+            this.checkpointVm(vm);
+            checkpointed.push(vm);
+          }
         }
         also?.();
       })();
     } catch (err) {
-      for (const vm of dirty) this.vmsById.set(vm.id, this.reloadVm(vm.id));
+      for (const vm of dirty) this.vmsById.set(vm.id, this.recover(this.stmts.vmRow.get(vm.id) as VmRow));
       throw new RuntimeFailure(
         'ERR_COMMIT',
         `${this.path}: commit failed, uncommitted changes dropped (${(err as Error).message})`,
-        {
-          cause: err,
-        },
+        { cause: err },
       );
     }
-    for (const vm of dirty) vm.committedSeq = vm.lastSeq;
-  }
-
-  private reloadVm(id: number): Vm {
-    const row = this.db
-      .prepare('SELECT id, npages, initial_encrypted, migration_control FROM vms WHERE id = ?')
-      .get(id);
-    return this.loadVm(
-      row as { id: number; npages: number; initial_encrypted: number; migration_control: number },
-    );
+    for (const vm of checkpointed) vm.checkpointSeq = vm.committedSeq;
   }
 
   /**
@@ -421,29 +321,20 @@ export class CbitStore {
    */
   sync(vmId: number): SyncResult {
     const vm = this.vm(vmId);
-    const previousSeq = vm.lastSyncSeq;
     const seq = vm.lastSeq;
     const takeCheckpoint = seq - vm.checkpointSeq >= this.checkpointInterval;
-    const now = new Date().toISOString();
     // Every change the sync covers is durable before it is answered. The
     // sync row and checkpoint need no fsync of their own: losing them to a
     // power cut only makes the next sync's delta larger (a superset), never
     // smaller, so they ride along without one when nothing else is pending.
     const record = () => {
-      this.stmts.insertSync.run(vm.id, seq, now);
-      if (takeCheckpoint) this.stmts.insertCheckpoint.run(vm.id, seq, vm.state.serialize());
+      this.syncs.record(vm.id, seq);
+      if (takeCheckpoint) this.log.checkpoint(vm.id, seq, vm.state);
     };
     if (this.hasPending) this.commitWith(record);
     else this.withoutFsync(() => this.db.transaction(record)());
-    const delta = vm.lastSyncState.diff(
-      vm.state,
-      vm.touched ? touchedWindows(vm.npages, vm.touched) : undefined,
-    );
     if (takeCheckpoint) vm.checkpointSeq = seq;
-    vm.lastSyncSeq = seq;
-    vm.lastSyncState = vm.state.clone();
-    vm.touched = [];
-    return { seq, previousSeq, delta, state: vm.state.clone() };
+    return advanceSync(vm);
   }
 
   /** Runs fn with SQLite's synchronous level at NORMAL (no fsync per commit), then restores it. */
@@ -464,7 +355,7 @@ export class CbitStore {
       throw new InvalidArgumentError('seq', `seq ${seq} must be from 0 to the newest change (${vm.lastSeq})`);
     }
     this.commit();
-    return this.replay(vmId, seq);
+    return this.log.replay(vmId, seq);
   }
 
   /** The ranges whose state differs between seq and now, with their current state. */
@@ -478,25 +369,13 @@ export class CbitStore {
   }
 
   /** The changes with sequence numbers in (afterSeq, uptoSeq], in order. */
-  *changes(
+  changes(
     vmId: number,
     afterSeq = 0,
     uptoSeq = this.vm(vmId).lastSeq,
   ): IterableIterator<StateRange & { seq: number }> {
     this.commit();
-    const rows = this.db
-      .prepare(
-        'SELECT first_seq, count, records FROM change_segments WHERE vm = ? AND first_seq + count > ? AND first_seq <= ? ORDER BY first_seq',
-      )
-      .all(vmId, afterSeq + 1, uptoSeq) as { first_seq: number; count: number; records: Buffer }[];
-    for (const seg of rows) {
-      const out: (StateRange & { seq: number })[] = [];
-      forEachRecord(seg.records, seg.count, (gfn, npages, encrypted, i) => {
-        const seq = seg.first_seq + i;
-        if (seq > afterSeq && seq <= uptoSeq) out.push({ seq, gfn, npages, encrypted });
-      });
-      yield* out;
-    }
+    return this.log.changes(vmId, afterSeq, uptoSeq);
   }
 
   migrationControl(vmId: number): bigint {
@@ -523,16 +402,4 @@ export class CbitStore {
     })();
     vm.migrationControl = value;
   }
-}
-
-/**
- * Merges (gfn, npages) pairs into disjoint, ascending windows, by marking them
- * in a scratch map (cheaper than sorting the pairs).
- */
-export function touchedWindows(npages: number, pairs: readonly number[]): PageRange[] {
-  const scratch = new PageStateMap(npages, false);
-  for (let i = 0; i < pairs.length; i += 2) scratch.apply(pairs[i], pairs[i + 1], true);
-  const out: PageRange[] = [];
-  for (const r of scratch.ranges()) if (r.encrypted) out.push({ gfn: r.gfn, npages: r.npages });
-  return out;
 }

@@ -5,12 +5,13 @@
  */
 import type Database from 'better-sqlite3';
 import { DatabaseFormatError } from '../common/errors.js';
+import { checkpointCrc, segmentCrc } from './segment-chain.js';
 
 /** "SVTR" */
 export const APPLICATION_ID = 0x5356_5452;
 
-/** Migration i (0-based) takes the schema from version i to version i + 1. */
-const MIGRATIONS: readonly string[] = [
+/** Migration i (0-based) takes the schema from version i to version i + 1: SQL, or a function for backfills. */
+const MIGRATIONS: readonly (string | ((db: Database.Database) => void))[] = [
   `
   CREATE TABLE vms (
     id INTEGER PRIMARY KEY,
@@ -52,6 +53,39 @@ const MIGRATIONS: readonly string[] = [
     at TEXT NOT NULL
   );
   `,
+  // v2: integrity (docs/host-protocol.md "Persistence"). Every segment carries a
+  // CRC-32 chained over the previous segment's, every checkpoint its own, and
+  // the vms row the head of the chain, so a deleted, reordered or edited
+  // segment or checkpoint is detected.
+  (db) => {
+    db.exec(`
+      ALTER TABLE change_segments ADD COLUMN crc INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE checkpoints ADD COLUMN crc INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE vms ADD COLUMN head_seq INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE vms ADD COLUMN head_crc INTEGER NOT NULL DEFAULT 0;
+    `);
+    const setSeg = db.prepare('UPDATE change_segments SET crc = ? WHERE vm = ? AND first_seq = ?');
+    const setCkpt = db.prepare('UPDATE checkpoints SET crc = ? WHERE vm = ? AND seq = ?');
+    const setHead = db.prepare('UPDATE vms SET head_seq = ?, head_crc = ? WHERE id = ?');
+    for (const { id } of db.prepare('SELECT id FROM vms').all() as { id: number }[]) {
+      let crc = 0;
+      let head = 0;
+      const segs = db
+        .prepare('SELECT first_seq, count, records FROM change_segments WHERE vm = ? ORDER BY first_seq')
+        .all(id) as { first_seq: number; count: number; records: Buffer }[];
+      for (const s of segs) {
+        crc = segmentCrc(crc, id, s.first_seq, s.count, s.records);
+        head = s.first_seq + s.count - 1;
+        setSeg.run(crc, id, s.first_seq);
+      }
+      setHead.run(head, crc, id);
+      const ckpts = db.prepare('SELECT seq, state FROM checkpoints WHERE vm = ?').all(id) as {
+        seq: number;
+        state: Buffer;
+      }[];
+      for (const c of ckpts) setCkpt.run(checkpointCrc(id, c.seq, c.state), id, c.seq);
+    }
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -100,7 +134,11 @@ export function migrate(db: Database.Database, path: string, readonly: boolean):
     );
   }
   db.transaction(() => {
-    for (let v = version; v < SCHEMA_VERSION; v++) db.exec(MIGRATIONS[v]);
+    for (let v = version; v < SCHEMA_VERSION; v++) {
+      const step = MIGRATIONS[v];
+      if (typeof step === 'string') db.exec(step);
+      else step(db);
+    }
     db.pragma(`application_id = ${APPLICATION_ID}`);
     db.pragma(`user_version = ${SCHEMA_VERSION}`);
   })();

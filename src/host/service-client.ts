@@ -3,9 +3,15 @@
  * pipelined: many may be in flight, each answered by id. Used by the guest
  * shim's socket transport, the CLI, tests and benchmarks; a VMM in another
  * language speaks the same bytes (docs/host-protocol.md).
+ *
+ * Events: 'error' (a broken frame or malformed reply from the service; the
+ * connection is closed and every pending request rejected; emitted only when
+ * someone listens, so a malformed reply never throws out of the event loop),
+ * 'shutdown' (the service sent its SHUTTING_DOWN notice).
  */
+import { EventEmitter } from 'node:events';
 import { BinaryReader, BinaryWriter } from '../common/binary.js';
-import { MisuseError, RuntimeFailure } from '../common/errors.js';
+import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { FramedConnection, type FramedProtocol } from '../common/framed-connection.js';
 import type { StateRange } from '../common/ranges.js';
 import { PageStateMap } from './page-state-map.js';
@@ -18,6 +24,7 @@ import {
   readVmSummary,
   Status,
   statusName,
+  TYPE_NOTICE,
   TYPE_PROTOCOL_ERROR,
   type VmSummary,
   writeHypercall,
@@ -88,8 +95,27 @@ const HOST_PROTOCOL: FramedProtocol = {
   },
 };
 
-export class HostServiceClient {
-  private constructor(private readonly conn: FramedConnection) {}
+export class HostServiceClient extends EventEmitter {
+  /** Set once the service announced SHUTTING_DOWN. */
+  shuttingDown = false;
+
+  private constructor(private readonly conn: FramedConnection) {
+    super();
+    conn.onBroken = (err) => {
+      if (this.listenerCount('error') > 0) this.emit('error', err);
+    };
+    conn.onNotice = (type, payload) => {
+      if (type !== TYPE_NOTICE) return;
+      try {
+        if (parseReply(payload).status !== Status.SHUTTING_DOWN) return;
+      } catch (err) {
+        conn.abort(new PeerError(`host service sent a malformed notice: ${(err as Error).message}`));
+        return;
+      }
+      this.shuttingDown = true;
+      this.emit('shutdown');
+    };
+  }
 
   static async connect(path: string): Promise<HostServiceClient> {
     return new HostServiceClient(await FramedConnection.connect(path, HOST_PROTOCOL, 'host service'));
@@ -101,7 +127,16 @@ export class HostServiceClient {
 
   /** Sends one request; resolves with the reply (any status). */
   private async request(type: number, payload: Uint8Array): Promise<Reply> {
-    return parseReply(await this.conn.request(type, payload));
+    const raw = await this.conn.request(type, payload);
+    try {
+      return parseReply(raw);
+    } catch (err) {
+      const broken = new PeerError(`host service sent a malformed reply: ${(err as Error).message}`, {
+        cause: err,
+      });
+      this.conn.abort(broken);
+      throw broken;
+    }
   }
 
   /** Sends raw bytes (tests of malformed input). */
@@ -179,15 +214,36 @@ export class HostServiceClient {
     return { ranges: readRanges(body, count), next };
   }
 
+  /** Takes a sync, following its cursor until every page of the delta and the state is in. */
   async sync(vm: number): Promise<SyncReply> {
     const body = await this.call(MessageType.SYNC, new BinaryWriter().u32(vm).finish());
     const seq = body.u64n('seq');
     const previousSeq = body.u64n('previous seq');
-    const n = body.u32('delta count');
-    body.u32('reserved');
-    const delta = readRanges(body, n);
-    const state = PageStateMap.deserialize(body.bytes(body.u32('state length'), 'state'));
-    return { seq, previousSeq, delta, state };
+    const deltaCount = body.u64n('delta count');
+    const stateCount = body.u64n('state range count');
+    let cursor = body.u32('cursor');
+    const ranges = readRanges(body, body.u32('count'));
+    while (cursor !== 0) {
+      const page = await this.call(MessageType.SYNC_NEXT, new BinaryWriter().u32(cursor).u32(0).finish());
+      cursor = page.u32('cursor');
+      for (const r of readRanges(page, page.u32('count'))) ranges.push(r);
+    }
+    if (ranges.length !== deltaCount + stateCount || stateCount < 1) {
+      throw new PeerError(
+        `SYNC of vm ${vm}: expected ${deltaCount} delta and ${stateCount} state ranges, got ${ranges.length} in all`,
+      );
+    }
+    return {
+      seq,
+      previousSeq,
+      delta: ranges.slice(0, deltaCount),
+      state: stateFromRanges(ranges.slice(deltaCount)),
+    };
+  }
+
+  /** Forgets a VM and everything stored about it. */
+  async unregisterVm(vm: number): Promise<void> {
+    await this.call(MessageType.UNREGISTER_VM, new BinaryWriter().u32(vm).finish());
   }
 
   async getMigrationControl(vm: number): Promise<bigint> {
@@ -205,6 +261,20 @@ export class HostServiceClient {
     const n = body.u32('count');
     return Array.from({ length: n }, () => body.u32('vm'));
   }
+}
+
+/** The map holding ranges (ascending, adjacent, covering the guest from gfn 0). */
+function stateFromRanges(ranges: readonly StateRange[]): PageStateMap {
+  const last = ranges[ranges.length - 1];
+  const map = new PageStateMap(last.gfn + last.npages, ranges[0].encrypted);
+  let expected = 0;
+  for (const r of ranges) {
+    if (r.gfn !== expected)
+      throw new PeerError(`SYNC state range at gfn ${r.gfn} does not follow gfn ${expected}`);
+    if (r.encrypted !== ranges[0].encrypted) map.apply(r.gfn, r.npages, r.encrypted);
+    expected = r.gfn + r.npages;
+  }
+  return map;
 }
 
 function toError(r: Reply): Error {

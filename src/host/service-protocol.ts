@@ -16,8 +16,14 @@ export const HOST_FRAME: FrameSpec = {
 };
 
 export const REPLY_FLAG = 0x8000;
-/** Reply type for a frame whose own type could not be trusted. */
+/** Reply type for a frame whose own type could not be trusted, and for a disconnect reason. */
 export const TYPE_PROTOCOL_ERROR = 0xffff;
+/** An unsolicited notice (id 0): status SHUTTING_DOWN when the service starts draining. */
+export const TYPE_NOTICE = 0xfffe;
+/** Ranges in one page of a SYNC reply (SYNC or SYNC_NEXT): 65,536 × 24 bytes = 1.5 MiB. */
+export const SYNC_PAGE_RANGES = 65_536;
+/** Open SYNC cursors per connection; a new SYNC beyond it drops the oldest. */
+export const MAX_CURSORS = 16;
 /** Hypercalls in one HYPERCALL_BATCH at most. */
 export const MAX_BATCH = 65_536;
 /** Ranges in one QUERY_RANGES reply at most. */
@@ -33,6 +39,8 @@ export const MessageType = {
   GET_MIGRATION_CONTROL: 7,
   SET_MIGRATION_CONTROL: 8,
   LIST_VMS: 9,
+  UNREGISTER_VM: 10,
+  SYNC_NEXT: 11,
 } as const;
 export type MessageTypeCode = (typeof MessageType)[keyof typeof MessageType];
 
@@ -46,6 +54,8 @@ export const Status = {
   HYPERCALL_REJECTED: 6,
   INTERNAL: 7,
   SHUTTING_DOWN: 8,
+  OVERLOADED: 9,
+  UNKNOWN_CURSOR: 10,
 } as const;
 
 export function statusName(code: number): string {

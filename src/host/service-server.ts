@@ -1,58 +1,75 @@
 /**
  * The host service: serves a CbitStore over a Unix socket with the protocol
- * of service-protocol.ts, so a VMM (or the guest shim's socket transport)
- * can forward MAP_GPA_RANGE hypercalls.
+ * of service-protocol.ts (docs/host-protocol.md), so a VMM (or the guest
+ * shim's socket transport) can forward MAP_GPA_RANGE hypercalls.
  *
- * Group commit (docs/design.md §6): hypercalls from every connection are applied
- * as they arrive and their replies held back; one commit per event-loop turn
- * makes the whole group durable, and only then are the replies written. Any
- * other request first flushes that group, so it sees (and orders after)
- * every hypercall received before it.
+ * Group commit (docs/design.md §6): hypercalls from every connection are
+ * applied as they arrive and their replies held back; one commit per
+ * event-loop turn makes the whole group durable, and only then are the
+ * replies written (service-connection.ts).
+ *
+ * Memory: `maxMemory` bounds what the connections may hold beside the
+ * tracked state: each connection's reply queue (reading paused above 1 MiB
+ * queued; disconnected above max(maxMemory / 16, 32 MiB)) and the partial request frames of all connections
+ * together (maxMemory / 4; past it the connection holding the most is
+ * disconnected, status OVERLOADED).
  */
 import net from 'node:net';
-import { BinaryReader, type BinaryWriter } from '../common/binary.js';
-import { InvalidArgumentError, MisuseError, SevtrackError, UnknownVmError } from '../common/errors.js';
-import { encodeFrame, type Frame, FrameDecoder, isFrame } from '../common/frames.js';
-import { KVM_EINVAL } from '../common/kvm-abi.js';
-import { listenUnixSocket } from '../common/unix-socket.js';
+import { InvalidArgumentError } from '../common/errors.js';
+import { listenUnixSocket, resolveGid } from '../common/unix-socket.js';
 import type { CbitStore } from './cbit-store.js';
 import { GroupCommit } from './group-commit.js';
-import {
-  HOST_FRAME,
-  HYPERCALL_BYTES,
-  MAX_BATCH,
-  MAX_QUERY_RANGES,
-  MessageType,
-  REPLY_FLAG,
-  replyWriter,
-  Status,
-  TYPE_PROTOCOL_ERROR,
-  writeRanges,
-  writeVmSummary,
-} from './service-protocol.js';
+import { Connection } from './service-connection.js';
+import { Status } from './service-protocol.js';
+
+/** sun_path holds 108 bytes on Linux, the terminating NUL included. */
+export const MAX_SOCKET_PATH_BYTES = 107;
+/** The default of `--max-memory`. */
+export const DEFAULT_MAX_MEMORY = 1024 * 2 ** 20;
+/** The default of `--drain-timeout`, in milliseconds. */
+export const DEFAULT_DRAIN_TIMEOUT_MS = 5000;
+const REPLY_HIGH_WATER = 2 ** 20;
+/** The largest single reply (QUERY_RANGES of 10^6 ranges, 24 MB) must fit a queue. */
+const MIN_REPLY_LIMIT = 32 * 2 ** 20;
 
 export interface HostServiceOptions {
   store: CbitStore;
   socketPath: string;
   /** A group name or gid: the socket becomes mode 0660 owned by that group (else 0600). */
   group?: string;
+  /** Bytes the connections may hold (reply queues, partial frames); default DEFAULT_MAX_MEMORY. */
+  maxMemory?: number;
   /** Diagnostic lines (connections, protocol errors). */
   log?: (line: string) => void;
 }
 
+/** Throws InvalidArgumentError when path does not fit sun_path (it would be truncated silently). */
+export function checkSocketPath(path: string): void {
+  const bytes = Buffer.byteLength(path);
+  if (bytes > MAX_SOCKET_PATH_BYTES) {
+    throw new InvalidArgumentError(
+      '--socket',
+      `socket path is ${bytes} bytes, longer than the ${MAX_SOCKET_PATH_BYTES} a Unix socket address holds (sun_path); choose a shorter --socket path`,
+    );
+  }
+}
+
 export class HostService {
   private readonly server: net.Server;
-  private readonly sockets = new Set<net.Socket>();
+  private readonly connections = new Set<Connection>();
   private readonly commits: GroupCommit;
-  private stopping = false;
+  private stopping: Promise<void> | undefined;
   private readonly log: (line: string) => void;
+  private readonly maxMemory: number;
 
   private constructor(
     private readonly store: CbitStore,
     readonly socketPath: string,
+    maxMemory: number,
     log?: (line: string) => void,
   ) {
     this.log = log ?? (() => {});
+    this.maxMemory = maxMemory;
     this.commits = new GroupCommit(store, (err) =>
       this.log(`commit failed, changes not applied: ${err.message}`),
     );
@@ -61,23 +78,64 @@ export class HostService {
 
   /** Claims the socket path, listens (mode 0600, or 0660 with a group) and returns the running service. */
   static async start(options: HostServiceOptions): Promise<HostService> {
-    const service = new HostService(options.store, options.socketPath, options.log);
-    await listenUnixSocket(service.server, options.socketPath, options.group);
+    const maxMemory = options.maxMemory ?? DEFAULT_MAX_MEMORY;
+    if (!Number.isSafeInteger(maxMemory) || maxMemory < 64 * 2 ** 20) {
+      throw new InvalidArgumentError('--max-memory', `max memory ${maxMemory} must be at least 64 MiB`);
+    }
+    checkSocketPath(options.socketPath);
+    if (options.group !== undefined) resolveGid(options.group);
+    const service = new HostService(options.store, options.socketPath, maxMemory, options.log);
+    try {
+      await listenUnixSocket(service.server, options.socketPath, options.group);
+    } catch (err) {
+      if (!service.server.listening || options.group === undefined) throw err;
+      // Listening, but the socket could not be given to the group.
+      await new Promise<void>((resolve) => service.server.close(() => resolve()));
+      throw new InvalidArgumentError(
+        '--group',
+        `cannot give the socket to group ${options.group} (${(err as Error).message}); pass a group this user may use`,
+      );
+    }
     return service;
   }
 
+  /** Number of open client connections. */
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
   /**
-   * Stops accepting, answers every request already received (committing held
-   * hypercalls), closes the connections and the listening socket. The store
-   * stays open; its owner closes it.
+   * Drains (docs/host-protocol.md "Shutdown"): stops accepting, commits and
+   * answers every request already received, sends each client the
+   * SHUTTING_DOWN notice, answers later requests SHUTTING_DOWN, closes each
+   * connection once it is idle and quiet (service-connection.ts), and after
+   * drainTimeoutMs closes whatever is left. The store stays open; its owner
+   * closes it.
    */
-  async stop(): Promise<void> {
-    if (this.stopping) return;
-    this.stopping = true;
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    this.flush();
-    for (const socket of this.sockets) socket.end();
-    await closed;
+  stop(drainTimeoutMs = DEFAULT_DRAIN_TIMEOUT_MS): Promise<void> {
+    this.stopping ??= this.drain(drainTimeoutMs);
+    return this.stopping;
+  }
+
+  private async drain(drainTimeoutMs: number): Promise<void> {
+    const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.commits.flush();
+    for (const c of this.connections) c.startDrain();
+    const timer = setTimeout(() => {
+      for (const c of this.connections) {
+        this.log('drain timeout: closing a connection that is still busy');
+        c.socket.destroy();
+      }
+    }, drainTimeoutMs);
+    await listenerClosed;
+    clearTimeout(timer);
+    this.commits.flush();
+  }
+
+  /** Ends a drained connection; a client that keeps its end open is cut once our data is out. */
+  private endConnection(c: Connection): void {
+    if (c.socket.writableEnded) return;
+    c.socket.end(() => c.socket.destroy());
   }
 
   private accept(socket: net.Socket): void {
@@ -85,197 +143,41 @@ export class HostService {
       socket.destroy();
       return;
     }
-    this.sockets.add(socket);
-    const decoder = new FrameDecoder(HOST_FRAME);
-    socket.on('data', (chunk: Buffer) => {
-      for (const item of decoder.push(chunk)) {
-        if (isFrame(item)) {
-          this.handle(socket, item);
-        } else {
-          this.log(`protocol error: ${item.message}`);
-          this.flush();
-          const type = item.fatal ? TYPE_PROTOCOL_ERROR : item.type | REPLY_FLAG;
-          this.send(socket, type, item.id, replyWriter(-KVM_EINVAL, Status.BAD_FRAME, item.message));
-          if (item.fatal) socket.end();
-        }
-      }
-    });
-    socket.on('error', (err) => this.log(`connection error: ${err.message}`));
-    // Replies still held for a closed socket are dropped by send().
-    socket.on('close', () => this.sockets.delete(socket));
-  }
-
-  private send(socket: net.Socket, type: number, id: number, body: BinaryWriter): void {
-    if (!socket.destroyed) socket.write(encodeFrame(HOST_FRAME, type, id, body.finish()));
-  }
-
-  /** Replies once the group commit holding the change is done (an INTERNAL error if it failed). */
-  private hold(socket: net.Socket, frame: Frame, body: BinaryWriter): void {
-    const type = frame.type | REPLY_FLAG;
-    this.commits.whenDurable(
-      () => this.send(socket, type, frame.id, body),
-      (err) =>
-        this.send(
-          socket,
-          type,
-          frame.id,
-          replyWriter(-KVM_EINVAL, Status.INTERNAL, `commit failed, changes not applied: ${err.message}`),
-        ),
+    const connection = new Connection(
+      socket,
+      this.store,
+      this.commits,
+      {
+        replyHighWater: REPLY_HIGH_WATER,
+        replyLimit: Math.max(Math.floor(this.maxMemory / 16), MIN_REPLY_LIMIT),
+      },
+      this.log,
+      (c) => this.endConnection(c),
     );
+    this.connections.add(connection);
+    socket.on('data', () => this.boundPartialFrames());
+    socket.on('error', (err) => this.log(`connection error: ${err.message}`));
+    // Replies still held for a closed socket are dropped by Connection.send().
+    socket.on('close', () => this.connections.delete(connection));
   }
 
-  /** Commits the group of held hypercalls and sends their replies. */
-  private flush(): void {
-    this.commits.flush();
-  }
-
-  private handle(socket: net.Socket, frame: Frame): void {
-    const reply = (body: BinaryWriter) => this.send(socket, frame.type | REPLY_FLAG, frame.id, body);
-    try {
-      const r = new BinaryReader(frame.payload, `${messageName(frame.type)} payload`);
-      switch (frame.type) {
-        case MessageType.HYPERCALL: {
-          const vm = r.u32('vm');
-          r.zero32('reserved');
-          const at = r.offset;
-          r.bytes(HYPERCALL_BYTES, 'hypercall (nr, a0, a1, a2)');
-          r.end();
-          const out = this.store.applyHypercallAt(vm, frame.payload, at);
-          if (out.seq === undefined) {
-            reply(replyWriter(out.ret, Status.HYPERCALL_REJECTED, out.message));
-          } else {
-            this.hold(socket, frame, replyWriter(0, Status.OK).u64(out.seq));
-          }
-          return;
-        }
-        case MessageType.HYPERCALL_BATCH: {
-          const vm = r.u32('vm');
-          const count = r.u32('count');
-          if (count > MAX_BATCH)
-            throw new InvalidArgumentError('count', `batch of ${count} hypercalls exceeds ${MAX_BATCH}`);
-          if (!this.store.hasVm(vm)) throw new UnknownVmError(vm);
-          const first = r.offset;
-          r.bytes(count * HYPERCALL_BYTES, `${count} hypercalls`);
-          r.end();
-          const body = replyWriter(0, Status.OK).u32(count).u32(0);
-          for (let i = 0; i < count; i++) {
-            const out = this.store.applyHypercallAt(vm, frame.payload, first + i * HYPERCALL_BYTES);
-            body
-              .i32(out.ret)
-              .u32(0)
-              .u64(out.seq ?? 0);
-          }
-          this.hold(socket, frame, body);
-          return;
-        }
-        default:
-          // Every other request orders after the hypercalls received before it.
-          this.flush();
-          reply(this.answer(frame.type, r));
-      }
-    } catch (err) {
-      reply(errorReply(err));
+  /** Keeps the partial frames of all connections within maxMemory / 4. */
+  private boundPartialFrames(): void {
+    let total = 0;
+    let largest: Connection | undefined;
+    for (const c of this.connections) {
+      total += c.partialBytes;
+      if (!largest || c.partialBytes > largest.partialBytes) largest = c;
+    }
+    const budget = Math.floor(this.maxMemory / 4);
+    if (total > budget && largest) {
+      this.log(
+        `disconnecting a client holding a ${largest.partialBytes}-byte partial frame (budget ${budget})`,
+      );
+      largest.disconnect(
+        Status.OVERLOADED,
+        `partial frames of all clients exceed ${budget} bytes (--max-memory / 4); send frames whole and retry`,
+      );
     }
   }
-
-  private answer(type: number, r: BinaryReader): BinaryWriter {
-    const store = this.store;
-    switch (type) {
-      case MessageType.REGISTER_VM: {
-        const vm = r.u32('vm');
-        const flags = r.u32('flags');
-        const npages = r.u64n('npages');
-        r.end();
-        if (flags > 1)
-          throw new InvalidArgumentError(
-            'flags',
-            `flags 0x${flags.toString(16)}: only bit 0 (initially encrypted) is defined`,
-          );
-        store.registerVm(vm, npages, { initialEncrypted: (flags & 1) === 1 });
-        return replyWriter(0, Status.OK);
-      }
-      case MessageType.QUERY_VM: {
-        const vm = r.u32('vm');
-        r.end();
-        const info = store.info(vm);
-        const body = replyWriter(0, Status.OK);
-        writeVmSummary(body, info);
-        return body;
-      }
-      case MessageType.QUERY_RANGES: {
-        const vm = r.u32('vm');
-        const max = r.u32('max ranges');
-        const from = r.u64n('from gfn');
-        r.end();
-        if (max < 1 || max > MAX_QUERY_RANGES) {
-          throw new InvalidArgumentError(
-            'max ranges',
-            `max ranges ${max} must be from 1 to ${MAX_QUERY_RANGES}`,
-          );
-        }
-        const ranges = [];
-        let next = 0;
-        for (const range of store.state(vm).ranges(from)) {
-          if (ranges.length === max) {
-            next = range.gfn;
-            break;
-          }
-          ranges.push(range);
-        }
-        const body = replyWriter(0, Status.OK).u32(ranges.length).u32(0).u64(next);
-        writeRanges(body, ranges);
-        return body;
-      }
-      case MessageType.SYNC: {
-        const vm = r.u32('vm');
-        r.end();
-        const s = store.sync(vm);
-        const state = s.state.serialize();
-        const body = replyWriter(0, Status.OK).u64(s.seq).u64(s.previousSeq).u32(s.delta.length).u32(0);
-        writeRanges(body, s.delta);
-        body.u32(state.length).bytes(state);
-        return body;
-      }
-      case MessageType.GET_MIGRATION_CONTROL: {
-        const vm = r.u32('vm');
-        r.end();
-        return replyWriter(0, Status.OK).u64(store.migrationControl(vm));
-      }
-      case MessageType.SET_MIGRATION_CONTROL: {
-        const vm = r.u32('vm');
-        r.zero32('reserved');
-        const value = r.u64('value');
-        r.end();
-        store.setMigrationControl(vm, value);
-        return replyWriter(0, Status.OK);
-      }
-      case MessageType.LIST_VMS: {
-        r.end();
-        const ids = store.vmIds();
-        const body = replyWriter(0, Status.OK).u32(ids.length);
-        for (const id of ids) body.u32(id);
-        return body;
-      }
-      default:
-        return replyWriter(
-          -KVM_EINVAL,
-          Status.UNKNOWN_TYPE,
-          `unknown message type ${type}; see docs/host-protocol.md`,
-        );
-    }
-  }
-}
-
-/** Turns an error into an error reply with the matching status. */
-function errorReply(err: unknown): BinaryWriter {
-  const message = err instanceof Error ? err.message : String(err);
-  if (err instanceof UnknownVmError) return replyWriter(-KVM_EINVAL, Status.UNKNOWN_VM, message);
-  if (err instanceof SevtrackError && err.code === 'ERR_BAD_FORMAT')
-    return replyWriter(-KVM_EINVAL, Status.BAD_PAYLOAD, message);
-  if (err instanceof MisuseError) return replyWriter(-KVM_EINVAL, Status.INVALID_ARGUMENT, message);
-  return replyWriter(-KVM_EINVAL, Status.INTERNAL, message);
-}
-
-function messageName(type: number): string {
-  return Object.entries(MessageType).find(([, v]) => v === type)?.[0] ?? `message type ${type}`;
 }

@@ -4,7 +4,8 @@ import { KVM_MIGRATION_READY } from '../../common/kvm-abi.js';
 import { PAGE_SIZE, type StateRange } from '../../common/ranges.js';
 import { formatBytes, parseIntIn } from '../../common/units.js';
 import { CbitStore } from '../../host/cbit-store.js';
-import { runAction } from '../run-action.js';
+import { checkDatabase } from '../../host/integrity.js';
+import { CheckFailedError, runAction } from '../run-action.js';
 
 interface StateOptions {
   db: string;
@@ -12,6 +13,25 @@ interface StateOptions {
   from: string;
   limit: string;
   json?: boolean;
+  check?: boolean;
+}
+
+/** `state --check`: the full integrity check; exit 1 when it finds a problem. */
+function runCheck(opts: StateOptions): number {
+  const report = checkDatabase(opts.db);
+  if (opts.json) {
+    process.stdout.write(`${JSON.stringify(report)}\n`);
+  } else {
+    for (const line of report.sqlite) process.stdout.write(`sqlite: ${line}\n`);
+    for (const v of report.vms) {
+      process.stdout.write(
+        `vm ${v.vm}: ${v.changes} changes in ${v.segments} segments, ${v.checkpoints} checkpoints, ${v.syncs} syncs: ${v.problems.length === 0 ? 'ok' : `${v.problems.length} problem(s)`}\n`,
+      );
+      for (const p of v.problems) process.stdout.write(`  ${p}\n`);
+    }
+  }
+  if (!report.ok) throw new CheckFailedError(`${opts.db}: integrity check failed`);
+  return 0;
 }
 
 export function registerState(program: Command): void {
@@ -23,8 +43,10 @@ export function registerState(program: Command): void {
     .option('--from <gfn>', 'list ranges starting with the one holding this gfn', '0')
     .option('--limit <n>', 'list at most this many ranges per VM (0 = none)', '20')
     .option('--json', 'print one JSON object')
+    .option('--check', 'check the whole database (checksums, sequence, checkpoints); exit 1 on a problem')
     .action(
       runAction((opts: StateOptions) => {
+        if (opts.check) return runCheck(opts);
         const from = parseIntIn(opts.from, '--from', 0, Number.MAX_SAFE_INTEGER);
         const limit = parseIntIn(opts.limit, '--limit', 0, 10_000_000);
         const store = CbitStore.open(opts.db, { readonly: true });
