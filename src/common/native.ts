@@ -131,6 +131,14 @@ export interface NativeAddon {
     iterations: number,
   ): { elapsedNs: number; checksum: number };
   /**
+   * Takes an exclusive POSIX record lock on path (created with mode, whatever
+   * the umask): { fd } when this process now holds it (until unlockFile or
+   * exit), { holderPid } when another process holds it.
+   */
+  lockFile(path: string, mode: number): { fd: number } | { holderPid: number };
+  /** Releases a lock taken by lockFile. */
+  unlockFile(fd: number): void;
+  /**
    * The view MAC (16 bytes a page: GMAC under macKey, nonce = the GPA) of the
    * guest view of pages (firstGfn, npages) into out at i * 16; the cheap
    * replacement of viewDigests' SHA-256.
@@ -328,13 +336,6 @@ export interface KvmLayout {
   offRejected: number;
   offLastRet: number;
   offPass: number;
-   * Takes an exclusive POSIX record lock on path (created with mode, whatever
-   * the umask): { fd } when this process now holds it (until unlockFile or
-   * exit), { holderPid } when another process holds it.
-   */
-  lockFile(path: string, mode: number): { fd: number } | { holderPid: number };
-  /** Releases a lock taken by lockFile. */
-  unlockFile(fd: number): void;
 }
 
 const here = fileURLToPath(new URL('.', import.meta.url));
