@@ -94,16 +94,19 @@ export function registerServe(program: Command): void {
           lock.release();
           throw err;
         }
+        // The handlers go in before the 'listening' line: a supervisor may
+        // send SIGTERM the moment it reads that line.
+        const stopped = new Promise<void>((resolve) => {
+          const stop = () => resolve();
+          process.once('SIGTERM', stop);
+          process.once('SIGINT', stop);
+        });
         if (!opts.quiet) {
           process.stderr.write(
             `sevtrack serve: listening on ${opts.socket} (db ${opts.db}, ${store.vmIds().length} VMs, pid ${process.pid})\n`,
           );
         }
-        await new Promise<void>((resolve) => {
-          const stop = () => resolve();
-          process.once('SIGTERM', stop);
-          process.once('SIGINT', stop);
-        });
+        await stopped;
         // Drain: answer and commit what was received, tell the clients, close; then a clean database.
         await service.stop(drainSeconds * 1000);
         store.close();
