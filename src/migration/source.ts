@@ -172,7 +172,12 @@ export class MigrationSource {
     return d;
   }
 
-  private sync(round: number) {
+  /**
+   * Reads the c-bit state: drains every vCPU's exit ring into the tracker
+   * first, then syncs (the store commits what it consumed before it answers).
+   */
+  private async sync(round: number): Promise<SyncResult> {
+    await this.o.guest.drainExits();
     const s = this.o.store.sync(this.o.vm);
     if (this.o.log) {
       this.o.log.event('sync', round, {
@@ -279,7 +284,7 @@ export class MigrationSource {
     const npages = this.o.guest.memory.npages;
     this.harvest(0);
     this.o.guest.tick('between-reads', 0);
-    const first = this.sync(0);
+    const first = await this.sync(0);
     this.initialState = first.state;
     this.lastLive = first.state;
     this.o.log?.state('initial', first.state.serialize());
@@ -334,13 +339,13 @@ export class MigrationSource {
     let d: PageBitmap;
     let s: SyncResult;
     if (protocol === 'cbit-first') {
-      s = this.sync(round);
+      s = await this.sync(round);
       guest.tick('between-reads', round);
       d = this.harvest(round);
     } else {
       d = this.harvest(round);
       guest.tick('between-reads', round);
-      s = this.sync(round);
+      s = await this.sync(round);
     }
     if (protocol === 'safe' || protocol === 'no-final-diff')
       this.stats.cbitRetransmits += this.addChanged(d, s.delta);
@@ -390,9 +395,9 @@ export class MigrationSource {
       d = this.harvest(round);
       state = protocol === 'naive' ? this.initialState! : this.lastLive!;
     } else {
-      const s1 = protocol === 'cbit-first' ? this.sync(round) : undefined;
+      const s1 = protocol === 'cbit-first' ? await this.sync(round) : undefined;
       d = this.harvest(round);
-      const s = s1 ?? this.sync(round);
+      const s = s1 ?? (await this.sync(round));
       if (protocol !== 'no-cbit-dirty') this.stats.cbitRetransmits += this.addChanged(d, s.delta);
       state = s.state;
     }
