@@ -14,6 +14,7 @@ import { CbitStore } from '../host/cbit-store.js';
 import type { SourceGuest } from '../vmm/backend.js';
 import { InProcessBackend } from '../vmm/hypercall-backend.js';
 import { GuestMemory } from '../vmm/sim/guest-memory.js';
+import { DEFAULT_READ_COST_NS_PER_PAGE } from '../vmm/sim/read-cost.js';
 import { ThreadedGuest } from '../vmm/sim/threaded-guest.js';
 import { VcpuPool } from '../vmm/sim/vcpu-pool.js';
 import { type FrameChannel, memoryChannelPair } from './channel.js';
@@ -50,6 +51,8 @@ export interface MigrateParams {
   /** How long the guest runs before the migration starts. */
   warmupMs: number;
   batchPages: number;
+  /** Modelled cost of each dirty-log and c-bit-state read, ns per guest page (src/vmm/sim/read-cost.ts). */
+  readCostNsPerPage: number;
   /** Whether the guest starts with every page private (SEV guests do); false starts all shared. */
   guestEncrypted?: boolean;
   log?: string;
@@ -73,6 +76,7 @@ export const DEFAULT_PARAMS: MigrateParams = {
   handshakeTimeoutMs: 10_000,
   warmupMs: 300,
   batchPages: 256,
+  readCostNsPerPage: DEFAULT_READ_COST_NS_PER_PAGE,
 };
 
 /** The guest's page count; throws (naming the limit) unless `guests` guests of this size fit in this process. */
@@ -158,6 +162,7 @@ function sourceOptions(
     forceUnsafe: p.forceUnsafe,
     batchPages: p.batchPages,
     peerTimeoutMs: p.peerTimeoutMs,
+    readCostNsPerPage: p.readCostNsPerPage,
     log,
     onRound: p.onRound,
     onPages: p.onPages,

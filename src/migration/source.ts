@@ -22,6 +22,7 @@ import { PAGE_SIZE, type PageRange, type StateRange } from '../common/ranges.js'
 import type { CbitStore, SyncResult } from '../host/cbit-store.js';
 import type { PageStateMap } from '../host/page-state-map.js';
 import type { SourceGuest } from '../vmm/backend.js';
+import { DEFAULT_READ_COST_NS_PER_PAGE, modelReadCost } from '../vmm/sim/read-cost.js';
 import type { FrameChannel } from './channel.js';
 import type { MigrationLog } from './migration-log.js';
 import { PageSender } from './page-sender.js';
@@ -65,6 +66,11 @@ export interface SourceOptions {
   /** Pages per stream frame. */
   batchPages: number;
   peerTimeoutMs: number;
+  /**
+   * Modelled cost of each read of the dirty log and of the c-bit state, in
+   * ns per guest page (read-cost.ts; default 4, about 1 ms per GiB).
+   */
+  readCostNsPerPage?: number;
   log?: MigrationLog;
   onRound?: (p: RoundProgress) => void;
   /** Called after each frame of a round with the pages sent so far and the round's total. */
@@ -164,21 +170,29 @@ export class MigrationSource {
       throw new PeerError(`the destination acknowledged round ${acked}, expected ${round}`);
   }
 
-  /** Harvests (and clears) the dirty log into a fresh bitmap. */
+  /**
+   * Harvests (and clears) the dirty log into a fresh bitmap, at the modelled
+   * cost of KVM_GET_DIRTY_LOG (read-cost.ts).
+   */
   private harvest(round: number): PageBitmap {
-    const d = new PageBitmap(this.o.guest.memory.npages);
+    const npages = this.o.guest.memory.npages;
+    const d = new PageBitmap(npages);
     const n = this.o.guest.memory.dirty.harvestInto(d);
+    modelReadCost(npages, this.o.readCostNsPerPage ?? DEFAULT_READ_COST_NS_PER_PAGE);
     if (this.o.log) this.o.log.event('harvest', round, { pages: n }, runsToGfns(d.runs()));
     return d;
   }
 
   /**
    * Reads the c-bit state: drains every vCPU's exit ring into the tracker
-   * first, then syncs (the store commits what it consumed before it answers).
+   * first (rule: a sync drains every ring), then syncs (the store commits
+   * what it consumed before it answers), at the modelled cost of copying
+   * the state out (read-cost.ts).
    */
   private async sync(round: number): Promise<SyncResult> {
     await this.o.guest.drainExits();
     const s = this.o.store.sync(this.o.vm);
+    modelReadCost(this.o.guest.memory.npages, this.o.readCostNsPerPage ?? DEFAULT_READ_COST_NS_PER_PAGE);
     if (this.o.log) {
       this.o.log.event('sync', round, {
         seq: s.seq,
@@ -279,20 +293,37 @@ export class MigrationSource {
     });
   }
 
-  /** Round 0: every page, from the perspective of a sync taken after the harvest. */
+  /**
+   * Round 0: every page, from the perspective of the round's sync (taken
+   * after the harvest; cbit-first reads the c-bit state first, as in every
+   * round of that variant).
+   */
   private async bulkRound(): Promise<void> {
     const npages = this.o.guest.memory.npages;
-    this.harvest(0);
-    this.o.guest.tick('between-reads', 0);
-    const first = await this.sync(0);
-    this.initialState = first.state;
-    this.lastLive = first.state;
-    this.o.log?.state('initial', first.state.serialize());
+    const first = await this.readBoth(0);
+    this.initialState = first.sync.state;
+    this.lastLive = first.sync.state;
+    this.o.log?.state('initial', first.sync.state.serialize());
     const roundStart = performance.now();
-    await this.sendPages(0, [{ gfn: 0, npages }], first.state);
+    await this.sendPages(0, [{ gfn: 0, npages }], first.sync.state);
     await this.endRound(0);
     this.o.guest.tick('after-send', 0);
     this.bandwidth = this.stats.bytes / Math.max(1e-3, (performance.now() - roundStart) / 1000);
+  }
+
+  /**
+   * The two reads of a live round (docs/design.md §3 rule 2): harvest the dirty
+   * log, THEN sync the c-bit state; cbit-first swaps them (its race).
+   */
+  private async readBoth(round: number): Promise<{ dirty: PageBitmap; sync: SyncResult }> {
+    if (this.o.protocol === 'cbit-first') {
+      const sync = await this.sync(round);
+      this.o.guest.tick('between-reads', round);
+      return { sync, dirty: this.harvest(round) };
+    }
+    const dirty = this.harvest(round);
+    this.o.guest.tick('between-reads', round);
+    return { dirty, sync: await this.sync(round) };
   }
 
   /**
@@ -318,7 +349,12 @@ export class MigrationSource {
       expectedDowntimeMs,
       bandwidthMBps: this.bandwidth / 1e6,
     });
-    if (expectedDowntimeMs <= this.o.maxDowntimeMs || this.round + 1 >= this.o.maxRounds) return false;
+    if (this.round + 1 >= this.o.maxRounds) return false;
+    // The first decision follows an incremental round: after the bulk round
+    // the dirty log holds what changed while everything went out (QEMU, too,
+    // completes only after a sync of the dirty bitmap that follows the bulk stage).
+    if (this.round === 0) return true;
+    if (expectedDowntimeMs <= this.o.maxDowntimeMs) return false;
     if (this.stalledRounds >= STALLED_ROUNDS_LIMIT && this.o.maxDowntimeMs > 0) {
       this.o.log?.event('not-converging', this.round, { dirtyLeft, expectedDowntimeMs });
       return false;
@@ -336,17 +372,7 @@ export class MigrationSource {
     const roundStart = performance.now();
     const before = this.stats.bytes;
     guest.tick('round-start', round);
-    let d: PageBitmap;
-    let s: SyncResult;
-    if (protocol === 'cbit-first') {
-      s = await this.sync(round);
-      guest.tick('between-reads', round);
-      d = this.harvest(round);
-    } else {
-      d = this.harvest(round);
-      guest.tick('between-reads', round);
-      s = await this.sync(round);
-    }
+    const { dirty: d, sync: s } = await this.readBoth(round);
     if (protocol === 'safe' || protocol === 'no-final-diff')
       this.stats.cbitRetransmits += this.addChanged(d, s.delta);
     this.lastLive = s.state;

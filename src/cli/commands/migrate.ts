@@ -42,6 +42,7 @@ interface MigrateFlags {
   forceUnsafe?: boolean;
   peerTimeout: string;
   handshakeTimeout: string;
+  readCost: string;
   json?: boolean;
 }
 
@@ -71,6 +72,7 @@ function toParams(f: MigrateFlags): MigrateParams {
     forceUnsafe: f.forceUnsafe ?? false,
     peerTimeoutMs: parseIntIn(f.peerTimeout, '--peer-timeout', 100, 3_600_000),
     handshakeTimeoutMs: parseIntIn(f.handshakeTimeout, '--handshake-timeout', 100, 3_600_000),
+    readCostNsPerPage: parseIntIn(f.readCost, '--read-cost', 0, 1_000_000),
     log: f.log,
   };
 }
@@ -164,6 +166,11 @@ export function registerMigrate(program: Command): void {
       '--handshake-timeout <ms>',
       'destination: abort when a connected peer sends no handshake for this long',
       String(d.handshakeTimeoutMs),
+    )
+    .option(
+      '--read-cost <ns>',
+      'modelled cost of each read of the dirty log and of the c-bit state, in ns per guest page (a KVM ioctl copies a bitmap of the whole guest; 4 is about 1 ms per GiB; larger models a slower host)',
+      String(d.readCostNsPerPage),
     )
     .option('--json', 'print the summary as one JSON object')
     .action(
