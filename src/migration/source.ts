@@ -26,9 +26,9 @@ import { DEFAULT_READ_COST_NS_PER_PAGE, modelReadCost } from '../vmm/sim/read-co
 import type { FrameChannel } from './channel.js';
 import type { MigrationLog } from './migration-log.js';
 import { PageSender } from './page-sender.js';
-import { guestViewDigests, PARALLEL_THRESHOLD, warmDigestWorkers } from './parallel-digests.js';
+import { warmDigestWorkers } from './parallel-digests.js';
 import { type PspLimits, PspSession } from './psp.js';
-import { type EarlyDigests, earlyDigests, finishDigests } from './source-digests.js';
+import { type EarlyDigests, earlyDigests, finishDigests, snapshotTables } from './source-digests.js';
 import {
   decodeHelloAck,
   decodeResult,
@@ -113,12 +113,6 @@ export interface MigrationSummary {
  */
 const STALLED_ROUNDS_LIMIT = 3;
 
-/** The reference digests in the making at pause: taken early (large guests) or being taken. */
-interface PendingDigests {
-  early?: EarlyDigests;
-  whole?: Promise<Uint8Array>;
-}
-
 /** Every gfn of a list of runs. */
 function runsToGfns(runs: readonly PageRange[]): Float64Array {
   let n = 0;
@@ -138,6 +132,8 @@ export class MigrationSource {
   /** Bytes per second of the last live round. */
   private bandwidth = 0;
   private pausedAt = 0;
+  /** Pages hashed per ms before the pause (measured). */
+  private hashPagesPerMs = 0;
   /** The state of round 0's sync (naive uses it for every page). */
   private initialState: PageStateMap | undefined;
   /** The state of the last live sync (no-final-diff sends the paused round with it). */
@@ -384,27 +380,26 @@ export class MigrationSource {
   }
 
   /**
-   * Pauses the guest. Large guests are hashed first, while they still run
-   * (the destination does the same with the page tables sent here); small
-   * ones are hashed on other cores during the final round.
+   * Hashes the guest view while it still runs, under a snapshot of its page
+   * tables that the destination hashes under too (source-digests.ts), then
+   * pauses the guest.
    */
-  private async pause(): Promise<PendingDigests> {
+  private async pause(): Promise<EarlyDigests> {
     const memory = this.o.guest.memory;
-    let early: EarlyDigests | undefined;
-    if (memory.npages >= PARALLEL_THRESHOLD) {
-      const tables = memory.cbits.words.slice();
-      // The destination starts hashing with the same tables at the same time.
-      await this.o.channel.send(Msg.PAGE_TABLES_PRELIM, new Uint8Array(tables.buffer));
-      early = await earlyDigests(memory);
-    }
+    const tables = snapshotTables(memory);
+    const w = tables.words;
+    // The destination starts hashing with the same tables at the same time.
+    await this.o.channel.send(
+      Msg.PAGE_TABLES_PRELIM,
+      new Uint8Array(w.buffer, w.byteOffset, w.byteLength).slice(),
+    );
+    const early = await earlyDigests(memory, tables);
+    this.hashPagesPerMs = early.pagesPerMs;
     await this.o.guest.pause();
     this.pausedAt = performance.now();
     this.round++;
     this.o.log?.event('pause', this.round, {});
-    if (early) return { early };
-    const whole = guestViewDigests(memory.key, memory.bytes, memory.cbits.words, memory.npages);
-    whole.catch(() => {});
-    return { whole };
+    return early;
   }
 
   /**
@@ -474,9 +469,9 @@ export class MigrationSource {
   }
 
   /** The reference digests of the view at pause, and which pages hold defined content. */
-  private async sendDigests(pending: PendingDigests, dirty: PageBitmap): Promise<void> {
+  private async sendDigests(early: EarlyDigests, dirty: PageBitmap): Promise<void> {
     const memory = this.o.guest.memory;
-    const digests = pending.early ? finishDigests(memory, pending.early, dirty) : await pending.whole!;
+    const { digests } = finishDigests(memory, early, dirty);
     await this.o.channel.send(Msg.DIGESTS, encodeDigests({ digests, defined: memory.written.words }));
   }
 
