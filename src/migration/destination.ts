@@ -47,15 +47,13 @@ export interface DestinationOptions {
 
 export interface DestinationResult extends VerifyResult {
   hello: Hello;
-  /** The resumed guest (undefined when verification failed: it was discarded). */
+  /** The resumed guest (undefined when a compared page differed: it was discarded). */
   memory?: GuestMemory;
   cbitState?: PageStateMap;
   migrationControl: bigint;
   pagesReceived: number;
   vcpuState?: Uint8Array;
 }
-
-const MAX_LISTED_MISMATCHES = 16;
 
 /** What the destination has received so far (the partial guest until it is verified). */
 interface Incoming {
@@ -166,6 +164,8 @@ export class MigrationDestination {
       }
       case Msg.ROUND_END:
         await this.o.channel.send(Msg.ROUND_ACK, payload);
+        // After the acknowledgement, while the source reads its next round.
+        inc.early?.catchUp(memory);
         this.o.log?.event('round-end', payload.readUInt32LE(0), { pagesReceived: inc.pagesReceived });
         return;
       case Msg.PAGE_TABLES_PRELIM:
@@ -227,13 +227,18 @@ export class MigrationDestination {
     if (!inc.ownDigests) throw new PeerError('DIGESTS arrived before the guest page tables');
     const { hello, memory, cbitState, migrationControl, pagesReceived, vcpuState } = inc;
     const verdict = this.verify(memory.npages, await inc.ownDigests, source, hello);
-    this.o.log?.event(verdict.verified ? 'resume' : 'verify-failed', 0, { ...verdict });
+    this.o.log?.event(verdict.resumed ? 'resume' : 'verify-failed', 0, { ...verdict });
     await this.o.channel.send(Msg.RESULT, encodeResult(verdict));
-    if (!verdict.verified) return { ...verdict, hello, migrationControl, pagesReceived };
+    if (!verdict.resumed) return { ...verdict, hello, migrationControl, pagesReceived };
     return { ...verdict, hello, memory, cbitState, migrationControl, pagesReceived, vcpuState };
   }
 
-  /** Compares the destination guest's view of every page with the source's digests. */
+  /**
+   * Compares the destination guest's view of every page with the source's
+   * digests: every page under `strict`; under `defined` only pages the guest
+   * wrote after their last conversion (the others hold undefined content and
+   * are counted as skipped, with the reason).
+   */
   private verify(
     npages: number,
     mine: Uint8Array,
@@ -244,28 +249,44 @@ export class MigrationDestination {
     defined.words.set(source.defined.subarray(0, defined.words.length));
     const a = Buffer.from(mine.buffer, mine.byteOffset, mine.byteLength);
     const b = Buffer.from(source.digests.buffer, source.digests.byteOffset, source.digests.byteLength);
-    let mismatched = 0;
-    const first: number[] = [];
+    const mismatchedGfns: number[] = [];
+    let compared = 0;
     for (let g = 0; g < npages; g++) {
       if (hello.verify === 'defined' && !defined.test(g)) continue;
+      compared++;
       const o = g * DIGEST_BYTES;
-      if (a.compare(b, o, o + DIGEST_BYTES, o, o + DIGEST_BYTES) !== 0) {
-        mismatched++;
-        if (first.length < MAX_LISTED_MISMATCHES) first.push(g);
-      }
+      if (a.compare(b, o, o + DIGEST_BYTES, o, o + DIGEST_BYTES) !== 0) mismatchedGfns.push(g);
     }
-    const verified = mismatched === 0;
-    const generationAfter = verified
+    const skipped = npages - compared;
+    const skipReason =
+      skipped === 0
+        ? ''
+        : 'content undefined: converted and not written since, or never written (--verify defined)';
+    const resumed = mismatchedGfns.length === 0;
+    const verified = resumed && compared > 0;
+    const generationAfter = resumed
       ? Math.max(this.o.minGeneration ?? 0, hello.generation + 1)
       : hello.generation;
+    const skippedText = skipped === 0 ? '' : `, ${skipped} skipped (${skipReason})`;
+    let message: string;
+    if (!resumed) {
+      const shown = mismatchedGfns.slice(0, 16).join(', ');
+      message = `${mismatchedGfns.length} of ${compared} compared pages differ from the source's view at pause (${hello.verify})${skippedText}; gfns ${shown}${mismatchedGfns.length > 16 ? ', ...' : ''}`;
+    } else if (!verified) {
+      message = `nothing compared: all ${npages} pages skipped (${skipReason}); use --verify strict to compare every page`;
+    } else {
+      message = `${compared} pages compared, all equal to the source's view at pause (${hello.verify})${skippedText}`;
+    }
     return {
+      resumed,
       verified,
-      mismatched,
-      firstMismatches: first,
+      comparedPages: compared,
+      skippedPages: skipped,
+      skipReason,
+      mismatchedPages: mismatchedGfns.length,
+      mismatchedGfns,
       generationAfter,
-      message: verified
-        ? `all ${npages} pages verified (${hello.verify})`
-        : `${mismatched} pages differ from the source's view at pause (${hello.verify}); first: ${first.join(', ')}`,
+      message,
     };
   }
 }

@@ -18,6 +18,7 @@ import { DEFAULT_READ_COST_NS_PER_PAGE } from '../vmm/sim/read-cost.js';
 import { ThreadedGuest } from '../vmm/sim/threaded-guest.js';
 import { VcpuPool } from '../vmm/sim/vcpu-pool.js';
 import { type FrameChannel, memoryChannelPair } from './channel.js';
+import type { OnNoConvergence } from './convergence.js';
 import { type DestinationResult, MigrationDestination } from './destination.js';
 import { connectChannel, type Endpoint, listenChannel, type Transport } from './endpoints.js';
 import { guestPagesFor } from './guest-size.js';
@@ -43,11 +44,15 @@ export interface MigrateParams {
   transport: Transport;
   maxDowntimeMs: number;
   maxRounds: number;
+  /** When --max-downtime cannot be met within --max-rounds: abort (default) or pause anyway. */
+  onNoConvergence: OnNoConvergence;
   psp: PspLimits;
   forceUnsafe: boolean;
   peerTimeoutMs: number;
   /** How long the destination waits for the source's handshake (HELLO) on a connection. */
   handshakeTimeoutMs: number;
+  /** Guest page operations per ms per vCPU (the guest's load; 0 = unpaced). */
+  guestOpsPerMs: number;
   /** How long the guest runs before the migration starts. */
   warmupMs: number;
   batchPages: number;
@@ -70,10 +75,12 @@ export const DEFAULT_PARAMS: MigrateParams = {
   transport: 'inproc',
   maxDowntimeMs: 300,
   maxRounds: 30,
+  onNoConvergence: 'abort',
   psp: { rate: 0, batch: 4096 },
   forceUnsafe: false,
   peerTimeoutMs: 30_000,
   handshakeTimeoutMs: 10_000,
+  guestOpsPerMs: 32,
   warmupMs: 300,
   batchPages: 256,
   readCostNsPerPage: DEFAULT_READ_COST_NS_PER_PAGE,
@@ -121,6 +128,7 @@ export async function runSource(
       vcpus: p.vcpus,
       workload: p.workload,
       seed: p.seed,
+      opsPerMs: p.guestOpsPerMs,
     });
     await pool.waitSetup();
     await new Promise((r) => setTimeout(r, p.warmupMs));
@@ -159,6 +167,7 @@ function sourceOptions(
     psp: p.psp,
     maxDowntimeMs: p.maxDowntimeMs,
     maxRounds: p.maxRounds,
+    onNoConvergence: p.onNoConvergence,
     forceUnsafe: p.forceUnsafe,
     batchPages: p.batchPages,
     peerTimeoutMs: p.peerTimeoutMs,

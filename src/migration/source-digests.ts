@@ -3,60 +3,94 @@
  * view of every page at pause, under the guest's c-bit table at pause,
  * never under a live table.
  *
- * Most of the hashing is done before the pause, while the guest runs: every
- * page is hashed under a SNAPSHOT of the guest's c-bit table (the same one
- * the destination receives as PAGE_TABLES_PRELIM and hashes under). At
- * pause, a page is hashed again, under the paused table, when its c-bit at
- * pause differs from the snapshot's or it was written since the snapshot.
- * Every other page's digest is exact: same c-bit, same bytes as at pause.
- * (Hashing under the live table instead would record, for a page converted
- * and converted back while it was hashed, the view under the intermediate
- * c-bit, and the paused table would not show the difference.)
+ * Most of the hashing is done while the guest runs, during the pre-copy
+ * rounds: every page is hashed under a SNAPSHOT of the guest's c-bit table
+ * (the one the destination receives as PAGE_TABLES_PRELIM and hashes under).
+ * Invariant: a page's digest is its view under the snapshot's c-bit, of its
+ * bytes as they were when the digest read them, and a page written since is
+ * in `pending` or in a harvest not yet noted. catchUp() rehashes the pending
+ * pages while the guest runs; at pause finish() rehashes, under the paused
+ * table, the pages written since (pending and the final harvest) and those
+ * whose c-bit at pause differs from the snapshot's. Every other page's
+ * digest is exact: same c-bit, same bytes as at pause. (Hashing under the
+ * live table instead records, for a page converted and converted back while
+ * it was hashed, the view under the intermediate c-bit, which the paused
+ * table does not show.)
  */
 import { PageBitmap } from '../common/page-bitmap.js';
 import type { GuestMemory } from '../vmm/sim/guest-memory.js';
 import { guestViewDigests, refreshDigests } from './parallel-digests.js';
 
-/** Digests taken while the guest ran, with the c-bit snapshot they were taken under. */
-export interface EarlyDigests {
-  digests: Uint8Array;
-  /** The guest's c-bit table when the hashing began (shared memory, so digest workers read it). */
-  tables: PageBitmap;
-  /** Pages hashed per millisecond (a rate measured in this migration, for the downtime estimate). */
-  pagesPerMs: number;
-}
-
-/** A copy of the guest's c-bit table as it is now, in shared memory. */
+/** A copy of the guest's c-bit table as it is now, in shared memory (digest workers read it). */
 export function snapshotTables(memory: GuestMemory): PageBitmap {
   const tables = new PageBitmap(memory.npages, { shared: true });
   tables.words.set(memory.cbits.words);
   return tables;
 }
 
-/**
- * Hashes the guest's view of every page under `tables` (a snapshot taken by
- * snapshotTables, never the live table) while the guest runs.
- */
-export async function earlyDigests(memory: GuestMemory, tables: PageBitmap): Promise<EarlyDigests> {
-  const t0 = performance.now();
-  const digests = await guestViewDigests(memory.key, memory.bytes, tables.words, memory.npages);
-  const pagesPerMs = memory.npages / Math.max(1e-3, performance.now() - t0);
-  return { digests, tables, pagesPerMs };
-}
+export class ReferenceDigests {
+  /** Pages written since the snapshot whose digest is not yet redone. */
+  private readonly pending: PageBitmap;
+  private digests: Uint8Array | undefined;
+  private readonly hashing: Promise<void>;
+  /** Milliseconds per page of a single-thread rehash, measured (the downtime estimate uses it). */
+  msPerPage = 0;
 
-/**
- * At pause (the guest's c-bit table no longer changes): brings the early
- * digests to the paused view. `writtenSince` must hold every page written
- * since the snapshot (the final harvest does: the last live harvest came
- * before the snapshot, and a page's dirty bit is set after its write).
- * Returns the digests and how many pages were hashed again.
- */
-export function finishDigests(
-  memory: GuestMemory,
-  early: EarlyDigests,
-  writtenSince: PageBitmap,
-): { digests: Uint8Array; rehashed: number } {
-  const changed = early.tables.clone().xor(memory.cbits).or(writtenSince);
-  const rehashed = refreshDigests(early.digests, memory.key, memory.bytes, memory.cbits.words, changed);
-  return { digests: early.digests, rehashed };
+  private constructor(
+    private readonly memory: GuestMemory,
+    readonly tables: PageBitmap,
+  ) {
+    this.pending = new PageBitmap(memory.npages);
+    this.hashing = guestViewDigests(memory.key, memory.bytes, tables.words, memory.npages).then((d) => {
+      this.digests = d;
+    });
+    this.hashing.catch(() => {});
+  }
+
+  /**
+   * Takes the snapshot `tables` (from snapshotTables, never the live table)
+   * and starts hashing every page under it on the digest workers.
+   */
+  static start(memory: GuestMemory, tables: PageBitmap): ReferenceDigests {
+    return new ReferenceDigests(memory, tables);
+  }
+
+  /** Records a harvest: every page written since the snapshot must be noted here. */
+  noteWritten(harvest: PageBitmap): void {
+    this.pending.or(harvest);
+  }
+
+  /** Whether the first pass is done (catchUp does not wait then). */
+  get hashed(): boolean {
+    return this.digests !== undefined;
+  }
+
+  /**
+   * While the guest runs: waits for the first pass, then rehashes the pending
+   * pages under the snapshot. Returns how many.
+   */
+  async catchUp(): Promise<number> {
+    await this.hashing;
+    return this.rehash(this.pending, this.tables);
+  }
+
+  /**
+   * At pause (the guest's c-bit table no longer changes): brings the digests
+   * to the paused view. `finalHarvest` holds the pages written since the
+   * last noted harvest. Returns the digests and how many pages were redone.
+   */
+  async finish(finalHarvest: PageBitmap): Promise<{ digests: Uint8Array; rehashed: number }> {
+    await this.hashing;
+    const changed = this.tables.clone().xor(this.memory.cbits).or(this.pending).or(finalHarvest);
+    const rehashed = this.rehash(changed, this.memory.cbits);
+    return { digests: this.digests!, rehashed };
+  }
+
+  private rehash(pages: PageBitmap, under: PageBitmap): number {
+    const t0 = performance.now();
+    const n = refreshDigests(this.digests!, this.memory.key, this.memory.bytes, under.words, pages);
+    if (n >= 64) this.msPerPage = (performance.now() - t0) / n;
+    pages.clearRange(0, pages.npages);
+    return n;
+  }
 }

@@ -18,17 +18,19 @@
 import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { KVM_MIGRATION_READY } from '../common/kvm-abi.js';
 import { PageBitmap } from '../common/page-bitmap.js';
-import { PAGE_SIZE, type PageRange, type StateRange } from '../common/ranges.js';
+import { viewDigests } from '../common/page-crypto.js';
+import type { PageRange, StateRange } from '../common/ranges.js';
 import type { CbitStore, SyncResult } from '../host/cbit-store.js';
 import type { PageStateMap } from '../host/page-state-map.js';
 import type { SourceGuest } from '../vmm/backend.js';
 import { DEFAULT_READ_COST_NS_PER_PAGE, modelReadCost } from '../vmm/sim/read-cost.js';
 import type { FrameChannel } from './channel.js';
+import { Convergence, type Decision, NotConvergingError, type OnNoConvergence } from './convergence.js';
 import type { MigrationLog } from './migration-log.js';
 import { PageSender } from './page-sender.js';
 import { warmDigestWorkers } from './parallel-digests.js';
 import { type PspLimits, PspSession } from './psp.js';
-import { type EarlyDigests, earlyDigests, finishDigests, snapshotTables } from './source-digests.js';
+import { ReferenceDigests, snapshotTables } from './source-digests.js';
 import {
   decodeHelloAck,
   decodeResult,
@@ -62,6 +64,8 @@ export interface SourceOptions {
   psp: PspLimits;
   maxDowntimeMs: number;
   maxRounds: number;
+  /** What to do when --max-downtime cannot be met (default abort). */
+  onNoConvergence?: OnNoConvergence;
   forceUnsafe: boolean;
   /** Pages per stream frame. */
   batchPages: number;
@@ -88,9 +92,20 @@ export interface RoundProgress {
 }
 
 export interface MigrationSummary {
+  /** Pages were compared and none differed: the destination resumed the guest. */
   verified: boolean;
+  /** No compared page differed: the destination resumed (also when nothing was compared). */
+  resumed: boolean;
+  comparedPages: number;
+  skippedPages: number;
+  /** Why pages were skipped (empty when none were). */
+  skipReason: string;
   mismatchedPages: number;
-  firstMismatches: number[];
+  /** Every mismatched gfn. */
+  mismatchedGfns: number[];
+  /** Whether the estimate fitted --max-downtime when the guest was paused. */
+  converged: boolean;
+  estimatedDowntimeMs: number;
   rounds: number;
   pagesSent: number;
   sealedPages: number;
@@ -106,12 +121,6 @@ export interface MigrationSummary {
   verify: VerifyMode;
   message: string;
 }
-
-/**
- * Pause after this many consecutive rounds that did not shrink the dirty set
- * (unless --max-downtime 0 asks for every round up to --max-rounds).
- */
-const STALLED_ROUNDS_LIMIT = 3;
 
 /** Every gfn of a list of runs. */
 function runsToGfns(runs: readonly PageRange[]): Float64Array {
@@ -132,17 +141,17 @@ export class MigrationSource {
   /** Bytes per second of the last live round. */
   private bandwidth = 0;
   private pausedAt = 0;
-  /** Pages hashed per ms before the pause (measured). */
-  private hashPagesPerMs = 0;
+  private readonly convergence: Convergence;
+  private decision: Decision | undefined;
+  /** The verification reference, hashed from the end of the bulk round on (source-digests.ts). */
+  private reference: ReferenceDigests | undefined;
   /** The state of round 0's sync (naive uses it for every page). */
   private initialState: PageStateMap | undefined;
   /** The state of the last live sync (no-final-diff sends the paused round with it). */
   private lastLive: PageStateMap | undefined;
-  /** Rounds in a row that did not shrink the dirty set by a tenth below its best. */
-  private stalledRounds = 0;
-  private bestDirty = Number.POSITIVE_INFINITY;
 
   constructor(private readonly o: SourceOptions) {
+    this.convergence = new Convergence(o.maxDowntimeMs, o.maxRounds, o.onNoConvergence === 'pause');
     this.psp = new PspSession(o.guest.memory.key, o.psp);
     this.sender = new PageSender(o.guest.memory, this.psp, o.channel, o.batchPages, o.log);
   }
@@ -175,6 +184,7 @@ export class MigrationSource {
     const d = new PageBitmap(npages);
     const n = this.o.guest.memory.dirty.harvestInto(d);
     modelReadCost(npages, this.o.readCostNsPerPage ?? DEFAULT_READ_COST_NS_PER_PAGE);
+    this.reference?.noteWritten(d);
     if (this.o.log) this.o.log.event('harvest', round, { pages: n }, runsToGfns(d.runs()));
     return d;
   }
@@ -250,11 +260,12 @@ export class MigrationSource {
     try {
       await this.handshake(control, generationBefore);
       await this.bulkRound();
-      while (this.shouldContinue()) await this.precopyRound();
-      const early = await this.pause();
+      await this.startReference();
+      while (await this.another()) await this.precopyRound();
+      await this.pause();
       const final = await this.finalRound();
       await this.sendState(final.state);
-      await this.sendDigests(early, final.dirty);
+      await this.sendDigests(final.dirty);
       return await this.verdict(t0, generationBefore);
     } catch (err) {
       throw await this.abort(err);
@@ -300,62 +311,128 @@ export class MigrationSource {
     this.initialState = first.sync.state;
     this.lastLive = first.sync.state;
     this.o.log?.state('initial', first.sync.state.serialize());
-    const roundStart = performance.now();
-    await this.sendPages(0, [{ gfn: 0, npages }], first.sync.state);
-    await this.endRound(0);
+    await this.sendAndMeasure(0, [{ gfn: 0, npages }], first.sync.state, first.readsMs);
     this.o.guest.tick('after-send', 0);
-    this.bandwidth = this.stats.bytes / Math.max(1e-3, (performance.now() - roundStart) / 1000);
+  }
+
+  /**
+   * Sends a live round's pages and ends the round, recording what it
+   * measured (the downtime estimate's rates).
+   */
+  private async sendAndMeasure(
+    round: number,
+    runs: Iterable<PageRange>,
+    perspective: PageStateMap,
+    readsMs: number,
+  ): Promise<void> {
+    const start = performance.now();
+    const bytesBefore = this.stats.bytes;
+    const pages = await this.sendPages(round, runs, perspective);
+    const ackStart = performance.now();
+    await this.endRound(round);
+    const end = performance.now();
+    this.convergence.recordRound({
+      readsMs,
+      pagesSent: pages,
+      sendMs: end - start,
+      roundTripMs: end - ackStart,
+      roundMs: end - start + readsMs,
+    });
+    if (pages > 0) this.bandwidth = (this.stats.bytes - bytesBefore) / Math.max(1e-3, (end - start) / 1000);
+  }
+
+  /**
+   * After the bulk round: snapshots the guest's page tables, sends them
+   * (PAGE_TABLES_PRELIM: the destination hashes under the same ones) and
+   * starts hashing the reference while the rounds go on.
+   */
+  private async startReference(): Promise<void> {
+    const memory = this.o.guest.memory;
+    const tables = snapshotTables(memory);
+    const w = tables.words;
+    await this.o.channel.send(
+      Msg.PAGE_TABLES_PRELIM,
+      new Uint8Array(w.buffer, w.byteOffset, w.byteLength).slice(),
+    );
+    this.reference = ReferenceDigests.start(memory, tables);
+    // A first rate for the estimate; rehashes measure it again.
+    const t0 = performance.now();
+    viewDigests(memory.key, memory.bytes, memory.cbits.words, 0, Math.min(256, memory.npages));
+    this.convergence.hashMsPerPage = (performance.now() - t0) / Math.min(256, memory.npages);
   }
 
   /**
    * The two reads of a live round (docs/design.md §3 rule 2): harvest the dirty
    * log, THEN sync the c-bit state; cbit-first swaps them (its race).
    */
-  private async readBoth(round: number): Promise<{ dirty: PageBitmap; sync: SyncResult }> {
+  private async readBoth(round: number): Promise<{ dirty: PageBitmap; sync: SyncResult; readsMs: number }> {
+    const t0 = performance.now();
+    let dirty: PageBitmap;
+    let sync: SyncResult;
     if (this.o.protocol === 'cbit-first') {
-      const sync = await this.sync(round);
+      sync = await this.sync(round);
       this.o.guest.tick('between-reads', round);
-      return { sync, dirty: this.harvest(round) };
+      dirty = this.harvest(round);
+    } else {
+      dirty = this.harvest(round);
+      this.o.guest.tick('between-reads', round);
+      sync = await this.sync(round);
     }
-    const dirty = this.harvest(round);
-    this.o.guest.tick('between-reads', round);
-    return { dirty, sync: await this.sync(round) };
+    const readsMs = performance.now() - t0;
+    const s0 = performance.now();
+    sync.state.serialize();
+    this.convergence.stateMs = performance.now() - s0;
+    return { dirty, sync, readsMs };
   }
 
   /**
-   * Whether to run another live round: not once the expected downtime fits
-   * --max-downtime, --max-rounds is reached, or the dirty set stopped
-   * shrinking (the guest dirties pages as fast as they go out).
+   * Whether to run another live round (convergence.ts). Before deciding to
+   * pause, the reference digests are brought up to date while the guest
+   * still runs, so the paused phase rehashes only what the final harvest
+   * finds. When the target is not met: abort (default; the guest runs on),
+   * or pause anyway and say so.
    */
-  private shouldContinue(): boolean {
-    const dirtyLeft = this.o.guest.memory.dirty.count();
-    if (dirtyLeft < this.bestDirty * 0.9) {
-      this.bestDirty = dirtyLeft;
-      this.stalledRounds = 0;
-    } else {
-      this.stalledRounds++;
+  private async another(): Promise<boolean> {
+    const { guest, store, vm } = this.o;
+    const reference = this.reference!;
+    const pagesLeft = () => {
+      const info = store.info(vm);
+      return guest.memory.dirty.count() + Math.max(0, info.lastSeq - info.lastSyncSeq);
+    };
+    // Keep the reference current while the guest runs (one round's pages at a time).
+    if (reference.hashed) this.noteRehash(await reference.catchUp());
+    let d = this.convergence.decide(this.round, pagesLeft());
+    if (!d.another) {
+      // About to pause: the first pass must be done and caught up; what that
+      // let the guest dirty meanwhile counts too.
+      this.noteRehash(await reference.catchUp());
+      const estimatedDowntimeMs = this.convergence.estimate(pagesLeft());
+      const converged = estimatedDowntimeMs <= this.o.maxDowntimeMs;
+      const roundsLeft = this.round + 1 < this.o.maxRounds;
+      d = { ...d, estimatedDowntimeMs, converged, another: d.converged && !converged && roundsLeft };
     }
-    const expectedDowntimeMs = ((dirtyLeft * PAGE_SIZE) / Math.max(1, this.bandwidth)) * 1000;
+    this.decision = d;
     this.o.onRound?.({
       round: this.round,
       paused: false,
       pagesSent: this.stats.pagesSent,
       cbitRetransmits: this.stats.cbitRetransmits,
-      dirtyLeft,
-      expectedDowntimeMs,
+      dirtyLeft: guest.memory.dirty.count(),
+      expectedDowntimeMs: d.estimatedDowntimeMs,
       bandwidthMBps: this.bandwidth / 1e6,
     });
-    if (this.round + 1 >= this.o.maxRounds) return false;
-    // The first decision follows an incremental round: after the bulk round
-    // the dirty log holds what changed while everything went out (QEMU, too,
-    // completes only after a sync of the dirty bitmap that follows the bulk stage).
-    if (this.round === 0) return true;
-    if (expectedDowntimeMs <= this.o.maxDowntimeMs) return false;
-    if (this.stalledRounds >= STALLED_ROUNDS_LIMIT && this.o.maxDowntimeMs > 0) {
-      this.o.log?.event('not-converging', this.round, { dirtyLeft, expectedDowntimeMs });
-      return false;
+    if (d.another) return true;
+    if (!d.converged) {
+      const message = Convergence.explain(d, this.round + 1, this.o.maxDowntimeMs);
+      this.o.log?.event('not-converging', this.round, { ...d, message });
+      if ((this.o.onNoConvergence ?? 'abort') === 'abort') throw new NotConvergingError(message);
     }
-    return true;
+    return false;
+  }
+
+  /** A rehash of enough pages measures the hashing rate again. */
+  private noteRehash(pages: number): void {
+    if (pages >= 64) this.convergence.hashMsPerPage = this.reference!.msPerPage;
   }
 
   /**
@@ -365,41 +442,24 @@ export class MigrationSource {
   private async precopyRound(): Promise<void> {
     const { guest, protocol } = this.o;
     const round = ++this.round;
-    const roundStart = performance.now();
-    const before = this.stats.bytes;
     guest.tick('round-start', round);
-    const { dirty: d, sync: s } = await this.readBoth(round);
+    const { dirty: d, sync: s, readsMs } = await this.readBoth(round);
     if (protocol === 'safe' || protocol === 'no-final-diff')
       this.stats.cbitRetransmits += this.addChanged(d, s.delta);
     this.lastLive = s.state;
-    await this.sendPages(round, d.runs(), protocol === 'naive' ? this.initialState! : s.state);
-    await this.endRound(round);
+    await this.sendAndMeasure(round, d.runs(), protocol === 'naive' ? this.initialState! : s.state, readsMs);
     guest.tick('after-send', round);
-    this.bandwidth =
-      (this.stats.bytes - before) / Math.max(1e-3, (performance.now() - roundStart) / 1000) || this.bandwidth;
   }
 
-  /**
-   * Hashes the guest view while it still runs, under a snapshot of its page
-   * tables that the destination hashes under too (source-digests.ts), then
-   * pauses the guest.
-   */
-  private async pause(): Promise<EarlyDigests> {
-    const memory = this.o.guest.memory;
-    const tables = snapshotTables(memory);
-    const w = tables.words;
-    // The destination starts hashing with the same tables at the same time.
-    await this.o.channel.send(
-      Msg.PAGE_TABLES_PRELIM,
-      new Uint8Array(w.buffer, w.byteOffset, w.byteLength).slice(),
-    );
-    const early = await earlyDigests(memory, tables);
-    this.hashPagesPerMs = early.pagesPerMs;
+  /** Pauses the guest: from here its memory and page tables no longer change. */
+  private async pause(): Promise<void> {
     await this.o.guest.pause();
     this.pausedAt = performance.now();
     this.round++;
-    this.o.log?.event('pause', this.round, {});
-    return early;
+    this.o.log?.event('pause', this.round, {
+      converged: this.decision?.converged ?? true,
+      estimatedDowntimeMs: this.decision?.estimatedDowntimeMs ?? 0,
+    });
   }
 
   /**
@@ -469,9 +529,9 @@ export class MigrationSource {
   }
 
   /** The reference digests of the view at pause, and which pages hold defined content. */
-  private async sendDigests(early: EarlyDigests, dirty: PageBitmap): Promise<void> {
+  private async sendDigests(finalHarvest: PageBitmap): Promise<void> {
     const memory = this.o.guest.memory;
-    const { digests } = finishDigests(memory, early, dirty);
+    const { digests } = await this.reference!.finish(finalHarvest);
     await this.o.channel.send(Msg.DIGESTS, encodeDigests({ digests, defined: memory.written.words }));
   }
 
@@ -483,21 +543,27 @@ export class MigrationSource {
     const { guest } = this.o;
     const result: VerifyResult = decodeResult(await this.expect(Msg.RESULT));
     const downtimeMs = performance.now() - this.pausedAt;
-    this.o.log?.event(result.verified ? 'resume' : 'verify-failed', this.round, { ...result });
-    if (!result.verified) guest.resume();
+    this.o.log?.event(result.resumed ? 'resume' : 'verify-failed', this.round, { ...result });
+    if (!result.resumed) guest.resume();
     else guest.generation = result.generationAfter;
     const totalMs = performance.now() - t0;
     return {
       verified: result.verified,
-      mismatchedPages: result.mismatched,
-      firstMismatches: result.firstMismatches,
+      resumed: result.resumed,
+      comparedPages: result.comparedPages,
+      skippedPages: result.skippedPages,
+      skipReason: result.skipReason,
+      mismatchedPages: result.mismatchedPages,
+      mismatchedGfns: result.mismatchedGfns,
+      converged: this.decision?.converged ?? true,
+      estimatedDowntimeMs: this.decision?.estimatedDowntimeMs ?? 0,
       rounds: this.round + 1,
       ...this.stats,
       throughputMBps: this.stats.bytes / 1e6 / (totalMs / 1000),
       downtimeMs,
       totalMs,
       generationBefore,
-      generationAfter: result.verified ? result.generationAfter : generationBefore,
+      generationAfter: result.resumed ? result.generationAfter : generationBefore,
       protocol: this.o.protocol,
       verify: this.o.verify,
       message: result.message,

@@ -11,7 +11,7 @@ import { PageBitmap } from '../../src/common/page-bitmap.js';
 import { viewDigests } from '../../src/common/page-crypto.js';
 import { PAGE_SIZE } from '../../src/common/ranges.js';
 import { PARALLEL_THRESHOLD } from '../../src/migration/parallel-digests.js';
-import { earlyDigests, finishDigests, snapshotTables } from '../../src/migration/source-digests.js';
+import { ReferenceDigests, snapshotTables } from '../../src/migration/source-digests.js';
 import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
 
 const NPAGES = PARALLEL_THRESHOLD; // hashed on worker threads, concurrently with this thread
@@ -42,35 +42,39 @@ describe('source verification digests', () => {
     const memory = written();
     const late = lateGfns();
     const tables = snapshotTables(memory);
-    const pending = earlyDigests(memory, tables);
+    const reference = ReferenceDigests.start(memory, tables);
     // The guest runs on while the workers hash: every late page is converted now...
     for (const g of late) memory.setCbits(g, 1, !memory.isEncrypted(g));
-    const early = await pending;
+    await reference.catchUp();
     // ...and all but one converted back before the pause: the paused table
     // equals the snapshot for those pages, yet they were converted meanwhile.
     const keptConverted = late[0];
     for (const g of late.slice(1)) memory.setCbits(g, 1, !memory.isEncrypted(g));
-    const { digests, rehashed } = finishDigests(memory, early, new PageBitmap(NPAGES));
-    const reference = viewDigests(memory.key, memory.bytes, memory.cbits.words, 0, NPAGES);
-    expect(Buffer.from(digests).equals(Buffer.from(reference))).toBe(true);
+    const { digests, rehashed } = await reference.finish(new PageBitmap(NPAGES));
+    const paused = viewDigests(memory.key, memory.bytes, memory.cbits.words, 0, NPAGES);
+    expect(Buffer.from(digests).equals(Buffer.from(paused))).toBe(true);
     // Only the page whose c-bit differs at pause was hashed again.
     expect(rehashed).toBe(1);
     expect(memory.isEncrypted(keptConverted)).not.toBe(tables.test(keptConverted));
   });
 
-  it('rehash every page written since the snapshot', async () => {
+  it('rehash every page written since the snapshot: noted harvests while the guest runs, the final one at pause', async () => {
     const memory = written();
-    const tables = snapshotTables(memory);
-    const early = await earlyDigests(memory, tables);
     memory.dirty.harvestInto(new PageBitmap(NPAGES));
+    const reference = ReferenceDigests.start(memory, snapshotTables(memory));
     const page = new Uint8Array(PAGE_SIZE).fill(0xab);
     memory.writePage(7, page);
+    const live = new PageBitmap(NPAGES);
+    memory.dirty.harvestInto(live);
+    reference.noteWritten(live);
+    expect(await reference.catchUp()).toBe(1);
+    memory.writePage(7, page.fill(0xcd)); // written again after its rehash
     memory.writePage(NPAGES - 1, page);
     const dirty = new PageBitmap(NPAGES);
     memory.dirty.harvestInto(dirty);
-    const { digests, rehashed } = finishDigests(memory, early, dirty);
+    const { digests, rehashed } = await reference.finish(dirty);
     expect(rehashed).toBe(2);
-    const reference = viewDigests(memory.key, memory.bytes, memory.cbits.words, 0, NPAGES);
-    expect(Buffer.from(digests).equals(Buffer.from(reference))).toBe(true);
+    const paused = viewDigests(memory.key, memory.bytes, memory.cbits.words, 0, NPAGES);
+    expect(Buffer.from(digests).equals(Buffer.from(paused))).toBe(true);
   });
 });
