@@ -5,16 +5,9 @@
  * were converted and not rewritten: undefined content, skipped and counted).
  */
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_PARAMS, type MigrateParams, migrateLocally } from '../../src/migration/run-migration.js';
+import { migrateLocally } from '../../src/migration/run-migration.js';
+import { CHURN } from './churn-params.js';
 
-const CHURN: MigrateParams = {
-  ...DEFAULT_PARAMS,
-  memoryBytes: 64 * 2 ** 20,
-  vcpus: 2,
-  workload: 'churn',
-  warmupMs: 100,
-  readCostNsPerPage: 100,
-};
 const SEEDS = 4;
 
 describe('controls that must hold (churn, 2 vCPUs, 64 MiB)', () => {

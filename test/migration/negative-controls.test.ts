@@ -12,17 +12,9 @@
  * any read cost. The README gives each variant's rate at the default cost.
  */
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_PARAMS, type MigrateParams, migrateLocally } from '../../src/migration/run-migration.js';
+import { migrateLocally } from '../../src/migration/run-migration.js';
 import type { Protocol, VerifyMode } from '../../src/migration/stream.js';
-
-const CHURN: MigrateParams = {
-  ...DEFAULT_PARAMS,
-  memoryBytes: 64 * 2 ** 20,
-  vcpus: 2,
-  workload: 'churn',
-  warmupMs: 100,
-  readCostNsPerPage: 100,
-};
+import { CHURN } from './churn-params.js';
 
 async function run(protocol: Protocol, verify: VerifyMode, seed: number) {
   return (await migrateLocally({ ...CHURN, protocol, verify, seed })).summary;
