@@ -3,11 +3,16 @@
  * hypercalls and migration-control MSR writes. Two transports:
  *
  * - InProcessBackend: straight into a CbitStore in this process, with group
- *   commit (the exit completes only after the commit holding the change);
- * - SocketBackend: to `sevtrack serve` through HostServiceClient.
+ *   commit (a sync commits what it consumes before it answers);
+ * - SocketBackend: to `sevtrack serve` through HostServiceClient; the
+ *   service answers after the commit holding the changes, so nothing it
+ *   acknowledged is lost on kill -9 (the exit rings hold the rest).
  *
- * The kvm backend's port-IO exits and the sim backend's worker exits both end
- * here, so the guest sees the same host whichever transport is chosen.
+ * Two entries: `hypercall` for an exit that waits for the host (one call,
+ * resolved once durable), and `applyValidated` for changes the sim backend's
+ * vCPU threads validated themselves and queued in their exit rings
+ * (src/vmm/sim/exit-rings.ts), handed over in order by the tracker. The
+ * guest sees the same host whichever transport is chosen.
  */
 import { RuntimeFailure } from '../common/errors.js';
 import {
