@@ -1,7 +1,10 @@
 /**
  * MigrationSource: pre-copy rounds, pause, final round with the c-bit diff,
  * then the c-bit state, migration control, vCPU state and digests, and the
- * destination's verdict (docs/design.md §3 rules 1-6).
+ * destination's verdict (docs/design.md §3 rules 1-6). It runs on the
+ * migration thread, concurrently with the guest's vCPU threads, which
+ * handle their own exits meanwhile (src/vmm/sim/vcpu-exit.ts); a sync drains
+ * their rings first (round-reads.ts).
  *
  * Round k (guest running), protocol `safe`:
  *   1. harvest and clear the dirty log, THEN 2. sync the c-bit state (rule 2),
@@ -17,20 +20,17 @@
  */
 import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { KVM_MIGRATION_READY } from '../common/kvm-abi.js';
-import { PageBitmap } from '../common/page-bitmap.js';
+import type { PageBitmap } from '../common/page-bitmap.js';
 import { viewDigests } from '../common/page-crypto.js';
 import type { PageRange, StateRange } from '../common/ranges.js';
-import type { CbitStore, SyncResult } from '../host/cbit-store.js';
 import type { PageStateMap } from '../host/page-state-map.js';
-import type { SourceGuest } from '../vmm/backend.js';
-import { DEFAULT_READ_COST_NS_PER_PAGE, modelReadCost } from '../vmm/sim/read-cost.js';
-import type { FrameChannel } from './channel.js';
-import { Convergence, type Decision, NotConvergingError, type OnNoConvergence } from './convergence.js';
-import type { MigrationLog } from './migration-log.js';
+import { Convergence, type Decision, NotConvergingError } from './convergence.js';
 import { PageSender } from './page-sender.js';
 import { warmDigestWorkers } from './parallel-digests.js';
-import { type PspLimits, PspSession } from './psp.js';
+import { PspSession } from './psp.js';
+import { type RoundReadResult, RoundReads } from './round-reads.js';
 import { ReferenceDigests, snapshotTables } from './source-digests.js';
+import { MigrationRefusedError, type MigrationSummary, type SourceOptions } from './source-types.js';
 import {
   decodeHelloAck,
   decodeResult,
@@ -42,95 +42,11 @@ import {
   encodeU32,
   encodeU64,
   Msg,
-  type Protocol,
-  type VerifyMode,
   type VerifyResult,
 } from './stream.js';
 
-/** The guest has not said it reports every c-bit change: the migration does not start. */
-export class MigrationRefusedError extends RuntimeFailure {
-  constructor(message: string) {
-    super('ERR_NOT_READY', message);
-  }
-}
-
-export interface SourceOptions {
-  guest: SourceGuest;
-  store: CbitStore;
-  vm: number;
-  channel: FrameChannel;
-  protocol: Protocol;
-  verify: VerifyMode;
-  psp: PspLimits;
-  maxDowntimeMs: number;
-  maxRounds: number;
-  /** What to do when --max-downtime cannot be met (default abort). */
-  onNoConvergence?: OnNoConvergence;
-  forceUnsafe: boolean;
-  /** Pages per stream frame. */
-  batchPages: number;
-  peerTimeoutMs: number;
-  /**
-   * Modelled cost of each read of the dirty log and of the c-bit state, in
-   * ns per guest page (read-cost.ts; default 4, about 1 ms per GiB).
-   */
-  readCostNsPerPage?: number;
-  log?: MigrationLog;
-  onRound?: (p: RoundProgress) => void;
-  /** Called after each frame of a round with the pages sent so far and the round's total. */
-  onPages?: (round: number, sent: number, total: number) => void;
-}
-
-export interface RoundProgress {
-  round: number;
-  paused: boolean;
-  pagesSent: number;
-  cbitRetransmits: number;
-  dirtyLeft: number;
-  expectedDowntimeMs: number;
-  bandwidthMBps: number;
-}
-
-export interface MigrationSummary {
-  /** Pages were compared and none differed: the destination resumed the guest. */
-  verified: boolean;
-  /** No compared page differed: the destination resumed (also when nothing was compared). */
-  resumed: boolean;
-  comparedPages: number;
-  skippedPages: number;
-  /** Why pages were skipped (empty when none were). */
-  skipReason: string;
-  mismatchedPages: number;
-  /** Every mismatched gfn. */
-  mismatchedGfns: number[];
-  /** Whether the estimate fitted --max-downtime when the guest was paused. */
-  converged: boolean;
-  estimatedDowntimeMs: number;
-  rounds: number;
-  pagesSent: number;
-  sealedPages: number;
-  rawPages: number;
-  cbitRetransmits: number;
-  bytes: number;
-  throughputMBps: number;
-  downtimeMs: number;
-  totalMs: number;
-  generationBefore: number;
-  generationAfter: number;
-  protocol: Protocol;
-  verify: VerifyMode;
-  message: string;
-}
-
-/** Every gfn of a list of runs. */
-function runsToGfns(runs: readonly PageRange[]): Float64Array {
-  let n = 0;
-  for (const r of runs) n += r.npages;
-  const out = new Float64Array(n);
-  let i = 0;
-  for (const r of runs) for (let g = r.gfn; g < r.gfn + r.npages; g++) out[i++] = g;
-  return out;
-}
+export type { MigrationSummary, RoundProgress, SourceOptions } from './source-types.js';
+export { MigrationRefusedError } from './source-types.js';
 
 export class MigrationSource {
   private readonly psp: PspSession;
@@ -150,7 +66,10 @@ export class MigrationSource {
   /** The state of the last live sync (no-final-diff sends the paused round with it). */
   private lastLive: PageStateMap | undefined;
 
+  private readonly reads: RoundReads;
+
   constructor(private readonly o: SourceOptions) {
+    this.reads = new RoundReads(o.guest, o.store, o.vm, o.protocol, o.readCostNsPerPage, o.log);
     this.convergence = new Convergence(o.maxDowntimeMs, o.maxRounds, o.onNoConvergence === 'pause');
     this.psp = new PspSession(o.guest.memory.key, o.psp);
     this.sender = new PageSender(o.guest.memory, this.psp, o.channel, o.batchPages, o.log);
@@ -173,41 +92,6 @@ export class MigrationSource {
     const acked = (await this.expect(Msg.ROUND_ACK)).readUInt32LE(0);
     if (acked !== round)
       throw new PeerError(`the destination acknowledged round ${acked}, expected ${round}`);
-  }
-
-  /**
-   * Harvests (and clears) the dirty log into a fresh bitmap, at the modelled
-   * cost of KVM_GET_DIRTY_LOG (read-cost.ts).
-   */
-  private harvest(round: number): PageBitmap {
-    const npages = this.o.guest.memory.npages;
-    const d = new PageBitmap(npages);
-    const n = this.o.guest.memory.dirty.harvestInto(d);
-    modelReadCost(npages, this.o.readCostNsPerPage ?? DEFAULT_READ_COST_NS_PER_PAGE);
-    this.reference?.noteWritten(d);
-    if (this.o.log) this.o.log.event('harvest', round, { pages: n }, runsToGfns(d.runs()));
-    return d;
-  }
-
-  /**
-   * Reads the c-bit state: drains every vCPU's exit ring into the tracker
-   * first (rule: a sync drains every ring), then syncs (the store commits
-   * what it consumed before it answers), at the modelled cost of copying
-   * the state out (read-cost.ts).
-   */
-  private async sync(round: number): Promise<SyncResult> {
-    await this.o.guest.drainExits();
-    const s = this.o.store.sync(this.o.vm);
-    modelReadCost(this.o.guest.memory.npages, this.o.readCostNsPerPage ?? DEFAULT_READ_COST_NS_PER_PAGE);
-    if (this.o.log) {
-      this.o.log.event('sync', round, {
-        seq: s.seq,
-        previousSeq: s.previousSeq,
-        changedRanges: s.delta.length,
-      });
-      this.o.log.changes(this.o.store.changes(this.o.vm, s.previousSeq, s.seq));
-    }
-    return s;
   }
 
   private async sendPages(
@@ -355,34 +239,20 @@ export class MigrationSource {
       new Uint8Array(w.buffer, w.byteOffset, w.byteLength).slice(),
     );
     this.reference = ReferenceDigests.start(memory, tables);
+    this.reads.onHarvest = (d) => this.reference?.noteWritten(d);
     // A first rate for the estimate; rehashes measure it again.
     const t0 = performance.now();
     viewDigests(memory.key, memory.bytes, memory.cbits.words, 0, Math.min(256, memory.npages));
     this.convergence.hashMsPerPage = (performance.now() - t0) / Math.min(256, memory.npages);
   }
 
-  /**
-   * The two reads of a live round (docs/design.md §3 rule 2): harvest the dirty
-   * log, THEN sync the c-bit state; cbit-first swaps them (its race).
-   */
-  private async readBoth(round: number): Promise<{ dirty: PageBitmap; sync: SyncResult; readsMs: number }> {
-    const t0 = performance.now();
-    let dirty: PageBitmap;
-    let sync: SyncResult;
-    if (this.o.protocol === 'cbit-first') {
-      sync = await this.sync(round);
-      this.o.guest.tick('between-reads', round);
-      dirty = this.harvest(round);
-    } else {
-      dirty = this.harvest(round);
-      this.o.guest.tick('between-reads', round);
-      sync = await this.sync(round);
-    }
-    const readsMs = performance.now() - t0;
+  /** The round's two reads (round-reads.ts), and the cost of sending the state they return. */
+  private async readBoth(round: number): Promise<RoundReadResult> {
+    const r = await this.reads.both(round);
     const s0 = performance.now();
-    sync.state.serialize();
+    r.sync.state.serialize();
     this.convergence.stateMs = performance.now() - s0;
-    return { dirty, sync, readsMs };
+    return r;
   }
 
   /**
@@ -473,12 +343,12 @@ export class MigrationSource {
     let d: PageBitmap;
     let state: PageStateMap;
     if (protocol === 'no-final-diff' || protocol === 'naive') {
-      d = this.harvest(round);
+      d = this.reads.harvest(round);
       state = protocol === 'naive' ? this.initialState! : this.lastLive!;
     } else {
-      const s1 = protocol === 'cbit-first' ? await this.sync(round) : undefined;
-      d = this.harvest(round);
-      const s = s1 ?? (await this.sync(round));
+      const s1 = protocol === 'cbit-first' ? await this.reads.sync(round) : undefined;
+      d = this.reads.harvest(round);
+      const s = s1 ?? (await this.reads.sync(round));
       if (protocol !== 'no-cbit-dirty') this.stats.cbitRetransmits += this.addChanged(d, s.delta);
       state = s.state;
     }
