@@ -47,6 +47,11 @@ export class EarlyDigests {
     for (const g of gfns) this.received.markAtomic(g);
   }
 
+  /** Whether the first pass is done. */
+  get hashed(): boolean {
+    return this.done !== undefined;
+  }
+
   /**
    * At a round's end: once the first pass is done, rehashes the pages
    * received since under the snapshot (a page received later is marked again).

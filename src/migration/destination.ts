@@ -23,9 +23,11 @@ import {
   decodeHello,
   decodePages,
   decodeText,
+  decodeU32,
   decodeU64,
   encodeHelloAck,
   encodeResult,
+  encodeRoundAck,
   encodeText,
   type Hello,
   Msg,
@@ -162,12 +164,14 @@ export class MigrationDestination {
         inc.early?.markReceived(b.gfns);
         return;
       }
-      case Msg.ROUND_END:
-        await this.o.channel.send(Msg.ROUND_ACK, payload);
+      case Msg.ROUND_END: {
+        const round = decodeU32(payload, 'ROUND_END');
+        await this.o.channel.send(Msg.ROUND_ACK, encodeRoundAck(round, inc.early?.hashed ?? true));
         // After the acknowledgement, while the source reads its next round.
         inc.early?.catchUp(memory);
-        this.o.log?.event('round-end', payload.readUInt32LE(0), { pagesReceived: inc.pagesReceived });
+        this.o.log?.event('round-end', round, { pagesReceived: inc.pagesReceived });
         return;
+      }
       case Msg.PAGE_TABLES_PRELIM:
         inc.early = EarlyDigests.start(memory, payload);
         return;

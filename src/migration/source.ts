@@ -34,6 +34,7 @@ import { MigrationRefusedError, type MigrationSummary, type SourceOptions } from
 import {
   decodeHelloAck,
   decodeResult,
+  decodeRoundAck,
   decodeText,
   encodeDigests,
   encodeHello,
@@ -59,6 +60,8 @@ export class MigrationSource {
   private pausedAt = 0;
   private readonly convergence: Convergence;
   private decision: Decision | undefined;
+  /** Whether the destination's reference digests had their first pass at the last ROUND_ACK. */
+  private peerDigestsReady = false;
   /** The verification reference, hashed from the end of the bulk round on (source-digests.ts). */
   private reference: ReferenceDigests | undefined;
   /** The state of round 0's sync (naive uses it for every page). */
@@ -89,7 +92,9 @@ export class MigrationSource {
    */
   private async endRound(round: number): Promise<void> {
     await this.o.channel.send(Msg.ROUND_END, encodeU32(round));
-    const acked = (await this.expect(Msg.ROUND_ACK)).readUInt32LE(0);
+    const ack = decodeRoundAck(await this.expect(Msg.ROUND_ACK));
+    this.peerDigestsReady = ack.digestsReady;
+    const acked = ack.round;
     if (acked !== round)
       throw new PeerError(`the destination acknowledged round ${acked}, expected ${round}`);
   }
@@ -279,7 +284,10 @@ export class MigrationSource {
       const estimatedDowntimeMs = this.convergence.estimate(pagesLeft());
       const converged = estimatedDowntimeMs <= this.o.maxDowntimeMs;
       const roundsLeft = this.round + 1 < this.o.maxRounds;
-      d = { ...d, estimatedDowntimeMs, converged, another: d.converged && !converged && roundsLeft };
+      // The destination must not hash the whole guest while paused either:
+      // while its first pass runs, another live round keeps the dirty set small.
+      const wait = d.converged && (!converged || !this.peerDigestsReady);
+      d = { ...d, estimatedDowntimeMs, converged, another: wait && roundsLeft };
     }
     this.decision = d;
     this.o.onRound?.({

@@ -223,6 +223,23 @@ export function decodeResult(payload: Buffer): VerifyResult {
   };
 }
 
+/** ROUND_ACK: the round, and whether the destination's reference digests have had their first pass. */
+export function encodeRoundAck(round: number, digestsReady: boolean): Uint8Array {
+  return new BinaryWriter()
+    .u32(round)
+    .u32(digestsReady ? 1 : 0)
+    .finish();
+}
+
+export function decodeRoundAck(payload: Buffer): { round: number; digestsReady: boolean } {
+  const r = new BinaryReader(payload, 'ROUND_ACK');
+  const round = r.u32('round');
+  const flags = r.u32('flags');
+  r.end();
+  if ((flags & ~1) !== 0) throw new FormatError('ROUND_ACK', 4, 'flags 0 or 1', `${flags}`);
+  return { round, digestsReady: flags === 1 };
+}
+
 export function encodeText(text: string): Uint8Array {
   const t = Buffer.from(text);
   return new BinaryWriter().u32(t.length).bytes(t).finish();
@@ -242,6 +259,13 @@ export function encodeU64(v: bigint | number): Uint8Array {
 export function decodeU64(payload: Buffer, what: string): bigint {
   const r = new BinaryReader(payload, what);
   const v = r.u64('value');
+  r.end();
+  return v;
+}
+
+export function decodeU32(payload: Buffer, what: string): number {
+  const r = new BinaryReader(payload, what);
+  const v = r.u32('value');
   r.end();
   return v;
 }
