@@ -137,8 +137,10 @@ export { DirectPort } from './vmm/direct-port.js';
 /**
  * Exit handling: where a VMM forwards a guest's MAP_GPA_RANGE hypercalls and
  * migration-control MSR writes. `InProcessBackend` applies them to a
- * `CbitStore` in this process and resolves each exit only after its commit;
- * `SocketBackend` forwards them to `sevtrack serve`.
+ * `CbitStore` in this process; `SocketBackend` forwards them to `sevtrack
+ * serve` and resolves once the service has committed them. The sim
+ * backend's vCPUs validate their hypercalls on their own threads and hand
+ * the changes over through per-vCPU rings (`applyValidated`, in order).
  */
 export {
   FULL_SUPPORT,
@@ -146,6 +148,7 @@ export {
   InProcessBackend,
   SocketBackend,
   UnsupportedBackend,
+  type ValidatedChange,
 } from './vmm/hypercall-backend.js';
 /**
  * The `kvm` backend (docs/kvm.md): a real VM on /dev/kvm running the guest
@@ -184,6 +187,12 @@ export { type GuestStats, VcpuPool, type VcpuPoolOptions } from './vmm/sim/vcpu-
 
 /** Frame channels: an in-memory pair, or a unix/tcp socket (`listenChannel` / `connectChannel`). */
 export { type FrameChannel, memoryChannelPair } from './migration/channel.js';
+/**
+ * Convergence: `NotConvergingError` (exit 3) when --max-downtime cannot be
+ * met within --max-rounds and `onNoConvergence` is 'abort' (the default);
+ * the source guest runs on, unpaused.
+ */
+export { NotConvergingError, ON_NO_CONVERGENCE, type OnNoConvergence } from './migration/convergence.js';
 /**
  * `MigrationDestination.run()` receives a guest, applies the final c-bit
  * state, verifies and resumes it, and resolves with the verdict; it resumes
@@ -239,6 +248,7 @@ export {
   type Protocol,
   VERIFY_MODES,
   type VerifyMode,
+  type VerifyResult,
 } from './migration/stream.js';
 
 // ---- Exploration --------------------------------------------------------

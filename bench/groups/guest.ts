@@ -1,17 +1,25 @@
 /**
  * Guest side: page writes per second per vCPU thread (encrypted through the
  * native XTS batch vs shared plaintext, against a node:crypto cipher per page
- * and a plain page copy), and conversions per second through each transport
+ * and a plain page copy); conversions per second through each transport
  * (a vCPU worker's exits served in-process or by `sevtrack serve`), against
- * direct synchronous store calls with one fsync'd commit each.
+ * direct synchronous store calls with one fsync'd commit each; and the
+ * latency of one conversion exit (the guest's hypercall until it returns)
+ * through the vCPU's ring while the tracker drains it, p50 and p99, against
+ * the bare shared-memory operations of a ring append measured on the same
+ * thread (the limit of that work) and, for scale, a cross-thread Atomics
+ * round trip (what any exit that waits for another thread costs at least).
  */
 import { createCipheriv } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { encodeAttributes, KVM_HC_MAP_GPA_RANGE } from '../../src/common/kvm-abi.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
 import { type HypercallBackend, InProcessBackend, SocketBackend } from '../../src/vmm/hypercall-backend.js';
+import { ExitDrainer } from '../../src/vmm/sim/exit-drainer.js';
+import { createExitRings, RingConsumer } from '../../src/vmm/sim/exit-rings.js';
 import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
 import { VcpuPool } from '../../src/vmm/sim/vcpu-pool.js';
 import { withServe } from '../../test/support/serve.js';
@@ -27,6 +35,113 @@ async function stormRate(backend: HypercallBackend, vm: number): Promise<number>
   const seconds = Number(process.hrtime.bigint() - start) / 1e9;
   const stats = await pool.stop();
   return stats.conversions / seconds;
+}
+
+const EXITS = 20_000;
+
+/**
+ * A vCPU thread's side of the latency measure: EXITS conversions through
+ * ExitPort (validate, append to the ring, return), each timed; then the bare
+ * ring append (a ticket Atomics.add and a publishing Atomics.store) timed the
+ * same way; then the guest side of a cross-thread Atomics round trip.
+ */
+const latencyWorker = (exitUrl: string, ringsUrl: string, abiUrl: string) => `
+import('tsx/esm/api').then(async (tsx) => {
+  tsx.register();
+  const { parentPort, workerData } = await import('node:worker_threads');
+  const { ExitPort } = await import(${JSON.stringify(exitUrl)});
+  const { RingProducer } = await import(${JSON.stringify(ringsUrl)});
+  const abi = await import(${JSON.stringify(abiUrl)});
+  const { rings, n, npages, pingPong } = workerData;
+  const port = new ExitPort(
+    { slot: new SharedArrayBuffer(32), features: 0, forwardsHypercalls: true, guestPages: npages },
+    new RingProducer(rings, 0),
+    parentPort,
+  );
+  const ns = (a, b) => Number(b - a);
+  const exit = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    const a2 = abi.encodeAttributes((i & 1) === 0);
+    const t0 = process.hrtime.bigint();
+    port.hypercall(abi.KVM_HC_MAP_GPA_RANGE, BigInt((i % npages) * 4096), 1n, a2);
+    exit[i] = ns(t0, process.hrtime.bigint());
+  }
+  const scratch = new Int32Array(new SharedArrayBuffer(64));
+  const bare = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    const t0 = process.hrtime.bigint();
+    Atomics.add(scratch, 0, 1);
+    scratch[4] = i; scratch[5] = 1; scratch[6] = 0;
+    Atomics.store(scratch, 1, i);
+    bare[i] = ns(t0, process.hrtime.bigint());
+  }
+  const pp = new Int32Array(pingPong);
+  const trip = new Float64Array(2000);
+  for (let i = 0; i < trip.length; i++) {
+    const t0 = process.hrtime.bigint();
+    Atomics.store(pp, 0, 1); Atomics.notify(pp, 0);
+    while (Atomics.load(pp, 0) !== 0) Atomics.wait(pp, 0, 1);
+    trip[i] = ns(t0, process.hrtime.bigint());
+  }
+  Atomics.store(pp, 1, 1); Atomics.store(pp, 0, 1); Atomics.notify(pp, 0);
+  parentPort.postMessage({ exit, bare, trip });
+});`;
+
+function percentile(values: Float64Array, p: number): number {
+  const sorted = Float64Array.from(values).sort();
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
+}
+
+/** Conversion exit latency through the ring, in µs, with its limits. */
+async function exitLatency(
+  dir: string,
+): Promise<{ exit: Float64Array; bare: Float64Array; trip: Float64Array }> {
+  const store = CbitStore.open(join(dir, 'latency.db'), { synchronous: 'NORMAL' });
+  store.registerVm(1, NPAGES);
+  const rings = createExitRings(1);
+  const drainer = new ExitDrainer(new RingConsumer(rings), new InProcessBackend(store), 1, (e) => {
+    throw e;
+  });
+  const pingPong = new SharedArrayBuffer(16);
+  const pp = new Int32Array(pingPong);
+  const url = (rel: string) => new URL(rel, import.meta.url).href;
+  const worker = new Worker(
+    latencyWorker(
+      url('../../src/vmm/sim/vcpu-exit.ts'),
+      url('../../src/vmm/sim/exit-rings.ts'),
+      url('../../src/common/kvm-abi.ts'),
+    ),
+    { eval: true, workerData: { rings, n: EXITS, npages: NPAGES, pingPong } },
+  );
+  const result = new Promise<{ exit: Float64Array; bare: Float64Array; trip: Float64Array }>(
+    (resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+    },
+  );
+  // The host side of the round trip: answer each ping on this thread, off the event loop's timers.
+  const answer = async () => {
+    for (;;) {
+      const w = (
+        Atomics as unknown as {
+          waitAsync: (a: Int32Array, i: number, v: number) => { value: Promise<string> | string };
+        }
+      ).waitAsync(pp, 0, 0);
+      await w.value;
+      if (Atomics.load(pp, 1) === 1) return;
+      Atomics.store(pp, 0, 0);
+      Atomics.notify(pp, 0);
+    }
+  };
+  const answering = answer();
+  const r = await result;
+  await answering;
+  await worker.terminate();
+  await drainer.stop();
+  if (store.info(1).lastSeq !== EXITS)
+    throw new Error(`the tracker holds ${store.info(1).lastSeq} of ${EXITS} changes`);
+  store.close();
+  return r;
 }
 
 export const guestGroup: BenchGroup = {
@@ -64,19 +179,37 @@ export const guestGroup: BenchGroup = {
       name: 'guest writes, encrypted page (native XTS)',
       value: enc,
       unit: 'pages/s',
-      baseline: viaNode,
-      baselineName: 'node:crypto XTS per page',
+      limit: viaNode,
+      limitName: 'node:crypto XTS per page',
     });
     report({
       name: 'guest writes, shared page',
       value: shared,
       unit: 'pages/s',
-      baseline: copy,
-      baselineName: 'plain page copy',
+      limit: copy,
+      limitName: 'plain page copy',
     });
 
     const dir = mkdtempSync(join(tmpdir(), 'sevtrack-bench-'));
     try {
+      const lat = await exitLatency(dir);
+      for (const p of [0.5, 0.99] as const) {
+        const label = p === 0.5 ? 'p50' : 'p99';
+        report({
+          name: `conversion exit latency ${label}, through the vCPU's ring (µs, lower is better; before the rings ~178 µs)`,
+          value: percentile(lat.exit, p) / 1000,
+          unit: 'µs',
+          limit: percentile(lat.bare, p) / 1000,
+          limitName: 'bare ring append (Atomics.add + stores), same thread',
+        });
+      }
+      report({
+        name: 'cross-thread Atomics round trip p50 (µs; the floor of any exit that waits for another thread)',
+        value: percentile(lat.trip, 0.5) / 1000,
+        unit: 'µs',
+        limit: percentile(lat.exit, 0.5) / 1000,
+        limitName: 'conversion exit through the ring, p50',
+      });
       // Baseline: synchronous store calls with a commit (fsync) each.
       const direct = CbitStore.open(join(dir, 'direct.db'));
       direct.registerVm(1, NPAGES);
@@ -88,7 +221,7 @@ export const guestGroup: BenchGroup = {
       }
       const directRate = n / (Number(process.hrtime.bigint() - start) / 1e9);
       direct.close();
-      const baselineName = 'direct call, commit each';
+      const limitName = 'direct call, commit each';
 
       for (const synchronous of ['FULL', 'NORMAL'] as const) {
         const store = CbitStore.open(join(dir, `inproc-${synchronous}.db`), { synchronous });
@@ -97,8 +230,8 @@ export const guestGroup: BenchGroup = {
           name: `conversions, 1 vCPU boot storm, in-process, synchronous=${synchronous}`,
           value: await stormRate(new InProcessBackend(store), 1),
           unit: 'conv/s',
-          baseline: directRate,
-          baselineName,
+          limit: directRate,
+          limitName,
         });
         store.close();
       }
@@ -111,8 +244,8 @@ export const guestGroup: BenchGroup = {
         name: 'conversions, 1 vCPU boot storm, unix socket transport',
         value: rate,
         unit: 'conv/s',
-        baseline: directRate,
-        baselineName,
+        limit: directRate,
+        limitName,
       });
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -29,6 +29,8 @@ async function migrate(
     let pausedPages = 0;
     const { summary } = await migrateLocally({
       ...DEFAULT_PARAMS,
+      // A figure even when the machine is too loaded to meet --max-downtime.
+      onNoConvergence: 'pause',
       ...p,
       onRound: (r) => {
         if (r.paused) pausedPages = r.pagesSent - liveSent;

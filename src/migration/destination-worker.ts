@@ -9,6 +9,7 @@ import {
   type DestinationWorkerData,
   type DestinationWorkerResult,
   runDestination,
+  verdictOf,
 } from './run-destination.js';
 import { MIGRATION_FRAME } from './stream.js';
 
@@ -23,18 +24,7 @@ runDestination(
   },
   channel,
 ).then(
-  (r) => {
-    const out: DestinationWorkerResult = {
-      ok: true,
-      verified: r.verified,
-      mismatched: r.mismatched,
-      firstMismatches: r.firstMismatches,
-      generationAfter: r.generationAfter,
-      message: r.message,
-      pagesReceived: r.pagesReceived,
-    };
-    parentPort!.postMessage(out);
-  },
+  (r) => parentPort!.postMessage({ ok: true, ...verdictOf(r) } satisfies DestinationWorkerResult),
   (err: Error) =>
     parentPort!.postMessage({ ok: false, error: err.message } satisfies DestinationWorkerResult),
 );

@@ -13,17 +13,21 @@ import { PAGE_SIZE } from '../common/ranges.js';
 import { PageStateMap } from '../host/page-state-map.js';
 import { GuestMemory } from '../vmm/sim/guest-memory.js';
 import type { FrameChannel } from './channel.js';
+import { EarlyDigests } from './destination-digests.js';
 import type { MigrationLog } from './migration-log.js';
-import { guestViewDigests, refreshDigests, warmDigestWorkers } from './parallel-digests.js';
+import { guestViewDigests, warmDigestWorkers } from './parallel-digests.js';
 import { type PspLimits, PspSession, UNLIMITED_PSP } from './psp.js';
 import {
+  type Digests,
   decodeDigests,
   decodeHello,
   decodePages,
   decodeText,
+  decodeU32,
   decodeU64,
   encodeHelloAck,
   encodeResult,
+  encodeRoundAck,
   encodeText,
   type Hello,
   Msg,
@@ -45,7 +49,7 @@ export interface DestinationOptions {
 
 export interface DestinationResult extends VerifyResult {
   hello: Hello;
-  /** The resumed guest (undefined when verification failed: it was discarded). */
+  /** The resumed guest (undefined when a compared page differed: it was discarded). */
   memory?: GuestMemory;
   cbitState?: PageStateMap;
   migrationControl: bigint;
@@ -53,12 +57,47 @@ export interface DestinationResult extends VerifyResult {
   vcpuState?: Uint8Array;
 }
 
-const MAX_LISTED_MISMATCHES = 16;
+/** What the destination has received so far (the partial guest until it is verified). */
+interface Incoming {
+  hello: Hello;
+  memory: GuestMemory;
+  psp: PspSession;
+  cbitState?: PageStateMap;
+  migrationControl: bigint;
+  vcpuState?: Uint8Array;
+  pagesReceived: number;
+  /** The destination's own digests of the guest view, once the page tables are in. */
+  ownDigests?: Promise<Uint8Array>;
+  early?: EarlyDigests;
+}
 
 export class MigrationDestination {
   constructor(private readonly o: DestinationOptions) {}
 
+  /**
+   * Runs the destination: handshake, receive every round and the state,
+   * verify, resume. Resolves with the verdict (the guest only when verified);
+   * throws when the migration aborted, the partial guest discarded.
+   */
   async run(): Promise<DestinationResult> {
+    const inc = await this.handshake();
+    try {
+      const source = await this.receive(inc);
+      return await this.verifyAndResume(inc, source);
+    } catch (err) {
+      // The partial guest is discarded: nothing returns it, so it goes with
+      // this frame. Tell the source why if it is still there.
+      this.o.log?.event('abort', 0, { reason: (err as Error).message });
+      await this.o.channel.send(Msg.ABORT, encodeText((err as Error).message)).catch(() => {});
+      throw err;
+    } finally {
+      inc.psp.finish(); // RECEIVE_FINISH
+      this.o.log?.flush();
+    }
+  }
+
+  /** HELLO: allocates the guest and answers HELLO_ACK with this side's PSP key (RECEIVE_START). */
+  private async handshake(): Promise<Incoming> {
     const ch = this.o.channel;
     const handshakeMs = this.o.handshakeTimeoutMs ?? this.o.peerTimeoutMs;
     const first = await ch.next(
@@ -90,112 +129,120 @@ export class MigrationDestination {
     psp.receiveStart(hello.publicKey);
     await ch.send(Msg.HELLO_ACK, encodeHelloAck(psp.publicKey));
     this.o.log?.event('start', 0, { npages: hello.npages, protocol: hello.protocol, verify: hello.verify });
+    return { hello, memory, psp, migrationControl: 0n, pagesReceived: 0 };
+  }
 
-    let cbitState: PageStateMap | undefined;
-    let migrationControl = 0n;
-    let vcpuState: Uint8Array | undefined;
-    let pagesReceived = 0;
-    let ownDigests: Promise<Uint8Array> | undefined;
-    let early: EarlyDigests | undefined;
-    try {
-      for (;;) {
-        const f = await ch.next(this.o.peerTimeoutMs);
-        switch (f.type) {
-          case Msg.PAGES_SEALED: {
-            const b = decodePages(f.payload, true);
-            psp.receiveUpdateData(memory.bytes, b.gfns, b.firstSeq, b.data);
-            pagesReceived += b.gfns.length;
-            early?.markReceived(b.gfns);
-            break;
-          }
-          case Msg.PAGES_RAW: {
-            const b = decodePages(f.payload, false);
-            for (let i = 0; i < b.gfns.length; i++) {
-              const g = b.gfns[i];
-              if (g >= memory.npages)
-                throw new PeerError(`PAGES_RAW: gfn ${g} is outside the guest (${memory.npages} pages)`);
-              memory.bytes.set(b.data.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), g * PAGE_SIZE);
-            }
-            pagesReceived += b.gfns.length;
-            early?.markReceived(b.gfns);
-            break;
-          }
-          case Msg.ROUND_END:
-            await ch.send(Msg.ROUND_ACK, f.payload);
-            this.o.log?.event('round-end', f.payload.readUInt32LE(0), { pagesReceived });
-            break;
-          case Msg.GUEST_PAGE_TABLES: {
-            if (f.payload.length !== memory.cbits.words.byteLength) {
-              throw new PeerError(
-                `GUEST_PAGE_TABLES: expected ${memory.cbits.words.byteLength} bytes, got ${f.payload.length}`,
-              );
-            }
-            new Uint8Array(
-              memory.cbits.words.buffer,
-              memory.cbits.words.byteOffset,
-              memory.cbits.words.byteLength,
-            ).set(f.payload);
-            // Every page is in and the page tables too: finish the early
-            // digests, or hash the whole view on other cores while the rest
-            // (c-bit state, VMSA, digests) arrives.
-            ownDigests = early
-              ? early.finish(memory)
-              : guestViewDigests(memory.key, memory.bytes, memory.cbits.words, memory.npages);
-            ownDigests.catch(() => {});
-            break;
-          }
-          case Msg.PAGE_TABLES_PRELIM:
-            early = EarlyDigests.start(memory, f.payload);
-            break;
-          case Msg.CBIT_STATE:
-            cbitState = PageStateMap.deserialize(f.payload);
-            if (cbitState.npages !== memory.npages)
-              throw new PeerError(`CBIT_STATE covers ${cbitState.npages} pages, the guest ${memory.npages}`);
-            break;
-          case Msg.MIGRATION_CONTROL:
-            migrationControl = decodeU64(f.payload, 'MIGRATION_CONTROL');
-            break;
-          case Msg.VMSA: {
-            const b = decodePages(f.payload, true);
-            vcpuState = psp.receiveUpdateVmsa(b.gfns, b.firstSeq, b.data);
-            break;
-          }
-          case Msg.DIGESTS: {
-            if (!cbitState || vcpuState === undefined)
-              throw new PeerError('DIGESTS arrived before the c-bit state and vCPU state');
-            if (!ownDigests) throw new PeerError('DIGESTS arrived before the guest page tables');
-            const verdict = this.verify(
-              memory.npages,
-              await ownDigests,
-              decodeDigests(f.payload, memory.npages),
-              hello,
-            );
-            this.o.log?.event(verdict.verified ? 'resume' : 'verify-failed', 0, { ...verdict });
-            await ch.send(Msg.RESULT, encodeResult(verdict));
-            if (!verdict.verified) {
-              return { ...verdict, hello, migrationControl, pagesReceived };
-            }
-            return { ...verdict, hello, memory, cbitState, migrationControl, pagesReceived, vcpuState };
-          }
-          case Msg.ABORT:
-            throw new PeerError(`the source aborted: ${decodeText(f.payload, 'ABORT')}`);
-          default:
-            throw new PeerError(`unexpected message ${f.type} from the source`);
-        }
-      }
-    } catch (err) {
-      // The partial guest is discarded: nothing returns it, so it goes with
-      // this frame. Tell the source why if it is still there.
-      this.o.log?.event('abort', 0, { reason: (err as Error).message });
-      await ch.send(Msg.ABORT, encodeText((err as Error).message)).catch(() => {});
-      throw err;
-    } finally {
-      psp.finish(); // RECEIVE_FINISH
-      this.o.log?.flush();
+  /** Applies every message up to the source's DIGESTS, which it returns. */
+  private async receive(inc: Incoming): Promise<Digests> {
+    for (;;) {
+      const f = await this.o.channel.next(this.o.peerTimeoutMs);
+      if (f.type === Msg.DIGESTS) return decodeDigests(f.payload, inc.memory.npages);
+      await this.apply(inc, f.type, f.payload);
     }
   }
 
-  /** Compares the destination guest's view of every page with the source's digests. */
+  /** One message of the pre-copy rounds or the final state. */
+  private async apply(inc: Incoming, type: number, payload: Buffer): Promise<void> {
+    const memory = inc.memory;
+    switch (type) {
+      case Msg.PAGES_SEALED: {
+        const b = decodePages(payload, true);
+        inc.psp.receiveUpdateData(memory.bytes, b.gfns, b.firstSeq, b.data);
+        inc.pagesReceived += b.gfns.length;
+        inc.early?.markReceived(b.gfns);
+        return;
+      }
+      case Msg.PAGES_RAW: {
+        const b = decodePages(payload, false);
+        for (let i = 0; i < b.gfns.length; i++) {
+          const g = b.gfns[i];
+          if (g >= memory.npages)
+            throw new PeerError(`PAGES_RAW: gfn ${g} is outside the guest (${memory.npages} pages)`);
+          memory.bytes.set(b.data.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), g * PAGE_SIZE);
+        }
+        inc.pagesReceived += b.gfns.length;
+        inc.early?.markReceived(b.gfns);
+        return;
+      }
+      case Msg.ROUND_END: {
+        const round = decodeU32(payload, 'ROUND_END');
+        await this.o.channel.send(Msg.ROUND_ACK, encodeRoundAck(round, inc.early?.hashed ?? true));
+        // After the acknowledgement, while the source reads its next round.
+        inc.early?.catchUp(memory);
+        this.o.log?.event('round-end', round, { pagesReceived: inc.pagesReceived });
+        return;
+      }
+      case Msg.PAGE_TABLES_PRELIM:
+        inc.early = EarlyDigests.start(memory, payload);
+        return;
+      case Msg.GUEST_PAGE_TABLES:
+        this.applyPageTables(inc, payload);
+        return;
+      case Msg.CBIT_STATE:
+        inc.cbitState = PageStateMap.deserialize(payload);
+        if (inc.cbitState.npages !== memory.npages)
+          throw new PeerError(`CBIT_STATE covers ${inc.cbitState.npages} pages, the guest ${memory.npages}`);
+        return;
+      case Msg.MIGRATION_CONTROL:
+        inc.migrationControl = decodeU64(payload, 'MIGRATION_CONTROL');
+        return;
+      case Msg.VMSA: {
+        const b = decodePages(payload, true);
+        inc.vcpuState = inc.psp.receiveUpdateVmsa(b.gfns, b.firstSeq, b.data);
+        return;
+      }
+      case Msg.ABORT:
+        throw new PeerError(`the source aborted: ${decodeText(payload, 'ABORT')}`);
+      default:
+        throw new PeerError(`unexpected message ${type} from the source`);
+    }
+  }
+
+  /**
+   * The guest's page tables: every page is in. Finishes the early digests,
+   * or hashes the whole view on other cores while the rest (c-bit state,
+   * VMSA, digests) arrives.
+   */
+  private applyPageTables(inc: Incoming, payload: Buffer): void {
+    const memory = inc.memory;
+    if (payload.length !== memory.cbits.words.byteLength) {
+      throw new PeerError(
+        `GUEST_PAGE_TABLES: expected ${memory.cbits.words.byteLength} bytes, got ${payload.length}`,
+      );
+    }
+    new Uint8Array(
+      memory.cbits.words.buffer,
+      memory.cbits.words.byteOffset,
+      memory.cbits.words.byteLength,
+    ).set(payload);
+    inc.ownDigests = inc.early
+      ? inc.early.finish(memory)
+      : guestViewDigests(memory.key, memory.bytes, memory.cbits.words, memory.npages);
+    inc.ownDigests.catch(() => {});
+  }
+
+  /**
+   * Rule 6: compares the guest view with the source's digests and answers
+   * RESULT; only a verified guest is returned (resumed with the new generation).
+   */
+  private async verifyAndResume(inc: Incoming, source: Digests): Promise<DestinationResult> {
+    if (!inc.cbitState || inc.vcpuState === undefined)
+      throw new PeerError('DIGESTS arrived before the c-bit state and vCPU state');
+    if (!inc.ownDigests) throw new PeerError('DIGESTS arrived before the guest page tables');
+    const { hello, memory, cbitState, migrationControl, pagesReceived, vcpuState } = inc;
+    const verdict = this.verify(memory.npages, await inc.ownDigests, source, hello);
+    this.o.log?.event(verdict.resumed ? 'resume' : 'verify-failed', 0, { ...verdict });
+    await this.o.channel.send(Msg.RESULT, encodeResult(verdict));
+    if (!verdict.resumed) return { ...verdict, hello, migrationControl, pagesReceived };
+    return { ...verdict, hello, memory, cbitState, migrationControl, pagesReceived, vcpuState };
+  }
+
+  /**
+   * Compares the destination guest's view of every page with the source's
+   * digests: every page under `strict`; under `defined` only pages the guest
+   * wrote after their last conversion (the others hold undefined content and
+   * are counted as skipped, with the reason).
+   */
   private verify(
     npages: number,
     mine: Uint8Array,
@@ -206,71 +253,44 @@ export class MigrationDestination {
     defined.words.set(source.defined.subarray(0, defined.words.length));
     const a = Buffer.from(mine.buffer, mine.byteOffset, mine.byteLength);
     const b = Buffer.from(source.digests.buffer, source.digests.byteOffset, source.digests.byteLength);
-    let mismatched = 0;
-    const first: number[] = [];
+    const mismatchedGfns: number[] = [];
+    let compared = 0;
     for (let g = 0; g < npages; g++) {
       if (hello.verify === 'defined' && !defined.test(g)) continue;
+      compared++;
       const o = g * DIGEST_BYTES;
-      if (a.compare(b, o, o + DIGEST_BYTES, o, o + DIGEST_BYTES) !== 0) {
-        mismatched++;
-        if (first.length < MAX_LISTED_MISMATCHES) first.push(g);
-      }
+      if (a.compare(b, o, o + DIGEST_BYTES, o, o + DIGEST_BYTES) !== 0) mismatchedGfns.push(g);
     }
-    const verified = mismatched === 0;
-    const generationAfter = verified
+    const skipped = npages - compared;
+    const skipReason =
+      skipped === 0
+        ? ''
+        : 'content undefined: converted and not written since, or never written (--verify defined)';
+    const resumed = mismatchedGfns.length === 0;
+    const verified = resumed && compared > 0;
+    const generationAfter = resumed
       ? Math.max(this.o.minGeneration ?? 0, hello.generation + 1)
       : hello.generation;
-    return {
-      verified,
-      mismatched,
-      firstMismatches: first,
-      generationAfter,
-      message: verified
-        ? `all ${npages} pages verified (${hello.verify})`
-        : `${mismatched} pages differ from the source's view at pause (${hello.verify}); first: ${first.join(', ')}`,
-    };
-  }
-}
-
-/**
- * The destination's digests started before the final round (docs/design.md §3
- * keeps verification inside the downtime; this keeps most of its cost out):
- * every page is hashed under the source's page tables from just before the
- * pause, then the pages received afterwards, and those whose c-bit differs
- * in the final tables, are hashed again.
- */
-class EarlyDigests {
-  private readonly received: PageBitmap;
-
-  private constructor(
-    private readonly cbits: PageBitmap,
-    private readonly digests: Promise<Uint8Array>,
-  ) {
-    this.received = new PageBitmap(cbits.npages);
-  }
-
-  static start(memory: GuestMemory, tables: Buffer): EarlyDigests {
-    const cbits = new PageBitmap(memory.npages, { shared: true });
-    if (tables.length !== cbits.words.byteLength) {
-      throw new PeerError(
-        `PAGE_TABLES_PRELIM: expected ${cbits.words.byteLength} bytes, got ${tables.length}`,
-      );
+    const skippedText = skipped === 0 ? '' : `, ${skipped} skipped (${skipReason})`;
+    let message: string;
+    if (!resumed) {
+      const shown = mismatchedGfns.slice(0, 16).join(', ');
+      message = `${mismatchedGfns.length} of ${compared} compared pages differ from the source's view at pause (${hello.verify})${skippedText}; gfns ${shown}${mismatchedGfns.length > 16 ? ', ...' : ''}`;
+    } else if (!verified) {
+      message = `nothing compared: all ${npages} pages skipped (${skipReason}); use --verify strict to compare every page`;
+    } else {
+      message = `${compared} pages compared, all equal to the source's view at pause (${hello.verify})${skippedText}`;
     }
-    new Uint8Array(cbits.words.buffer, 0, cbits.words.byteLength).set(tables);
-    const digests = guestViewDigests(memory.key, memory.bytes, cbits.words, memory.npages);
-    digests.catch(() => {});
-    return new EarlyDigests(cbits, digests);
-  }
-
-  /** Pages written from here on are hashed again at the end. */
-  markReceived(gfns: Float64Array): void {
-    for (const g of gfns) this.received.markAtomic(g);
-  }
-
-  async finish(memory: GuestMemory): Promise<Uint8Array> {
-    const digests = await this.digests;
-    const changed = this.cbits.clone().xor(memory.cbits).or(this.received);
-    refreshDigests(digests, memory.key, memory.bytes, memory.cbits.words, changed);
-    return digests;
+    return {
+      resumed,
+      verified,
+      comparedPages: compared,
+      skippedPages: skipped,
+      skipReason,
+      mismatchedPages: mismatchedGfns.length,
+      mismatchedGfns,
+      generationAfter,
+      message,
+    };
   }
 }

@@ -36,7 +36,7 @@ export async function runDestination(
   });
   try {
     const r = await dest.run();
-    log?.close({ verified: r.verified, mismatched: r.mismatched });
+    log?.close({ verified: r.verified, resumed: r.resumed, mismatched: r.mismatchedPages });
     return r;
   } catch (err) {
     log?.close({ aborted: (err as Error).message });
@@ -47,9 +47,9 @@ export async function runDestination(
 }
 
 /** The destination's side of a one-process run: its verdict (the guest it built is dropped). */
-export type DestinationVerdict = Pick<
+export type DestinationVerdict = Omit<
   DestinationResult,
-  'verified' | 'mismatched' | 'firstMismatches' | 'generationAfter' | 'message' | 'pagesReceived'
+  'hello' | 'memory' | 'cbitState' | 'migrationControl' | 'vcpuState'
 >;
 
 export interface DestinationWorkerData {
@@ -60,13 +60,13 @@ export interface DestinationWorkerData {
 }
 
 /** What the worker reports back: the verdict, without the guest. */
-export interface DestinationWorkerResult {
+export interface DestinationWorkerResult extends Partial<DestinationVerdict> {
   ok: boolean;
   error?: string;
-  verified?: boolean;
-  mismatched?: number;
-  firstMismatches?: number[];
-  generationAfter?: number;
-  message?: string;
-  pagesReceived?: number;
+}
+
+/** The verdict part of a destination result (what crosses a thread). */
+export function verdictOf(r: DestinationResult): DestinationVerdict {
+  const { hello: _h, memory: _m, cbitState: _c, migrationControl: _mc, vcpuState: _v, ...verdict } = r;
+  return verdict;
 }

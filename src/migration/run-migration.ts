@@ -14,9 +14,11 @@ import { CbitStore } from '../host/cbit-store.js';
 import type { SourceGuest } from '../vmm/backend.js';
 import { InProcessBackend } from '../vmm/hypercall-backend.js';
 import { GuestMemory } from '../vmm/sim/guest-memory.js';
+import { DEFAULT_READ_COST_NS_PER_PAGE } from '../vmm/sim/read-cost.js';
 import { ThreadedGuest } from '../vmm/sim/threaded-guest.js';
 import { VcpuPool } from '../vmm/sim/vcpu-pool.js';
 import { type FrameChannel, memoryChannelPair } from './channel.js';
+import type { OnNoConvergence } from './convergence.js';
 import { type DestinationResult, MigrationDestination } from './destination.js';
 import { connectChannel, type Endpoint, listenChannel, type Transport } from './endpoints.js';
 import { guestPagesFor } from './guest-size.js';
@@ -42,14 +44,20 @@ export interface MigrateParams {
   transport: Transport;
   maxDowntimeMs: number;
   maxRounds: number;
+  /** When --max-downtime cannot be met within --max-rounds: abort (default) or pause anyway. */
+  onNoConvergence: OnNoConvergence;
   psp: PspLimits;
   forceUnsafe: boolean;
   peerTimeoutMs: number;
   /** How long the destination waits for the source's handshake (HELLO) on a connection. */
   handshakeTimeoutMs: number;
+  /** Guest page operations per ms per vCPU (the guest's load; 0 = unpaced). */
+  guestOpsPerMs: number;
   /** How long the guest runs before the migration starts. */
   warmupMs: number;
   batchPages: number;
+  /** Modelled cost of each dirty-log and c-bit-state read, ns per guest page (src/vmm/sim/read-cost.ts). */
+  readCostNsPerPage: number;
   /** Whether the guest starts with every page private (SEV guests do); false starts all shared. */
   guestEncrypted?: boolean;
   log?: string;
@@ -67,12 +75,15 @@ export const DEFAULT_PARAMS: MigrateParams = {
   transport: 'inproc',
   maxDowntimeMs: 300,
   maxRounds: 30,
+  onNoConvergence: 'abort',
   psp: { rate: 0, batch: 4096 },
   forceUnsafe: false,
   peerTimeoutMs: 30_000,
   handshakeTimeoutMs: 10_000,
+  guestOpsPerMs: 32,
   warmupMs: 300,
   batchPages: 256,
+  readCostNsPerPage: DEFAULT_READ_COST_NS_PER_PAGE,
 };
 
 /** The guest's page count; throws (naming the limit) unless `guests` guests of this size fit in this process. */
@@ -117,6 +128,7 @@ export async function runSource(
       vcpus: p.vcpus,
       workload: p.workload,
       seed: p.seed,
+      opsPerMs: p.guestOpsPerMs,
     });
     await pool.waitSetup();
     await new Promise((r) => setTimeout(r, p.warmupMs));
@@ -155,9 +167,11 @@ function sourceOptions(
     psp: p.psp,
     maxDowntimeMs: p.maxDowntimeMs,
     maxRounds: p.maxRounds,
+    onNoConvergence: p.onNoConvergence,
     forceUnsafe: p.forceUnsafe,
     batchPages: p.batchPages,
     peerTimeoutMs: p.peerTimeoutMs,
+    readCostNsPerPage: p.readCostNsPerPage,
     log,
     onRound: p.onRound,
     onPages: p.onPages,

@@ -1,7 +1,10 @@
 /**
  * MigrationSource: pre-copy rounds, pause, final round with the c-bit diff,
  * then the c-bit state, migration control, vCPU state and digests, and the
- * destination's verdict (docs/design.md §3 rules 1-6).
+ * destination's verdict (docs/design.md §3 rules 1-6). It runs on the
+ * migration thread, concurrently with the guest's vCPU threads, which
+ * handle their own exits meanwhile (src/vmm/sim/vcpu-exit.ts); a sync drains
+ * their rings first (round-reads.ts).
  *
  * Round k (guest running), protocol `safe`:
  *   1. harvest and clear the dirty log, THEN 2. sync the c-bit state (rule 2),
@@ -17,24 +20,21 @@
  */
 import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { KVM_MIGRATION_READY } from '../common/kvm-abi.js';
-import { PageBitmap } from '../common/page-bitmap.js';
-import { PAGE_SIZE, type PageRange, type StateRange } from '../common/ranges.js';
-import type { CbitStore } from '../host/cbit-store.js';
+import type { PageBitmap } from '../common/page-bitmap.js';
+import { viewDigests } from '../common/page-crypto.js';
+import type { PageRange, StateRange } from '../common/ranges.js';
 import type { PageStateMap } from '../host/page-state-map.js';
-import type { SourceGuest } from '../vmm/backend.js';
-import type { FrameChannel } from './channel.js';
-import type { MigrationLog } from './migration-log.js';
+import { Convergence, type Decision, NotConvergingError } from './convergence.js';
 import { PageSender } from './page-sender.js';
-import {
-  guestViewDigests,
-  PARALLEL_THRESHOLD,
-  refreshDigests,
-  warmDigestWorkers,
-} from './parallel-digests.js';
-import { type PspLimits, PspSession } from './psp.js';
+import { warmDigestWorkers } from './parallel-digests.js';
+import { PspSession } from './psp.js';
+import { type RoundReadResult, RoundReads } from './round-reads.js';
+import { ReferenceDigests, snapshotTables } from './source-digests.js';
+import { MigrationRefusedError, type MigrationSummary, type SourceOptions } from './source-types.js';
 import {
   decodeHelloAck,
   decodeResult,
+  decodeRoundAck,
   decodeText,
   encodeDigests,
   encodeHello,
@@ -43,90 +43,37 @@ import {
   encodeU32,
   encodeU64,
   Msg,
-  type Protocol,
-  type VerifyMode,
   type VerifyResult,
 } from './stream.js';
 
-/** The guest has not said it reports every c-bit change: the migration does not start. */
-export class MigrationRefusedError extends RuntimeFailure {
-  constructor(message: string) {
-    super('ERR_NOT_READY', message);
-  }
-}
-
-export interface SourceOptions {
-  guest: SourceGuest;
-  store: CbitStore;
-  vm: number;
-  channel: FrameChannel;
-  protocol: Protocol;
-  verify: VerifyMode;
-  psp: PspLimits;
-  maxDowntimeMs: number;
-  maxRounds: number;
-  forceUnsafe: boolean;
-  /** Pages per stream frame. */
-  batchPages: number;
-  peerTimeoutMs: number;
-  log?: MigrationLog;
-  onRound?: (p: RoundProgress) => void;
-  /** Called after each frame of a round with the pages sent so far and the round's total. */
-  onPages?: (round: number, sent: number, total: number) => void;
-}
-
-export interface RoundProgress {
-  round: number;
-  paused: boolean;
-  pagesSent: number;
-  cbitRetransmits: number;
-  dirtyLeft: number;
-  expectedDowntimeMs: number;
-  bandwidthMBps: number;
-}
-
-export interface MigrationSummary {
-  verified: boolean;
-  mismatchedPages: number;
-  firstMismatches: number[];
-  rounds: number;
-  pagesSent: number;
-  sealedPages: number;
-  rawPages: number;
-  cbitRetransmits: number;
-  bytes: number;
-  throughputMBps: number;
-  downtimeMs: number;
-  totalMs: number;
-  generationBefore: number;
-  generationAfter: number;
-  protocol: Protocol;
-  verify: VerifyMode;
-  message: string;
-}
-
-/**
- * Pause after this many consecutive rounds that did not shrink the dirty set
- * (unless --max-downtime 0 asks for every round up to --max-rounds).
- */
-const STALLED_ROUNDS_LIMIT = 3;
-
-/** Every gfn of a list of runs. */
-function runsToGfns(runs: readonly PageRange[]): Float64Array {
-  let n = 0;
-  for (const r of runs) n += r.npages;
-  const out = new Float64Array(n);
-  let i = 0;
-  for (const r of runs) for (let g = r.gfn; g < r.gfn + r.npages; g++) out[i++] = g;
-  return out;
-}
+export type { MigrationSummary, RoundProgress, SourceOptions } from './source-types.js';
+export { MigrationRefusedError } from './source-types.js';
 
 export class MigrationSource {
   private readonly psp: PspSession;
   private readonly sender: PageSender;
   private stats = { pagesSent: 0, sealedPages: 0, rawPages: 0, cbitRetransmits: 0, bytes: 0 };
+  /** The current round (0 = bulk; the paused round is the last). */
+  private round = 0;
+  /** Bytes per second of the last live round. */
+  private bandwidth = 0;
+  private pausedAt = 0;
+  private readonly convergence: Convergence;
+  private decision: Decision | undefined;
+  /** Whether the destination's reference digests had their first pass at the last ROUND_ACK. */
+  private peerDigestsReady = false;
+  /** The verification reference, hashed from the end of the bulk round on (source-digests.ts). */
+  private reference: ReferenceDigests | undefined;
+  /** The state of round 0's sync (naive uses it for every page). */
+  private initialState: PageStateMap | undefined;
+  /** The state of the last live sync (no-final-diff sends the paused round with it). */
+  private lastLive: PageStateMap | undefined;
+
+  private readonly reads: RoundReads;
 
   constructor(private readonly o: SourceOptions) {
+    this.reads = new RoundReads(o.guest, o.store, o.vm, o.protocol, o.readCostNsPerPage, o.log);
+    this.convergence = new Convergence(o.maxDowntimeMs, o.maxRounds, o.onNoConvergence === 'pause');
     this.psp = new PspSession(o.guest.memory.key, o.psp);
     this.sender = new PageSender(o.guest.memory, this.psp, o.channel, o.batchPages, o.log);
   }
@@ -145,30 +92,11 @@ export class MigrationSource {
    */
   private async endRound(round: number): Promise<void> {
     await this.o.channel.send(Msg.ROUND_END, encodeU32(round));
-    const acked = (await this.expect(Msg.ROUND_ACK)).readUInt32LE(0);
+    const ack = decodeRoundAck(await this.expect(Msg.ROUND_ACK));
+    this.peerDigestsReady = ack.digestsReady;
+    const acked = ack.round;
     if (acked !== round)
       throw new PeerError(`the destination acknowledged round ${acked}, expected ${round}`);
-  }
-
-  /** Harvests (and clears) the dirty log into a fresh bitmap. */
-  private harvest(round: number): PageBitmap {
-    const d = new PageBitmap(this.o.guest.memory.npages);
-    const n = this.o.guest.memory.dirty.harvestInto(d);
-    if (this.o.log) this.o.log.event('harvest', round, { pages: n }, runsToGfns(d.runs()));
-    return d;
-  }
-
-  private sync(round: number) {
-    const s = this.o.store.sync(this.o.vm);
-    if (this.o.log) {
-      this.o.log.event('sync', round, {
-        seq: s.seq,
-        previousSeq: s.previousSeq,
-        changedRanges: s.delta.length,
-      });
-      this.o.log.changes(this.o.store.changes(this.o.vm, s.previousSeq, s.seq));
-    }
-    return s;
   }
 
   private async sendPages(
@@ -186,34 +114,6 @@ export class MigrationSource {
     return s.sealedPages + s.rawPages;
   }
 
-  /**
-   * Hashes the guest's view of every page while it runs, and sends the c-bit
-   * table the hashes used (taken first, so a conversion during the hashing
-   * shows up as a difference at pause).
-   */
-  private async earlyDigests(): Promise<{ digests: Uint8Array; cbits: Uint32Array }> {
-    const memory = this.o.guest.memory;
-    const cbits = memory.cbits.words.slice();
-    // The destination starts hashing with the same tables at the same time.
-    await this.o.channel.send(Msg.PAGE_TABLES_PRELIM, new Uint8Array(cbits.buffer.slice(0)));
-    const digests = await guestViewDigests(memory.key, memory.bytes, memory.cbits.words, memory.npages);
-    return { digests, cbits };
-  }
-
-  /**
-   * At pause: rehashes the pages the final harvest found dirty and those
-   * whose c-bit differs from the early table. A page written while it was
-   * being hashed is dirty (the bit is set after the write), so it is redone.
-   */
-  private finishDigests(early: { digests: Uint8Array; cbits: Uint32Array }, dirty: PageBitmap): Uint8Array {
-    const memory = this.o.guest.memory;
-    const changed = new PageBitmap(memory.npages);
-    changed.words.set(early.cbits);
-    changed.xor(memory.cbits).or(dirty);
-    refreshDigests(early.digests, memory.key, memory.bytes, memory.cbits.words, changed);
-    return early.digests;
-  }
-
   /** Adds the c-bit-changed frames to the send set (rule 3); returns how many were not dirty anyway. */
   private addChanged(toSend: PageBitmap, delta: readonly StateRange[]): number {
     let added = 0;
@@ -224,208 +124,337 @@ export class MigrationSource {
     return added;
   }
 
-  async run(): Promise<MigrationSummary> {
-    const { guest, protocol, store, vm } = this.o;
-    const t0 = performance.now();
-    const control = store.migrationControl(vm);
+  /** Refuses a guest that has not said it reports every c-bit change (docs/design.md §2). */
+  private checkReady(): bigint {
+    const control = this.o.store.migrationControl(this.o.vm);
     if ((control & KVM_MIGRATION_READY) === 0n && !this.o.forceUnsafe) {
       throw new MigrationRefusedError(
         `the guest has not set KVM_MIGRATION_READY in MSR_KVM_MIGRATION_CONTROL, so it may not report every c-bit change; refusing to migrate (--force-unsafe overrides)`,
       );
     }
-    const memory = guest.memory;
-    const npages = memory.npages;
-    warmDigestWorkers(npages);
-    const generationBefore = guest.generation;
-    let pausedAt = 0;
+    return control;
+  }
+
+  /**
+   * Runs the migration: handshake, the bulk round, pre-copy rounds until the
+   * downtime fits, pause, the final round, the state, and the verdict.
+   * Resolves with the summary (verified or not); throws when the migration
+   * aborted, the source guest running on untouched (rule 6).
+   */
+  async run(): Promise<MigrationSummary> {
+    const t0 = performance.now();
+    const control = this.checkReady();
+    warmDigestWorkers(this.o.guest.memory.npages);
+    const generationBefore = this.o.guest.generation;
     try {
-      await this.o.channel.send(
-        Msg.HELLO,
-        encodeHello({
-          npages,
-          vcpus: guest.vcpus,
-          protocol,
-          verify: this.o.verify,
-          generation: generationBefore,
-          publicKey: this.psp.publicKey,
-        }),
-      );
-      const ack = decodeHelloAck(await this.expect(Msg.HELLO_ACK));
-      if (ack.error) throw new PeerError(`the destination refused the migration: ${ack.error}`);
-      this.psp.sendStart(ack.publicKey!);
-      this.o.log?.event('start', 0, { npages, protocol, verify: this.o.verify, control: Number(control) });
-
-      // Round 0: everything, from the perspective of a sync taken after the harvest.
-      this.harvest(0);
-      guest.tick('between-reads', 0);
-      const first = this.sync(0);
-      const initialState = first.state;
-      let lastLive = first.state;
-      this.o.log?.state('initial', initialState.serialize());
-      let roundStart = performance.now();
-      await this.sendPages(0, [{ gfn: 0, npages }], first.state);
-      await this.endRound(0);
-      guest.tick('after-send', 0);
-      let bandwidth = this.stats.bytes / Math.max(1e-3, (performance.now() - roundStart) / 1000);
-      let round = 0;
-      // Rounds that did not shrink the dirty set by a tenth below its best:
-      // the guest dirties pages as fast as they go out, and more rounds
-      // would only delay the pause.
-      let stalledRounds = 0;
-      let bestDirty = Number.POSITIVE_INFINITY;
-      for (;;) {
-        const dirtyLeft = memory.dirty.count();
-        if (dirtyLeft < bestDirty * 0.9) {
-          bestDirty = dirtyLeft;
-          stalledRounds = 0;
-        } else {
-          stalledRounds++;
-        }
-        const expectedDowntimeMs = ((dirtyLeft * PAGE_SIZE) / Math.max(1, bandwidth)) * 1000;
-        this.o.onRound?.({
-          round,
-          paused: false,
-          pagesSent: this.stats.pagesSent,
-          cbitRetransmits: this.stats.cbitRetransmits,
-          dirtyLeft,
-          expectedDowntimeMs,
-          bandwidthMBps: bandwidth / 1e6,
-        });
-        if (expectedDowntimeMs <= this.o.maxDowntimeMs || round + 1 >= this.o.maxRounds) break;
-        if (stalledRounds >= STALLED_ROUNDS_LIMIT && this.o.maxDowntimeMs > 0) {
-          this.o.log?.event('not-converging', round, { dirtyLeft, expectedDowntimeMs });
-          break;
-        }
-        round++;
-        roundStart = performance.now();
-        const before = this.stats.bytes;
-        guest.tick('round-start', round);
-        let d: PageBitmap;
-        let s: ReturnType<CbitStore['sync']>;
-        if (protocol === 'cbit-first') {
-          s = this.sync(round);
-          guest.tick('between-reads', round);
-          d = this.harvest(round);
-        } else {
-          d = this.harvest(round);
-          guest.tick('between-reads', round);
-          s = this.sync(round);
-        }
-        if (protocol === 'safe' || protocol === 'no-final-diff')
-          this.stats.cbitRetransmits += this.addChanged(d, s.delta);
-        lastLive = s.state;
-        await this.sendPages(round, d.runs(), protocol === 'naive' ? initialState : s.state);
-        await this.endRound(round);
-        guest.tick('after-send', round);
-        bandwidth =
-          (this.stats.bytes - before) / Math.max(1e-3, (performance.now() - roundStart) / 1000) || bandwidth;
-      }
-
-      // Pause, then the final round (rule 4).
-      // Digests of the view at pause, most of them taken before it: hash
-      // every page now (the guest still runs), then at pause rehash only
-      // what was written (the final harvest) or converted since. The
-      // destination does the same with the page tables sent here.
-      const early = npages >= PARALLEL_THRESHOLD ? await this.earlyDigests() : undefined;
-      await guest.pause();
-      pausedAt = performance.now();
-      // Small guests: hash the whole view now, on other cores, during the final round.
-      const sourceDigests = early
-        ? undefined
-        : guestViewDigests(memory.key, memory.bytes, memory.cbits.words, npages);
-      sourceDigests?.catch(() => {});
-      round++;
-      this.o.log?.event('pause', round, {});
-      let d: PageBitmap;
-      let finalState: PageStateMap;
-      if (protocol === 'no-final-diff' || protocol === 'naive') {
-        d = this.harvest(round);
-        finalState = protocol === 'naive' ? initialState : lastLive;
-      } else {
-        const cbitFirst = protocol === 'cbit-first';
-        const s1 = cbitFirst ? this.sync(round) : undefined;
-        d = this.harvest(round);
-        const s = s1 ?? this.sync(round);
-        if (protocol !== 'no-cbit-dirty') this.stats.cbitRetransmits += this.addChanged(d, s.delta);
-        finalState = s.state;
-      }
-      await this.sendPages(round, d.runs(), finalState);
-      await this.endRound(round);
-      this.o.onRound?.({
-        round,
-        paused: true,
-        pagesSent: this.stats.pagesSent,
-        cbitRetransmits: this.stats.cbitRetransmits,
-        dirtyLeft: 0,
-        expectedDowntimeMs: 0,
-        bandwidthMBps: bandwidth / 1e6,
-      });
-
-      // The guest's own page tables travel as guest memory; the host's c-bit
-      // state, migration control and vCPU state follow.
-      const words = memory.cbits.words;
-      await this.o.channel.send(
-        Msg.GUEST_PAGE_TABLES,
-        new Uint8Array(words.buffer.slice(words.byteOffset, words.byteOffset + words.byteLength)),
-      );
-      const stateBytes = finalState.serialize();
-      this.o.log?.state('final', stateBytes);
-      this.o.log?.event('cbit-state', round, {
-        ranges: finalState.rangeCount,
-        encrypted: finalState.encryptedCount,
-      });
-      await this.o.channel.send(Msg.CBIT_STATE, stateBytes);
-      await this.o.channel.send(Msg.MIGRATION_CONTROL, encodeU64(store.migrationControl(vm)));
-      const vmsa = guest.vcpuState();
-      const vmsaIds = Float64Array.from({ length: guest.vcpus }, (_, i) => i);
-      const sealedVmsa = this.psp.sendUpdateVmsa(vmsa, vmsaIds);
-      await this.o.channel.send(
-        Msg.VMSA,
-        encodePages({ round, gfns: vmsaIds, firstSeq: sealedVmsa.firstSeq, data: sealedVmsa.sealed }),
-      );
-      await this.o.channel.send(
-        Msg.DIGESTS,
-        encodeDigests({
-          digests: early ? this.finishDigests(early, d) : await sourceDigests!,
-          defined: memory.written.words,
-        }),
-      );
-      const result: VerifyResult = decodeResult(await this.expect(Msg.RESULT));
-      const downtimeMs = performance.now() - pausedAt;
-      this.o.log?.event(result.verified ? 'resume' : 'verify-failed', round, { ...result });
-      if (!result.verified) {
-        // The destination did not resume: the source guest carries on.
-        guest.resume();
-      } else {
-        guest.generation = result.generationAfter;
-      }
-      const totalMs = performance.now() - t0;
-      return {
-        verified: result.verified,
-        mismatchedPages: result.mismatched,
-        firstMismatches: result.firstMismatches,
-        rounds: round + 1,
-        ...this.stats,
-        throughputMBps: this.stats.bytes / 1e6 / (totalMs / 1000),
-        downtimeMs,
-        totalMs,
-        generationBefore,
-        generationAfter: result.verified ? result.generationAfter : generationBefore,
-        protocol,
-        verify: this.o.verify,
-        message: result.message,
-      };
+      await this.handshake(control, generationBefore);
+      await this.bulkRound();
+      await this.startReference();
+      while (await this.another()) await this.precopyRound();
+      await this.pause();
+      const final = await this.finalRound();
+      await this.sendState(final.state);
+      await this.sendDigests(final.dirty);
+      return await this.verdict(t0, generationBefore);
     } catch (err) {
-      // Rule 6: the source guest runs on, unpaused, untouched.
-      if (guest.paused) guest.resume();
-      const reason = err instanceof Error ? err.message : String(err);
-      this.o.log?.event('abort', 0, { reason });
-      await this.o.channel.send(Msg.ABORT, encodeText(reason)).catch(() => {});
-      if (err instanceof MisuseError || err instanceof RuntimeFailure) throw err;
-      throw new RuntimeFailure('ERR_MIGRATION', `migration aborted: ${reason}`, { cause: err });
+      throw await this.abort(err);
     } finally {
       this.psp.finish(); // SEND_FINISH: the transport key is gone, success or not
       this.o.log?.flush();
     }
+  }
+
+  /** HELLO / HELLO_ACK, then SEND_START with the destination's key. */
+  private async handshake(control: bigint, generation: number): Promise<void> {
+    const npages = this.o.guest.memory.npages;
+    await this.o.channel.send(
+      Msg.HELLO,
+      encodeHello({
+        npages,
+        vcpus: this.o.guest.vcpus,
+        protocol: this.o.protocol,
+        verify: this.o.verify,
+        generation,
+        publicKey: this.psp.publicKey,
+      }),
+    );
+    const ack = decodeHelloAck(await this.expect(Msg.HELLO_ACK));
+    if (ack.error) throw new PeerError(`the destination refused the migration: ${ack.error}`);
+    this.psp.sendStart(ack.publicKey!);
+    this.o.log?.event('start', 0, {
+      npages,
+      protocol: this.o.protocol,
+      verify: this.o.verify,
+      control: Number(control),
+    });
+  }
+
+  /**
+   * Round 0: every page, from the perspective of the round's sync (taken
+   * after the harvest; cbit-first reads the c-bit state first, as in every
+   * round of that variant).
+   */
+  private async bulkRound(): Promise<void> {
+    const npages = this.o.guest.memory.npages;
+    const first = await this.readBoth(0);
+    this.initialState = first.sync.state;
+    this.lastLive = first.sync.state;
+    this.o.log?.state('initial', first.sync.state.serialize());
+    await this.sendAndMeasure(0, [{ gfn: 0, npages }], first.sync.state, first.readsMs);
+    this.o.guest.tick('after-send', 0);
+  }
+
+  /**
+   * Sends a live round's pages and ends the round, recording what it
+   * measured (the downtime estimate's rates).
+   */
+  private async sendAndMeasure(
+    round: number,
+    runs: Iterable<PageRange>,
+    perspective: PageStateMap,
+    readsMs: number,
+  ): Promise<void> {
+    const start = performance.now();
+    const bytesBefore = this.stats.bytes;
+    const pages = await this.sendPages(round, runs, perspective);
+    const ackStart = performance.now();
+    await this.endRound(round);
+    const end = performance.now();
+    this.convergence.recordRound({
+      readsMs,
+      pagesSent: pages,
+      sendMs: end - start,
+      roundTripMs: end - ackStart,
+      roundMs: end - start + readsMs,
+    });
+    if (pages > 0) this.bandwidth = (this.stats.bytes - bytesBefore) / Math.max(1e-3, (end - start) / 1000);
+  }
+
+  /**
+   * After the bulk round: snapshots the guest's page tables, sends them
+   * (PAGE_TABLES_PRELIM: the destination hashes under the same ones) and
+   * starts hashing the reference while the rounds go on.
+   */
+  private async startReference(): Promise<void> {
+    const memory = this.o.guest.memory;
+    const tables = snapshotTables(memory);
+    const w = tables.words;
+    await this.o.channel.send(
+      Msg.PAGE_TABLES_PRELIM,
+      new Uint8Array(w.buffer, w.byteOffset, w.byteLength).slice(),
+    );
+    this.reference = ReferenceDigests.start(memory, tables);
+    this.reads.onHarvest = (d) => this.reference?.noteWritten(d);
+    // A first rate for the estimate; rehashes measure it again.
+    const t0 = performance.now();
+    viewDigests(memory.key, memory.bytes, memory.cbits.words, 0, Math.min(256, memory.npages));
+    this.convergence.hashMsPerPage = (performance.now() - t0) / Math.min(256, memory.npages);
+  }
+
+  /** The round's two reads (round-reads.ts), and the cost of sending the state they return. */
+  private async readBoth(round: number): Promise<RoundReadResult> {
+    const r = await this.reads.both(round);
+    const s0 = performance.now();
+    r.sync.state.serialize();
+    this.convergence.stateMs = performance.now() - s0;
+    return r;
+  }
+
+  /**
+   * Whether to run another live round (convergence.ts). Before deciding to
+   * pause, the reference digests are brought up to date while the guest
+   * still runs, so the paused phase rehashes only what the final harvest
+   * finds. When the target is not met: abort (default; the guest runs on),
+   * or pause anyway and say so.
+   */
+  private async another(): Promise<boolean> {
+    const { guest, store, vm } = this.o;
+    const reference = this.reference!;
+    const pagesLeft = () => {
+      const info = store.info(vm);
+      return guest.memory.dirty.count() + Math.max(0, info.lastSeq - info.lastSyncSeq);
+    };
+    // Keep the reference current while the guest runs (one round's pages at a time).
+    if (reference.hashed) this.noteRehash(await reference.catchUp());
+    let d = this.convergence.decide(this.round, pagesLeft());
+    if (!d.another) {
+      // About to pause: the first pass must be done and caught up; what that
+      // let the guest dirty meanwhile counts too.
+      this.noteRehash(await reference.catchUp());
+      const estimatedDowntimeMs = this.convergence.estimate(pagesLeft());
+      const converged = estimatedDowntimeMs <= this.o.maxDowntimeMs;
+      const roundsLeft = this.round + 1 < this.o.maxRounds;
+      // The destination must not hash the whole guest while paused either:
+      // while its first pass runs, another live round keeps the dirty set small.
+      const wait = d.converged && (!converged || !this.peerDigestsReady);
+      d = { ...d, estimatedDowntimeMs, converged, another: wait && roundsLeft };
+    }
+    this.decision = d;
+    this.o.onRound?.({
+      round: this.round,
+      paused: false,
+      pagesSent: this.stats.pagesSent,
+      cbitRetransmits: this.stats.cbitRetransmits,
+      dirtyLeft: guest.memory.dirty.count(),
+      expectedDowntimeMs: d.estimatedDowntimeMs,
+      bandwidthMBps: this.bandwidth / 1e6,
+    });
+    if (d.another) return true;
+    if (!d.converged) {
+      const message = Convergence.explain(d, this.round + 1, this.o.maxDowntimeMs);
+      this.o.log?.event('not-converging', this.round, { ...d, message });
+      if ((this.o.onNoConvergence ?? 'abort') === 'abort') throw new NotConvergingError(message);
+    }
+    return false;
+  }
+
+  /** A rehash of enough pages measures the hashing rate again. */
+  private noteRehash(pages: number): void {
+    if (pages >= 64) this.convergence.hashMsPerPage = this.reference!.msPerPage;
+  }
+
+  /**
+   * One live round (docs/design.md §3 rules 2-3): harvest, THEN sync (cbit-first
+   * swaps them), add the c-bit-changed pages (safe, no-final-diff), send.
+   */
+  private async precopyRound(): Promise<void> {
+    const { guest, protocol } = this.o;
+    const round = ++this.round;
+    guest.tick('round-start', round);
+    const { dirty: d, sync: s, readsMs } = await this.readBoth(round);
+    if (protocol === 'safe' || protocol === 'no-final-diff')
+      this.stats.cbitRetransmits += this.addChanged(d, s.delta);
+    this.lastLive = s.state;
+    await this.sendAndMeasure(round, d.runs(), protocol === 'naive' ? this.initialState! : s.state, readsMs);
+    guest.tick('after-send', round);
+  }
+
+  /** Pauses the guest: from here its memory and page tables no longer change. */
+  private async pause(): Promise<void> {
+    await this.o.guest.pause();
+    this.pausedAt = performance.now();
+    this.round++;
+    this.o.log?.event('pause', this.round, {
+      converged: this.decision?.converged ?? true,
+      estimatedDowntimeMs: this.decision?.estimatedDowntimeMs ?? 0,
+    });
+  }
+
+  /**
+   * The paused round (rule 4): harvest and sync once more; the sync's delta
+   * is the diff of the full state against the last sync, and every page in
+   * it is resent (but for no-cbit-dirty). Returns the final state and dirty set.
+   */
+  private async finalRound(): Promise<{ state: PageStateMap; dirty: PageBitmap }> {
+    const { protocol } = this.o;
+    const round = this.round;
+    let d: PageBitmap;
+    let state: PageStateMap;
+    if (protocol === 'no-final-diff' || protocol === 'naive') {
+      d = this.reads.harvest(round);
+      state = protocol === 'naive' ? this.initialState! : this.lastLive!;
+    } else {
+      const s1 = protocol === 'cbit-first' ? await this.reads.sync(round) : undefined;
+      d = this.reads.harvest(round);
+      const s = s1 ?? (await this.reads.sync(round));
+      if (protocol !== 'no-cbit-dirty') this.stats.cbitRetransmits += this.addChanged(d, s.delta);
+      state = s.state;
+    }
+    await this.sendPages(round, d.runs(), state);
+    await this.endRound(round);
+    this.o.onRound?.({
+      round,
+      paused: true,
+      pagesSent: this.stats.pagesSent,
+      cbitRetransmits: this.stats.cbitRetransmits,
+      dirtyLeft: 0,
+      expectedDowntimeMs: 0,
+      bandwidthMBps: this.bandwidth / 1e6,
+    });
+    return { state, dirty: d };
+  }
+
+  /**
+   * The guest's own page tables travel as guest memory; the host's c-bit
+   * state, migration control and vCPU state (SEND_UPDATE_VMSA) follow.
+   */
+  private async sendState(finalState: PageStateMap): Promise<void> {
+    const { guest, store, vm } = this.o;
+    const words = guest.memory.cbits.words;
+    await this.o.channel.send(
+      Msg.GUEST_PAGE_TABLES,
+      new Uint8Array(words.buffer.slice(words.byteOffset, words.byteOffset + words.byteLength)),
+    );
+    const stateBytes = finalState.serialize();
+    this.o.log?.state('final', stateBytes);
+    this.o.log?.event('cbit-state', this.round, {
+      ranges: finalState.rangeCount,
+      encrypted: finalState.encryptedCount,
+    });
+    await this.o.channel.send(Msg.CBIT_STATE, stateBytes);
+    await this.o.channel.send(Msg.MIGRATION_CONTROL, encodeU64(store.migrationControl(vm)));
+    const vmsaIds = Float64Array.from({ length: guest.vcpus }, (_, i) => i);
+    const sealedVmsa = this.psp.sendUpdateVmsa(guest.vcpuState(), vmsaIds);
+    await this.o.channel.send(
+      Msg.VMSA,
+      encodePages({
+        round: this.round,
+        gfns: vmsaIds,
+        firstSeq: sealedVmsa.firstSeq,
+        data: sealedVmsa.sealed,
+      }),
+    );
+  }
+
+  /** The reference digests of the view at pause, and which pages hold defined content. */
+  private async sendDigests(finalHarvest: PageBitmap): Promise<void> {
+    const memory = this.o.guest.memory;
+    const { digests } = await this.reference!.finish(finalHarvest);
+    await this.o.channel.send(Msg.DIGESTS, encodeDigests({ digests, defined: memory.written.words }));
+  }
+
+  /**
+   * The destination's verdict: verified, it resumed and the source guest
+   * takes the new generation; not verified, the source guest carries on.
+   */
+  private async verdict(t0: number, generationBefore: number): Promise<MigrationSummary> {
+    const { guest } = this.o;
+    const result: VerifyResult = decodeResult(await this.expect(Msg.RESULT));
+    const downtimeMs = performance.now() - this.pausedAt;
+    this.o.log?.event(result.resumed ? 'resume' : 'verify-failed', this.round, { ...result });
+    if (!result.resumed) guest.resume();
+    else guest.generation = result.generationAfter;
+    const totalMs = performance.now() - t0;
+    return {
+      verified: result.verified,
+      resumed: result.resumed,
+      comparedPages: result.comparedPages,
+      skippedPages: result.skippedPages,
+      skipReason: result.skipReason,
+      mismatchedPages: result.mismatchedPages,
+      mismatchedGfns: result.mismatchedGfns,
+      converged: this.decision?.converged ?? true,
+      estimatedDowntimeMs: this.decision?.estimatedDowntimeMs ?? 0,
+      rounds: this.round + 1,
+      ...this.stats,
+      throughputMBps: this.stats.bytes / 1e6 / (totalMs / 1000),
+      downtimeMs,
+      totalMs,
+      generationBefore,
+      generationAfter: result.resumed ? result.generationAfter : generationBefore,
+      protocol: this.o.protocol,
+      verify: this.o.verify,
+      message: result.message,
+    };
+  }
+
+  /** Rule 6: the source guest runs on, unpaused, untouched; the peer is told why. Returns the error to throw. */
+  private async abort(err: unknown): Promise<Error> {
+    if (this.o.guest.paused) this.o.guest.resume();
+    const reason = err instanceof Error ? err.message : String(err);
+    this.o.log?.event('abort', 0, { reason });
+    await this.o.channel.send(Msg.ABORT, encodeText(reason)).catch(() => {});
+    if (err instanceof MisuseError || err instanceof RuntimeFailure) return err;
+    return new RuntimeFailure('ERR_MIGRATION', `migration aborted: ${reason}`, { cause: err });
   }
 }

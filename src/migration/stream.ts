@@ -159,37 +159,85 @@ export function decodeDigests(payload: Buffer, npages: number): Digests {
   return { digests, defined };
 }
 
+/**
+ * The destination's verdict. `resumed`: no compared page differed, so the
+ * destination resumed the guest; `verified`: that, and at least one page was
+ * compared (a verdict over nothing is not a verification).
+ */
 export interface VerifyResult {
+  resumed: boolean;
   verified: boolean;
-  mismatched: number;
-  firstMismatches: number[];
+  comparedPages: number;
+  skippedPages: number;
+  /** Why pages were skipped ('' when none were). */
+  skipReason: string;
+  mismatchedPages: number;
+  /** Every mismatched gfn, ascending. */
+  mismatchedGfns: number[];
   generationAfter: number;
   message: string;
 }
 
 export function encodeResult(r: VerifyResult): Uint8Array {
-  const text = Buffer.from(r.message);
-  const w = new BinaryWriter()
+  const w = new BinaryWriter(48 + r.mismatchedGfns.length * 8)
+    .u8(r.resumed ? 1 : 0)
     .u8(r.verified ? 1 : 0)
-    .u8(0)
-    .u16(r.firstMismatches.length)
+    .u16(0)
     .u32(r.generationAfter)
-    .u64(r.mismatched);
-  for (const g of r.firstMismatches) w.u64(g);
-  return w.u32(text.length).bytes(text).finish();
+    .u64(r.comparedPages)
+    .u64(r.skippedPages)
+    .u64(r.mismatchedGfns.length);
+  for (const g of r.mismatchedGfns) w.u64(g);
+  const reason = Buffer.from(r.skipReason);
+  const text = Buffer.from(r.message);
+  return w.u32(reason.length).bytes(reason).u32(text.length).bytes(text).finish();
 }
 
 export function decodeResult(payload: Buffer): VerifyResult {
   const r = new BinaryReader(payload, 'RESULT');
+  const resumed = r.u8('resumed') === 1;
   const verified = r.u8('verified') === 1;
-  r.u8('reserved');
-  const n = r.u16('mismatch list length');
+  r.u16('reserved');
   const generationAfter = r.u32('generation');
-  const mismatched = r.u64n('mismatched');
-  const firstMismatches = Array.from({ length: n }, () => r.u64n('gfn'));
+  const comparedPages = r.u64n('compared pages');
+  const skippedPages = r.u64n('skipped pages');
+  const n = r.u64n('mismatched pages');
+  if (n > payload.length / 8)
+    throw new FormatError('RESULT', 24, `at most ${Math.floor(payload.length / 8)} mismatched gfns`, `${n}`);
+  const mismatchedGfns = Array.from({ length: n }, () => r.u64n('gfn'));
+  const skipReason = r.bytes(r.u32('skip reason length'), 'skip reason').toString();
   const message = r.bytes(r.u32('message length'), 'message').toString();
   r.end();
-  return { verified, mismatched, firstMismatches, generationAfter, message };
+  if (verified && (!resumed || comparedPages === 0))
+    throw new FormatError('RESULT', 1, 'verified only with resumed and compared pages', 'verified');
+  return {
+    resumed,
+    verified,
+    comparedPages,
+    skippedPages,
+    skipReason,
+    mismatchedPages: n,
+    mismatchedGfns,
+    generationAfter,
+    message,
+  };
+}
+
+/** ROUND_ACK: the round, and whether the destination's reference digests have had their first pass. */
+export function encodeRoundAck(round: number, digestsReady: boolean): Uint8Array {
+  return new BinaryWriter()
+    .u32(round)
+    .u32(digestsReady ? 1 : 0)
+    .finish();
+}
+
+export function decodeRoundAck(payload: Buffer): { round: number; digestsReady: boolean } {
+  const r = new BinaryReader(payload, 'ROUND_ACK');
+  const round = r.u32('round');
+  const flags = r.u32('flags');
+  r.end();
+  if ((flags & ~1) !== 0) throw new FormatError('ROUND_ACK', 4, 'flags 0 or 1', `${flags}`);
+  return { round, digestsReady: flags === 1 };
 }
 
 export function encodeText(text: string): Uint8Array {
@@ -211,6 +259,13 @@ export function encodeU64(v: bigint | number): Uint8Array {
 export function decodeU64(payload: Buffer, what: string): bigint {
   const r = new BinaryReader(payload, what);
   const v = r.u64('value');
+  r.end();
+  return v;
+}
+
+export function decodeU32(payload: Buffer, what: string): number {
+  const r = new BinaryReader(payload, what);
+  const v = r.u32('value');
   r.end();
   return v;
 }

@@ -21,6 +21,12 @@ export interface SourceGuest {
   resume(): void;
   readonly paused: boolean;
   tick(point: InterleavingPoint, round: number): void;
+  /**
+   * Moves every c-bit change whose hypercall has returned into the tracker
+   * (the vCPUs' exit rings); resolves once the tracker holds them. A sync
+   * calls this first (docs/design.md, threading).
+   */
+  drainExits(): Promise<void>;
   /** One page of plaintext register state (the SEV-ES VMSA) per vCPU. */
   vcpuState(): Uint8Array;
 }

@@ -3,24 +3,52 @@
  * hypercalls and migration-control MSR writes. Two transports:
  *
  * - InProcessBackend: straight into a CbitStore in this process, with group
- *   commit (the exit completes only after the commit holding the change);
- * - SocketBackend: to `sevtrack serve` through HostServiceClient.
+ *   commit (a sync commits what it consumes before it answers);
+ * - SocketBackend: to `sevtrack serve` through HostServiceClient; the
+ *   service answers after the commit holding the changes, so nothing it
+ *   acknowledged is lost on kill -9 (the exit rings hold the rest).
  *
- * The kvm backend's port-IO exits and the sim backend's worker exits both end
- * here, so the guest sees the same host whichever transport is chosen.
+ * Two entries: `hypercall` for an exit that waits for the host (one call,
+ * resolved once durable), and `applyValidated` for changes the sim backend's
+ * vCPU threads validated themselves and queued in their exit rings
+ * (src/vmm/sim/exit-rings.ts), handed over in order by the tracker. The
+ * guest sees the same host whichever transport is chosen.
  */
+import { RuntimeFailure } from '../common/errors.js';
 import {
+  encodeAttributes,
   KVM_ENOSYS,
   KVM_FEATURE_HC_MAP_GPA_RANGE,
   KVM_FEATURE_MIGRATION_CONTROL,
+  KVM_HC_MAP_GPA_RANGE,
 } from '../common/kvm-abi.js';
+import { PAGE_SIZE } from '../common/ranges.js';
 import type { CbitStore } from '../host/cbit-store.js';
 import { GroupCommit } from '../host/group-commit.js';
 import type { HostServiceClient } from '../host/service-client.js';
 
+/** A MAP_GPA_RANGE change a vCPU thread has already validated (decodeHypercall). */
+export interface ValidatedChange {
+  gfn: number;
+  npages: number;
+  encrypted: boolean;
+}
+
 export interface HypercallBackend {
+  /**
+   * Whether the host handles KVM_HC_MAP_GPA_RANGE at all (KVM_CAP_EXIT_HYPERCALL
+   * bit 12): when false, the vCPU answers -KVM_ENOSYS without an exit.
+   */
+  readonly forwardsHypercalls: boolean;
   /** Handles one hypercall of `vm`; resolves with the KVM return code once the change is durable. */
   hypercall(vm: number, nr: bigint, a0: bigint, a1: bigint, a2: bigint): Promise<number>;
+  /**
+   * Takes changes the vCPU threads validated and drained from their rings, in
+   * order. Returns nothing when the host holds them once this returns
+   * (in-process: in the store's state, committed by the next group commit or
+   * sync), or a promise that resolves once the host holds them durably.
+   */
+  applyValidated(vm: number, changes: readonly ValidatedChange[]): Promise<void> | undefined;
   setMigrationControl(vm: number, value: bigint): Promise<void>;
   getMigrationControl(vm: number): Promise<bigint>;
   /** CPUID 0x40000001 EAX as this host advertises it. */
@@ -32,10 +60,29 @@ export const FULL_SUPPORT = (1 << KVM_FEATURE_HC_MAP_GPA_RANGE) | (1 << KVM_FEAT
 
 export class InProcessBackend implements HypercallBackend {
   readonly cpuidFeatures = FULL_SUPPORT;
+  readonly forwardsHypercalls = true;
   private readonly commits: GroupCommit;
+  private commitError: Error | undefined;
 
   constructor(readonly store: CbitStore) {
     this.commits = new GroupCommit(store);
+  }
+
+  /**
+   * Applies the changes to the store's state now; a group commit on the next
+   * event-loop turn makes them durable (a sync commits first anyway).
+   */
+  applyValidated(vm: number, changes: readonly ValidatedChange[]): undefined {
+    if (this.commitError) throw this.commitError;
+    for (const c of changes) this.store.applyChange(vm, c);
+    if (changes.length > 0)
+      this.commits.whenDurable(
+        () => {},
+        (e) => {
+          this.commitError = e;
+        },
+      );
+    return undefined;
   }
 
   /** The exit completes only once the commit holding the change is done (one per event-loop turn). */
@@ -54,10 +101,39 @@ export class InProcessBackend implements HypercallBackend {
   }
 }
 
+/** Hypercalls per HYPERCALL_BATCH request (the service's limit is larger). */
+const FORWARD_BATCH = 1024;
+
 export class SocketBackend implements HypercallBackend {
   readonly cpuidFeatures = FULL_SUPPORT;
+  readonly forwardsHypercalls = true;
 
   constructor(readonly client: HostServiceClient) {}
+
+  /**
+   * Forwards the changes in order, in batches; resolves once the service has
+   * answered every batch (it answers after the commit holding them).
+   */
+  async applyValidated(vm: number, changes: readonly ValidatedChange[]): Promise<void> {
+    const batches: Promise<{ ret: number }[]>[] = [];
+    for (let i = 0; i < changes.length; i += FORWARD_BATCH) {
+      const calls = changes.slice(i, i + FORWARD_BATCH).map((c) => ({
+        nr: BigInt(KVM_HC_MAP_GPA_RANGE),
+        a0: BigInt(c.gfn) * BigInt(PAGE_SIZE),
+        a1: BigInt(c.npages),
+        a2: encodeAttributes(c.encrypted),
+      }));
+      batches.push(this.client.hypercallBatch(vm, calls));
+    }
+    for (const replies of await Promise.all(batches)) {
+      const bad = replies.find((r) => r.ret !== 0);
+      if (bad)
+        throw new RuntimeFailure(
+          'ERR_FORWARD',
+          `the host service rejected a change the vCPU had validated (ret ${bad.ret}): its VM does not match the guest`,
+        );
+    }
+  }
 
   async hypercall(vm: number, nr: bigint, a0: bigint, a1: bigint, a2: bigint): Promise<number> {
     return (await this.client.hypercall(vm, { nr, a0, a1, a2 })).ret;
@@ -78,12 +154,17 @@ export class SocketBackend implements HypercallBackend {
  * advertised, still holds its value.
  */
 export class UnsupportedBackend implements HypercallBackend {
+  readonly forwardsHypercalls = false;
   private control = 0n;
 
   constructor(readonly cpuidFeatures = 0) {}
 
   async hypercall(): Promise<number> {
     return -KVM_ENOSYS;
+  }
+
+  applyValidated(): undefined {
+    throw new RuntimeFailure('ERR_FORWARD', 'this host does not handle KVM_HC_MAP_GPA_RANGE');
   }
 
   async setMigrationControl(_vm: number, value: bigint): Promise<void> {

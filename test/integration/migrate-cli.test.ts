@@ -6,7 +6,14 @@ import { tempDir } from '../support/tmp.js';
 
 const SUMMARY_FIELDS = [
   'verified',
+  'resumed',
+  'comparedPages',
+  'skippedPages',
+  'skipReason',
   'mismatchedPages',
+  'mismatchedGfns',
+  'converged',
+  'estimatedDowntimeMs',
   'rounds',
   'pagesSent',
   'cbitRetransmits',
@@ -25,7 +32,11 @@ describe('sevtrack migrate', () => {
     for (const f of SUMMARY_FIELDS) expect(s).toHaveProperty(f);
     expect(s).toMatchObject({
       verified: true,
+      comparedPages: 65536,
+      skippedPages: 0,
       mismatchedPages: 0,
+      mismatchedGfns: [],
+      converged: true,
       protocol: 'safe',
       generationBefore: 0,
       generationAfter: 1,
@@ -80,6 +91,8 @@ describe('sevtrack migrate', () => {
       '0',
       '--max-rounds',
       '6',
+      '--on-no-convergence',
+      'pause',
       '--seed',
       String(seed),
       '--json',
@@ -90,8 +103,53 @@ describe('sevtrack migrate', () => {
     const s = JSON.parse(r.stdout);
     expect(s.verified).toBe(false);
     expect(s.mismatchedPages).toBeGreaterThan(0);
-    expect(s.firstMismatchedGfns.length).toBeGreaterThan(0);
-    expect(r.stderr).toMatch(/pages corrupted; first gfns: \d+/);
+    // Every corrupted gfn is listed, not the first 16.
+    expect(s.mismatchedGfns.length).toBe(s.mismatchedPages);
+    expect(s.converged).toBe(false); // --max-downtime 0 is never met
+    expect(r.stderr).toMatch(/\d+ of \d+ compared pages differ from the source's view at pause/);
+  });
+
+  it('never says verified when nothing was compared (defined, idle guest)', async () => {
+    const r = await runCli(['migrate', '--memory', '16M', '--workload', 'idle', '--verify', 'defined']);
+    expect(r.code).toBe(1);
+    expect(r.stdout).not.toMatch(/migration verified/);
+    expect(r.stdout).toMatch(/NOT verified \(nothing compared\)/);
+    expect(r.stdout).toMatch(/pages compared 0, skipped 4096 \(content undefined/);
+    expect(r.stderr).toMatch(/use --verify strict/);
+    const j = await runCli([
+      'migrate',
+      '--memory',
+      '16M',
+      '--workload',
+      'churn',
+      '--verify',
+      'defined',
+      '--json',
+    ]);
+    expect(j.code).toBe(0);
+    const s = JSON.parse(j.stdout);
+    expect(s.verified).toBe(true);
+    expect(s.comparedPages).toBeGreaterThan(0);
+    expect(s.comparedPages + s.skippedPages).toBe(4096);
+  });
+
+  it('aborts with exit 3 when --max-downtime cannot be met, or pauses anyway when told to', async () => {
+    // A PSP of 2000 pages/s against a guest writing far faster.
+    const args = ['migrate', '--memory', '16M', '--workload', 'write-heavy', '--psp-rate', '2000'];
+    args.push('--max-downtime', '100', '--max-rounds', '3');
+    const r = await runCli(args);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toMatch(
+      /does not converge: after 3 rounds the guest dirties [\d.]+ MB\/s against a throughput of [\d.]+ MB\/s/,
+    );
+    expect(r.stderr).toMatch(/raise --max-downtime or --max-rounds/);
+    expect(r.stdout).not.toMatch(/verified/);
+    const p = await runCli([...args, '--on-no-convergence', 'pause', '--json']);
+    expect(p.code).toBe(0);
+    const s = JSON.parse(p.stdout);
+    expect(s).toMatchObject({ verified: true, converged: false });
+    expect(s.estimatedDowntimeMs).toBeGreaterThan(100);
+    expect(s.downtimeMs).toBeGreaterThan(0);
   });
 
   it('exits 2 naming the flag for bad flags', async () => {
@@ -110,6 +168,8 @@ describe('sevtrack migrate', () => {
       ],
       [['--backend', 'kvm'], /--backend kvm is not available/],
       [['--vcpus', '0'], /--vcpus "0" must be an integer from 1 to 64/],
+      [['--on-no-convergence', 'wait'], /--on-no-convergence "wait" is not one of abort, pause/],
+      [['--read-cost', '-1'], /--read-cost/],
     ];
     for (const [args, pattern] of cases) {
       const r = await runCli(['migrate', ...args]);

@@ -1,6 +1,7 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CbitStore } from '../../src/host/cbit-store.js';
+import { Convergence, NotConvergingError } from '../../src/migration/convergence.js';
 import { DEFAULT_PARAMS, migrateGuest } from '../../src/migration/run-migration.js';
 import type { RoundProgress } from '../../src/migration/source.js';
 import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
@@ -15,7 +16,7 @@ function setup(opsPerTick: number) {
 }
 
 describe('convergence', () => {
-  it('pauses as soon as the expected downtime fits --max-downtime', async () => {
+  it('pauses after the first incremental round when the expected downtime fits --max-downtime', async () => {
     const { store, guest } = setup(0);
     const rounds: RoundProgress[] = [];
     const { summary } = await migrateGuest(
@@ -24,22 +25,53 @@ describe('convergence', () => {
       store,
       1,
     );
-    expect(summary.rounds).toBe(2); // round 0, then the paused round
-    expect(rounds[0]).toMatchObject({ round: 0, dirtyLeft: 0, expectedDowntimeMs: 0 });
+    expect(summary.rounds).toBe(3); // the bulk round, one incremental round, the paused round
+    expect(summary.converged).toBe(true);
+    expect(summary.estimatedDowntimeMs).toBeGreaterThan(0);
+    expect(summary.estimatedDowntimeMs).toBeLessThanOrEqual(DEFAULT_PARAMS.maxDowntimeMs);
+    expect(rounds[1]).toMatchObject({ round: 1, paused: false, dirtyLeft: 0 });
     store.close();
   });
 
-  it('pauses after three rounds that do not shrink the dirty set, well before --max-rounds', async () => {
+  it('aborts by default when --max-downtime cannot be met: the message gives the rates and the fix, the guest runs on', async () => {
     // The guest dirties ~a third of its pages between every two reads of the log.
+    const { store, guest } = setup(120);
+    const before = store.info(1).lastSeq;
+    const err = await migrateGuest(
+      { ...DEFAULT_PARAMS, maxDowntimeMs: 1e-6, maxRounds: 30 },
+      guest,
+      store,
+      1,
+    ).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err).toBeInstanceOf(NotConvergingError);
+    expect(err!.message).toMatch(/dirties [\d.]+ MB\/s against a throughput of [\d.]+ MB\/s/);
+    expect(err!.message).toMatch(/--max-downtime.*--on-no-convergence pause/);
+    expect(guest.paused).toBe(false);
+    guest.tick('round-start', 0); // it still runs and reports
+    expect(store.info(1).lastSeq).toBeGreaterThan(before);
+    store.close();
+  });
+
+  it('--on-no-convergence pause pauses anyway after rounds that do not shrink the dirty set, and says so', async () => {
     const { store, guest } = setup(120);
     const rounds: RoundProgress[] = [];
     const { summary } = await migrateGuest(
-      { ...DEFAULT_PARAMS, maxDowntimeMs: 1e-6, maxRounds: 30, onRound: (r) => rounds.push(r) },
+      {
+        ...DEFAULT_PARAMS,
+        maxDowntimeMs: 1e-6,
+        maxRounds: 30,
+        onNoConvergence: 'pause',
+        onRound: (r) => rounds.push(r),
+      },
       guest,
       store,
       1,
     );
     expect(summary.verified).toBe(true);
+    expect(summary.converged).toBe(false);
     expect(summary.rounds).toBeLessThan(10);
     expect(rounds.filter((r) => !r.paused).every((r) => r.dirtyLeft > 0)).toBe(true);
     store.close();
@@ -48,12 +80,27 @@ describe('convergence', () => {
   it('runs every round up to --max-rounds when --max-downtime is 0', async () => {
     const { store, guest } = setup(120);
     const { summary } = await migrateGuest(
-      { ...DEFAULT_PARAMS, maxDowntimeMs: 0, maxRounds: 12 },
+      { ...DEFAULT_PARAMS, maxDowntimeMs: 0, maxRounds: 12, onNoConvergence: 'pause' },
       guest,
       store,
       1,
     );
     expect(summary.rounds).toBe(13); // 12 live rounds and the paused one
     store.close();
+  });
+
+  it('estimates every step of the paused phase from the rates of the last round', () => {
+    const c = new Convergence(300, 30);
+    expect(c.estimate(10)).toBe(Number.POSITIVE_INFINITY); // nothing measured yet
+    c.recordRound({ readsMs: 2, pagesSent: 1000, sendMs: 100, roundTripMs: 1, roundMs: 102 });
+    c.hashMsPerPage = 0.01;
+    c.stateMs = 0.5;
+    // reads + pages × (send + hash on both sides) + state + three round trips
+    expect(c.estimate(500)).toBeCloseTo(2 + 500 * (0.1 + 0.02) + 0.5 + 3, 6);
+    const d = c.decide(1, 5000);
+    expect(d.converged).toBe(false);
+    expect(d.dirtyPagesPerSec).toBeCloseTo(5000 / 0.102, 3);
+    expect(d.sentPagesPerSec).toBeCloseTo(10_000, 3);
+    expect(Convergence.explain(d, 2, 300)).toMatch(/after 2 rounds .* above --max-downtime 300 ms/);
   });
 });

@@ -20,6 +20,7 @@ describe('safe protocol with threaded guests', () => {
           warmupMs: 20,
           // Force several live rounds so conversions race the rounds.
           maxDowntimeMs: 0,
+          onNoConvergence: 'pause' as const,
           maxRounds: 4,
         });
         expect(summary.mismatchedPages, `${workload} seed ${seed}: ${summary.message}`).toBe(0);
@@ -43,6 +44,7 @@ describe('the same threaded runs catch an unsafe variant', () => {
         seed,
         warmupMs: 20,
         maxDowntimeMs: 0,
+        onNoConvergence: 'pause' as const,
         maxRounds: 4,
       });
       corrupted = summary.mismatchedPages;
@@ -69,6 +71,7 @@ describe('digests taken before the pause (guests of 128 MiB and more)', () => {
         protocol: 'naive',
         seed,
         maxDowntimeMs: 0,
+        onNoConvergence: 'pause' as const,
         maxRounds: 4,
       });
       corrupted = summary.mismatchedPages;

@@ -34,13 +34,28 @@ describe('migration stream messages', () => {
     };
     expect(decodePages(buf(encodePages(pages)), false)).toEqual(pages);
     const result = {
+      resumed: false,
       verified: false,
-      mismatched: 3,
-      firstMismatches: [1, 2, 2 ** 33],
+      comparedPages: 2 ** 33 + 1,
+      skippedPages: 7,
+      skipReason: 'why',
+      mismatchedPages: 3,
+      mismatchedGfns: [1, 2, 2 ** 33],
       generationAfter: 0,
       message: 'x',
     };
     expect(decodeResult(buf(encodeResult(result)))).toEqual(result);
+    // Every mismatched gfn travels, not the first 16.
+    const many = {
+      ...result,
+      mismatchedPages: 5000,
+      mismatchedGfns: Array.from({ length: 5000 }, (_, i) => i * 3),
+    };
+    expect(decodeResult(buf(encodeResult(many))).mismatchedGfns).toEqual(many.mismatchedGfns);
+    // "verified" with nothing compared is malformed.
+    expect(() =>
+      decodeResult(buf(encodeResult({ ...result, resumed: true, verified: true, comparedPages: 0 }))),
+    ).toThrow(/RESULT/);
     const digests = { digests: new Uint8Array(64).fill(1), defined: new Uint32Array([5, 0]) };
     expect(decodeDigests(buf(encodeDigests(digests)), 2)).toEqual(digests);
   });

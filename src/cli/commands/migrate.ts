@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { InvalidArgumentError } from '../../common/errors.js';
 import { formatBytes, parseIntIn, parseSize } from '../../common/units.js';
 import { parseWorkload, WORKLOADS } from '../../guest/workloads.js';
+import { ON_NO_CONVERGENCE, type OnNoConvergence } from '../../migration/convergence.js';
 import {
   connectChannel,
   describeEndpoint,
@@ -36,12 +37,15 @@ interface MigrateFlags {
   log?: string;
   maxDowntime: string;
   maxRounds: string;
+  onNoConvergence: string;
   pspRate: string;
   pspBatch: string;
   verify: string;
   forceUnsafe?: boolean;
   peerTimeout: string;
   handshakeTimeout: string;
+  readCost: string;
+  guestRate: string;
   json?: boolean;
 }
 
@@ -64,6 +68,7 @@ function toParams(f: MigrateFlags): MigrateParams {
     transport: oneOf<Transport>(f.transport, ['inproc', 'unix', 'tcp'], '--transport'),
     maxDowntimeMs: parseIntIn(f.maxDowntime, '--max-downtime', 0, 3_600_000),
     maxRounds: parseIntIn(f.maxRounds, '--max-rounds', 1, 10_000),
+    onNoConvergence: oneOf<OnNoConvergence>(f.onNoConvergence, ON_NO_CONVERGENCE, '--on-no-convergence'),
     psp: {
       rate: parseIntIn(f.pspRate, '--psp-rate', 0, 100_000_000),
       batch: parseIntIn(f.pspBatch, '--psp-batch', 1, 65_536),
@@ -71,6 +76,8 @@ function toParams(f: MigrateFlags): MigrateParams {
     forceUnsafe: f.forceUnsafe ?? false,
     peerTimeoutMs: parseIntIn(f.peerTimeout, '--peer-timeout', 100, 3_600_000),
     handshakeTimeoutMs: parseIntIn(f.handshakeTimeout, '--handshake-timeout', 100, 3_600_000),
+    readCostNsPerPage: parseIntIn(f.readCost, '--read-cost', 0, 1_000_000),
+    guestOpsPerMs: parseIntIn(f.guestRate, '--guest-rate', 0, 1_000_000),
     log: f.log,
   };
 }
@@ -87,11 +94,19 @@ function progressBar(round: number, sent: number, total: number): string {
   return `round ${round} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${total === 0 ? 100 : Math.floor((sent / total) * 100)}% ${sent}/${total} pages`;
 }
 
+function verdictLine(s: MigrationSummary): string {
+  if (s.verified) return 'verified';
+  if (s.resumed) return 'completed, NOT verified (nothing compared)';
+  return 'FAILED verification';
+}
+
 function printSummary(s: MigrationSummary, memoryBytes: number): void {
   const lines = [
-    `migration ${s.verified ? 'verified' : 'FAILED verification'} (${s.protocol}, ${s.verify}): ${formatBytes(memoryBytes)} guest`,
+    `migration ${verdictLine(s)} (${s.protocol}, ${s.verify}): ${formatBytes(memoryBytes)} guest`,
+    `  pages compared ${s.comparedPages}, skipped ${s.skippedPages}${s.skippedPages > 0 ? ` (${s.skipReason})` : ''}, mismatched ${s.mismatchedPages}`,
     `  rounds ${s.rounds}, pages sent ${s.pagesSent} (${s.sealedPages} through the PSP, ${s.rawPages} raw), resent for a c-bit change ${s.cbitRetransmits}`,
-    `  bytes ${formatBytes(s.bytes)}, throughput ${s.throughputMBps.toFixed(1)} MB/s, downtime ${s.downtimeMs.toFixed(1)} ms, total ${s.totalMs.toFixed(0)} ms`,
+    `  bytes ${formatBytes(s.bytes)}, throughput ${s.throughputMBps.toFixed(1)} MB/s, total ${s.totalMs.toFixed(0)} ms`,
+    `  downtime ${s.downtimeMs.toFixed(1)} ms (estimated ${s.estimatedDowntimeMs.toFixed(1)} ms, ${s.converged ? 'converged' : 'did NOT converge: paused anyway (--on-no-convergence pause)'})`,
     `  verification: ${s.message}`,
     `  generation ${s.generationBefore} -> ${s.generationAfter}`,
   ];
@@ -101,8 +116,15 @@ function printSummary(s: MigrationSummary, memoryBytes: number): void {
 function jsonSummary(s: MigrationSummary): string {
   return JSON.stringify({
     verified: s.verified,
+    resumed: s.resumed,
+    comparedPages: s.comparedPages,
+    skippedPages: s.skippedPages,
+    skipReason: s.skipReason,
     mismatchedPages: s.mismatchedPages,
-    firstMismatchedGfns: s.firstMismatches,
+    mismatchedGfns: s.mismatchedGfns,
+    converged: s.converged,
+    estimatedDowntimeMs: s.estimatedDowntimeMs,
+    downtimeMs: s.downtimeMs,
     rounds: s.rounds,
     pagesSent: s.pagesSent,
     sealedPages: s.sealedPages,
@@ -110,12 +132,12 @@ function jsonSummary(s: MigrationSummary): string {
     cbitRetransmits: s.cbitRetransmits,
     bytes: s.bytes,
     throughputMBps: s.throughputMBps,
-    downtimeMs: s.downtimeMs,
     totalMs: s.totalMs,
     generationBefore: s.generationBefore,
     generationAfter: s.generationAfter,
     protocol: s.protocol,
     verify: s.verify,
+    message: s.message,
   });
 }
 
@@ -144,10 +166,15 @@ export function registerMigrate(program: Command): void {
     .option('--log <file>', 'record every migration event in this new SQLite file')
     .option(
       '--max-downtime <ms>',
-      'pause once the expected downtime is at most this',
+      'pause once the expected downtime (every step of the paused phase, from rates measured in this migration) is at most this',
       String(d.maxDowntimeMs),
     )
     .option('--max-rounds <n>', 'pause after this many rounds at the latest', String(d.maxRounds))
+    .option(
+      '--on-no-convergence <what>',
+      'when --max-downtime cannot be met within --max-rounds: abort (exit 3, the source guest runs on) or pause anyway',
+      d.onNoConvergence,
+    )
     .option(
       '--psp-rate <pages/s>',
       'model a PSP of this many pages per second (0 = unlimited; a real one does 350-450)',
@@ -164,6 +191,16 @@ export function registerMigrate(program: Command): void {
       '--handshake-timeout <ms>',
       'destination: abort when a connected peer sends no handshake for this long',
       String(d.handshakeTimeoutMs),
+    )
+    .option(
+      '--read-cost <ns>',
+      'modelled cost of each read of the dirty log and of the c-bit state, in ns per guest page (a KVM ioctl copies a bitmap of the whole guest; 4 is about 1 ms per GiB; larger models a slower host)',
+      String(d.readCostNsPerPage),
+    )
+    .option(
+      '--guest-rate <ops>',
+      'guest load: page operations (writes, conversions) per ms per vCPU (0 = as fast as the vCPU runs)',
+      String(d.guestOpsPerMs),
     )
     .option('--json', 'print the summary as one JSON object')
     .action(
@@ -195,8 +232,12 @@ export function registerMigrate(program: Command): void {
             const r = await runDestination(p, await listener.accept());
             const out = {
               verified: r.verified,
-              mismatchedPages: r.mismatched,
-              firstMismatchedGfns: r.firstMismatches,
+              resumed: r.resumed,
+              comparedPages: r.comparedPages,
+              skippedPages: r.skippedPages,
+              skipReason: r.skipReason,
+              mismatchedPages: r.mismatchedPages,
+              mismatchedGfns: r.mismatchedGfns,
               pagesReceived: r.pagesReceived,
               generationAfter: r.generationAfter,
             };
@@ -224,11 +265,7 @@ export function registerMigrate(program: Command): void {
         }
         if (f.json) process.stdout.write(`${jsonSummary(summary)}\n`);
         else printSummary(summary, p.memoryBytes);
-        if (!summary.verified) {
-          throw new CheckFailedError(
-            `${summary.mismatchedPages} pages corrupted; first gfns: ${summary.firstMismatches.join(', ')}`,
-          );
-        }
+        if (!summary.verified) throw new CheckFailedError(summary.message);
         return 0;
       }),
     );

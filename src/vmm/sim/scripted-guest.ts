@@ -77,6 +77,9 @@ export class ScriptedGuest implements SourceGuest {
     this.isPaused = true;
   }
 
+  /** Nothing to drain: DirectPort applies and commits each change before the call returns. */
+  async drainExits(): Promise<void> {}
+
   resume(): void {
     this.isPaused = false;
   }

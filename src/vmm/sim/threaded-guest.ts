@@ -36,6 +36,10 @@ export class ThreadedGuest implements SourceGuest {
 
   tick(): void {}
 
+  drainExits(): Promise<void> {
+    return this.pool.drainExits();
+  }
+
   vcpuState(): Uint8Array {
     const s = this.pool.stats();
     return syntheticVmsa(this.vcpus, [s.writes, s.conversions, s.steps]);

@@ -1,15 +1,19 @@
 /**
  * VcpuPool: the VMM side of a simulated guest's vCPUs. It starts one worker
- * thread per vCPU running a workload over the shared guest memory, serves
- * their exits through a HypercallBackend, and pauses, resumes and stops them
- * at clean points (docs/design.md §3: the source pauses the guest for the final
- * round; a failure resumes it).
+ * thread per vCPU running a workload over the shared guest memory; each
+ * vCPU handles its own hypercall exits into its ring (vcpu-exit.ts), the
+ * pool's ExitDrainer forwards the rings to a HypercallBackend, and the pool
+ * serves the slow MSR exits. It pauses, resumes and stops the vCPUs at clean
+ * points (docs/design.md §3: the source pauses the guest for the final round;
+ * a failure resumes it).
  */
 import type { Worker } from 'node:worker_threads';
 import { RuntimeFailure } from '../../common/errors.js';
 import { startWorker } from '../../common/worker-script.js';
 import type { WorkloadName } from '../../guest/workloads.js';
 import type { HypercallBackend } from '../hypercall-backend.js';
+import { ExitDrainer } from './exit-drainer.js';
+import { createExitRings, DEFAULT_RING_CAPACITY, RingConsumer } from './exit-rings.js';
 import type { GuestMemory } from './guest-memory.js';
 import {
   CMD,
@@ -43,6 +47,8 @@ export interface VcpuPoolOptions {
   maxSteps?: number;
   /** Per-page write counters the writers keep (tests). */
   counters?: SharedArrayBuffer;
+  /** Entries per vCPU exit ring (a power of two; default 4096). */
+  ringCapacity?: number;
 }
 
 export interface GuestStats {
@@ -60,15 +66,24 @@ export class VcpuPool {
   private running: number;
   private failure: Error | undefined;
   private readonly exited: Promise<void>[] = [];
+  private readonly drainer: ExitDrainer;
   /** Whether vCPU 0 found the host supports the protocol (known once stopped). */
   migrationSupported: boolean | undefined;
 
   private constructor(readonly options: VcpuPoolOptions) {
     this.control = new Int32Array(new SharedArrayBuffer(controlBytes(options.vcpus)));
     this.running = options.vcpus;
+    const capacity = options.ringCapacity ?? DEFAULT_RING_CAPACITY;
+    if (!Number.isInteger(Math.log2(capacity)))
+      throw new RuntimeFailure('ERR_RING', `ringCapacity ${capacity} must be a power of two`);
+    const rings = createExitRings(options.vcpus, capacity);
+    this.drainer = new ExitDrainer(new RingConsumer(rings), options.backend, options.vm, (e) => this.fail(e));
+    const drain = () => this.drainer.drain();
     for (let vcpu = 0; vcpu < options.vcpus; vcpu++) {
       const slot = new SharedArrayBuffer(EXIT_SLOT_BYTES);
       const workerData: VcpuWorkerData = {
+        rings,
+        forwardsHypercalls: options.backend.forwardsHypercalls,
         vcpu,
         vcpus: options.vcpus,
         memory: options.memory.descriptor(),
@@ -83,7 +98,7 @@ export class VcpuPool {
         counters: options.counters,
       };
       const worker = startWorker(import.meta.url, './vcpu-worker.js', { workerData });
-      serveExits(worker, slot, options.backend, options.vm, (e) => this.fail(e));
+      serveExits(worker, slot, options.backend, options.vm, drain, (e) => this.fail(e));
       worker.on('message', (m: { type: string; migrationSupported?: boolean }) => {
         if (m.type === 'stopped' && vcpu === 0) this.migrationSupported = m.migrationSupported;
       });
@@ -124,8 +139,23 @@ export class VcpuPool {
   }
 
   /**
-   * Stops every vCPU at a clean point; resolves when all are parked. Exits in
-   * flight complete first (they are served on this thread meanwhile).
+   * Moves every change whose hypercall has returned into the backend;
+   * resolves once the backend holds them. A sync calls this first.
+   */
+  drainExits(): Promise<void> {
+    this.check();
+    return this.drainer.drain();
+  }
+
+  /** Changes drained from the rings so far. */
+  get drainedChanges(): number {
+    return this.drainer.drained;
+  }
+
+  /**
+   * Stops every vCPU at a clean point; resolves when all are parked and
+   * their rings drained. Slow exits in flight complete first (they are
+   * served on this thread meanwhile).
    */
   async pause(): Promise<void> {
     Atomics.store(this.control, CMD, CMD_PAUSE);
@@ -134,6 +164,7 @@ export class VcpuPool {
       this.check();
       await sleep(0);
     }
+    await this.drainer.drain();
   }
 
   resume(): void {
@@ -162,6 +193,7 @@ export class VcpuPool {
   /** Resolves when every vCPU has finished by itself (with maxSteps). */
   async finished(): Promise<GuestStats> {
     await Promise.all(this.exited);
+    await this.drainer.stop();
     this.check();
     return this.stats();
   }
@@ -171,6 +203,7 @@ export class VcpuPool {
     Atomics.store(this.control, CMD, CMD_STOP);
     Atomics.notify(this.control, CMD);
     await Promise.all(this.exited);
+    await this.drainer.stop().catch((e: Error) => this.fail(e));
     return this.stats();
   }
 }

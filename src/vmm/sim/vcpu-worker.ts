@@ -1,12 +1,15 @@
 /**
  * A simulated vCPU: a worker thread running one guest workload over shared
  * guest memory. It parks at clean points (between two guest operations) when
- * the VMM pauses the guest, and exits through ExitPort for every hypercall.
+ * the VMM pauses the guest; its hypercall exits are handled on this thread
+ * (ExitPort: validate, append to this vCPU's ring, return), its MSR
+ * accesses exit to the VMM thread.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { seededRandom } from '../../common/rng.js';
 import { GuestKernel } from '../../guest/guest-kernel.js';
 import { layout, type WorkloadContext, type WorkloadName, workloads } from '../../guest/workloads.js';
+import { type ExitRingsDescriptor, RingProducer } from './exit-rings.js';
 import { GuestMemory, type GuestMemoryDescriptor } from './guest-memory.js';
 import {
   bump,
@@ -28,6 +31,8 @@ export interface VcpuWorkerData {
   vcpus: number;
   memory: GuestMemoryDescriptor;
   slot: SharedArrayBuffer;
+  rings: ExitRingsDescriptor;
+  forwardsHypercalls: boolean;
   control: SharedArrayBuffer;
   workload: WorkloadName;
   seed: number;
@@ -43,7 +48,16 @@ export interface VcpuWorkerData {
 const data = workerData as VcpuWorkerData;
 const control = new Int32Array(data.control);
 const memory = GuestMemory.attach(data.memory);
-const port = new ExitPort(data.slot, parentPort!, data.features);
+const port = new ExitPort(
+  {
+    slot: data.slot,
+    features: data.features,
+    forwardsHypercalls: data.forwardsHypercalls,
+    guestPages: memory.npages,
+  },
+  new RingProducer(data.rings, data.vcpu),
+  parentPort!,
+);
 const kernel = new GuestKernel(memory, port, { sizeHints: data.sizeHints });
 const ctx: WorkloadContext = {
   memory,

@@ -1,0 +1,135 @@
+/**
+ * Convergence, as operators know it from QEMU: pre-copy rounds go on until
+ * the downtime the paused phase would take fits --max-downtime. The estimate
+ * covers every step of the paused phase, each from a rate measured in this
+ * migration:
+ *
+ *   final harvest + sync (with its diff)          the last live round's reads
+ *   sends of the pages left (dirty ∪ converted)    ms per page of the last round
+ *   hashing them again, source and destination     ms per page of a rehash
+ *   c-bit state, vCPU state, RESULT                 round trips of the last round
+ *
+ * When the target cannot be met within --max-rounds (or the dirty set stops
+ * shrinking), the default is to abort with the dirty rate against the
+ * throughput and what to change; `--on-no-convergence pause` pauses anyway.
+ */
+import { RuntimeFailure } from '../common/errors.js';
+import { PAGE_SIZE } from '../common/ranges.js';
+
+export const ON_NO_CONVERGENCE = ['abort', 'pause'] as const;
+export type OnNoConvergence = (typeof ON_NO_CONVERGENCE)[number];
+
+/** The migration would not meet --max-downtime: aborted before the pause, the source guest runs on (exit 3). */
+export class NotConvergingError extends RuntimeFailure {
+  constructor(message: string) {
+    super('ERR_NOT_CONVERGING', message);
+  }
+}
+
+/**
+ * Pause after this many consecutive rounds that did not shrink the dirty set
+ * (unless --max-downtime 0 asks for every round up to --max-rounds).
+ */
+const STALLED_ROUNDS_LIMIT = 3;
+
+/** What one live round measured. */
+export interface RoundMeasure {
+  /** Time of the round's two reads (harvest and sync). */
+  readsMs: number;
+  /** Pages sent and the time from the first send to the destination's ROUND_ACK. */
+  pagesSent: number;
+  sendMs: number;
+  /** ROUND_END to ROUND_ACK: one round trip after the last page. */
+  roundTripMs: number;
+  /** The whole round (reads, sends, acknowledgement). */
+  roundMs: number;
+}
+
+export interface Decision {
+  /** Whether to run another live round. */
+  another: boolean;
+  estimatedDowntimeMs: number;
+  /** Whether the estimate fits --max-downtime (meaningful once another is false). */
+  converged: boolean;
+  /** Pages the guest dirtied per second during the last round. */
+  dirtyPagesPerSec: number;
+  /** Pages the migration sent per second during the last round. */
+  sentPagesPerSec: number;
+}
+
+export class Convergence {
+  private last: RoundMeasure | undefined;
+  private stalledRounds = 0;
+  private bestLeft = Number.POSITIVE_INFINITY;
+  /** Milliseconds per page of rehashing (set by the source as it measures it). */
+  hashMsPerPage = 0;
+  /** Milliseconds to serialize and send the c-bit state (measured at the last sync). */
+  stateMs = 0;
+
+  /**
+   * `stopWhenStalled`: pause early once rounds stop shrinking the dirty set
+   * (with --on-no-convergence pause: more rounds would only delay the pause);
+   * when aborting is the answer, rounds go on to --max-rounds, since a
+   * round at a better moment may still meet the target.
+   */
+  constructor(
+    private readonly maxDowntimeMs: number,
+    private readonly maxRounds: number,
+    private readonly stopWhenStalled = true,
+  ) {}
+
+  recordRound(m: RoundMeasure): void {
+    this.last = m;
+  }
+
+  /** The paused phase's duration if the guest paused now with `pagesLeft` pages to send. */
+  estimate(pagesLeft: number): number {
+    const m = this.last;
+    if (!m) return Number.POSITIVE_INFINITY;
+    const sendMsPerPage = m.pagesSent > 0 ? m.sendMs / m.pagesSent : 0;
+    // Final round's reads and ack, the state messages and the verdict: three round trips.
+    return (
+      m.readsMs + pagesLeft * (sendMsPerPage + 2 * this.hashMsPerPage) + this.stateMs + 3 * m.roundTripMs
+    );
+  }
+
+  /**
+   * After round `round` (0 = bulk): whether to run another live round.
+   * `pagesLeft` is what the paused round would send now (dirty since the
+   * last harvest, plus pages converted since the last sync).
+   */
+  decide(round: number, pagesLeft: number): Decision {
+    const m = this.last;
+    const estimatedDowntimeMs = this.estimate(pagesLeft);
+    const dirtyPagesPerSec = m ? pagesLeft / Math.max(1e-3, m.roundMs / 1000) : 0;
+    const sentPagesPerSec = m && m.sendMs > 0 ? m.pagesSent / (m.sendMs / 1000) : 0;
+    const converged = estimatedDowntimeMs <= this.maxDowntimeMs;
+    const out = { estimatedDowntimeMs, converged, dirtyPagesPerSec, sentPagesPerSec };
+    if (pagesLeft < this.bestLeft * 0.9) {
+      this.bestLeft = pagesLeft;
+      this.stalledRounds = 0;
+    } else {
+      this.stalledRounds++;
+    }
+    if (round + 1 >= this.maxRounds) return { ...out, another: false };
+    // The first decision follows an incremental round: after the bulk round
+    // the dirty log holds what changed while everything went out (QEMU, too,
+    // completes only after a sync of the dirty bitmap that follows the bulk stage).
+    if (round === 0) return { ...out, another: true };
+    if (converged) return { ...out, another: false };
+    if (this.stopWhenStalled && this.stalledRounds >= STALLED_ROUNDS_LIMIT && this.maxDowntimeMs > 0)
+      return { ...out, another: false };
+    return { ...out, another: true };
+  }
+
+  /** The operator's message when the target is not met: the rates, and what to change. */
+  static explain(d: Decision, rounds: number, maxDowntimeMs: number): string {
+    const mbps = (pages: number) => ((pages * PAGE_SIZE) / 1e6).toFixed(1);
+    return (
+      `the migration does not converge: after ${rounds} rounds the guest dirties ${mbps(d.dirtyPagesPerSec)} MB/s ` +
+      `against a throughput of ${mbps(d.sentPagesPerSec)} MB/s, so the expected downtime is ` +
+      `${d.estimatedDowntimeMs.toFixed(0)} ms, above --max-downtime ${maxDowntimeMs} ms; ` +
+      'raise --max-downtime or --max-rounds, lower the guest load, or pass --on-no-convergence pause to pause anyway'
+    );
+  }
+}

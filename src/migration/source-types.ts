@@ -1,0 +1,84 @@
+/** The source's options, progress and summary types, and its refusal error. */
+import { RuntimeFailure } from '../common/errors.js';
+import type { CbitStore } from '../host/cbit-store.js';
+import type { SourceGuest } from '../vmm/backend.js';
+import type { FrameChannel } from './channel.js';
+import type { OnNoConvergence } from './convergence.js';
+import type { MigrationLog } from './migration-log.js';
+import type { PspLimits } from './psp.js';
+import type { Protocol, VerifyMode } from './stream.js';
+
+/** The guest has not said it reports every c-bit change: the migration does not start. */
+export class MigrationRefusedError extends RuntimeFailure {
+  constructor(message: string) {
+    super('ERR_NOT_READY', message);
+  }
+}
+
+export interface SourceOptions {
+  guest: SourceGuest;
+  store: CbitStore;
+  vm: number;
+  channel: FrameChannel;
+  protocol: Protocol;
+  verify: VerifyMode;
+  psp: PspLimits;
+  maxDowntimeMs: number;
+  maxRounds: number;
+  /** What to do when --max-downtime cannot be met (default abort). */
+  onNoConvergence?: OnNoConvergence;
+  forceUnsafe: boolean;
+  /** Pages per stream frame. */
+  batchPages: number;
+  peerTimeoutMs: number;
+  /**
+   * Modelled cost of each read of the dirty log and of the c-bit state, in
+   * ns per guest page (read-cost.ts; default 4, about 1 ms per GiB).
+   */
+  readCostNsPerPage?: number;
+  log?: MigrationLog;
+  onRound?: (p: RoundProgress) => void;
+  /** Called after each frame of a round with the pages sent so far and the round's total. */
+  onPages?: (round: number, sent: number, total: number) => void;
+}
+
+export interface RoundProgress {
+  round: number;
+  paused: boolean;
+  pagesSent: number;
+  cbitRetransmits: number;
+  dirtyLeft: number;
+  expectedDowntimeMs: number;
+  bandwidthMBps: number;
+}
+
+export interface MigrationSummary {
+  /** Pages were compared and none differed: the destination resumed the guest. */
+  verified: boolean;
+  /** No compared page differed: the destination resumed (also when nothing was compared). */
+  resumed: boolean;
+  comparedPages: number;
+  skippedPages: number;
+  /** Why pages were skipped (empty when none were). */
+  skipReason: string;
+  mismatchedPages: number;
+  /** Every mismatched gfn. */
+  mismatchedGfns: number[];
+  /** Whether the estimate fitted --max-downtime when the guest was paused. */
+  converged: boolean;
+  estimatedDowntimeMs: number;
+  rounds: number;
+  pagesSent: number;
+  sealedPages: number;
+  rawPages: number;
+  cbitRetransmits: number;
+  bytes: number;
+  throughputMBps: number;
+  downtimeMs: number;
+  totalMs: number;
+  generationBefore: number;
+  generationAfter: number;
+  protocol: Protocol;
+  verify: VerifyMode;
+  message: string;
+}
