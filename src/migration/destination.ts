@@ -42,7 +42,7 @@ export interface DestinationOptions {
   psp?: PspLimits;
   log?: MigrationLog;
   /** Allocates the destination guest (tests inject failures here). */
-  allocate?: (npages: number) => GuestMemory;
+  allocate?: (npages: number, hello: Hello) => GuestMemory;
   /** The lowest generation the resumed guest may have (sysgenid min). */
   minGeneration?: number;
 }
@@ -87,12 +87,12 @@ export class MigrationDestination {
     } catch (err) {
       // The partial guest is discarded: nothing returns it, so it goes with
       // this frame. Tell the source why if it is still there.
-      this.o.log?.event('abort', 0, { reason: (err as Error).message });
+      this.o.log?.abort(this.o.log.lastRound, (err as Error).message);
       await this.o.channel.send(Msg.ABORT, encodeText((err as Error).message)).catch(() => {});
       throw err;
     } finally {
       inc.psp.finish(); // RECEIVE_FINISH
-      this.o.log?.flush();
+      this.o.log?.commit();
     }
   }
 
@@ -116,7 +116,7 @@ export class MigrationDestination {
     }
     let memory: GuestMemory;
     try {
-      memory = (this.o.allocate ?? ((n) => GuestMemory.create(n)))(hello.npages);
+      memory = (this.o.allocate ?? ((n) => GuestMemory.create(n)))(hello.npages, hello);
     } catch (err) {
       const message = `destination cannot allocate the guest (${hello.npages} pages): ${(err as Error).message}`;
       await ch.send(Msg.HELLO_ACK, encodeHelloAck(undefined, message)).catch(() => {});
@@ -128,7 +128,7 @@ export class MigrationDestination {
     const psp = new PspSession(memory.key, this.o.psp ?? UNLIMITED_PSP);
     psp.receiveStart(hello.publicKey);
     await ch.send(Msg.HELLO_ACK, encodeHelloAck(psp.publicKey));
-    this.o.log?.event('start', 0, { npages: hello.npages, protocol: hello.protocol, verify: hello.verify });
+    this.o.log?.start({ generation: hello.generation, migrationControl: 0 });
     return { hello, memory, psp, migrationControl: 0n, pagesReceived: 0 };
   }
 
@@ -148,6 +148,7 @@ export class MigrationDestination {
       case Msg.PAGES_SEALED: {
         const b = decodePages(payload, true);
         inc.psp.receiveUpdateData(memory.bytes, b.gfns, b.firstSeq, b.data);
+        this.o.log?.send(b.round, true, b.gfns, b.firstSeq, 'receive');
         inc.pagesReceived += b.gfns.length;
         inc.early?.markReceived(b.gfns);
         return;
@@ -160,6 +161,7 @@ export class MigrationDestination {
             throw new PeerError(`PAGES_RAW: gfn ${g} is outside the guest (${memory.npages} pages)`);
           memory.bytes.set(b.data.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), g * PAGE_SIZE);
         }
+        this.o.log?.send(b.round, false, b.gfns, 0, 'receive');
         inc.pagesReceived += b.gfns.length;
         inc.early?.markReceived(b.gfns);
         return;
@@ -169,7 +171,7 @@ export class MigrationDestination {
         await this.o.channel.send(Msg.ROUND_ACK, encodeRoundAck(round, inc.early?.hashed ?? true));
         // After the acknowledgement, while the source reads its next round.
         inc.early?.catchUp(memory);
-        this.o.log?.event('round-end', round, { pagesReceived: inc.pagesReceived });
+        this.o.log?.roundEnd(round, { pagesReceived: inc.pagesReceived });
         return;
       }
       case Msg.PAGE_TABLES_PRELIM:
@@ -231,7 +233,15 @@ export class MigrationDestination {
     if (!inc.ownDigests) throw new PeerError('DIGESTS arrived before the guest page tables');
     const { hello, memory, cbitState, migrationControl, pagesReceived, vcpuState } = inc;
     const verdict = this.verify(memory.npages, await inc.ownDigests, source, hello);
-    this.o.log?.event(verdict.resumed ? 'resume' : 'verify-failed', 0, { ...verdict });
+    const log = this.o.log;
+    if (log) {
+      log.cbitState(log.lastRound, 'final', cbitState.serialize(), cbitState);
+      log.verification(log.lastRound, { ...verdict, mode: hello.verify });
+      if (verdict.resumed) {
+        log.resume(log.lastRound, 'destination');
+        log.generation(log.lastRound, { before: hello.generation, after: verdict.generationAfter });
+      }
+    }
     await this.o.channel.send(Msg.RESULT, encodeResult(verdict));
     if (!verdict.resumed) return { ...verdict, hello, migrationControl, pagesReceived };
     return { ...verdict, hello, memory, cbitState, migrationControl, pagesReceived, vcpuState };

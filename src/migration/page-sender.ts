@@ -87,13 +87,7 @@ export class PageSender {
         }
         const { firstSeq, sealed } = this.psp.sendUpdateData(this.memory.bytes, gfns);
         const frame = encodePages({ round, gfns, firstSeq, data: sealed });
-        this.log?.event(
-          'send',
-          round,
-          { perspective: 'encrypted', firstSeq, pages: gfns.length },
-          gfns,
-          new Uint8Array(gfns.length).fill(1),
-        );
+        this.log?.send(round, true, gfns, firstSeq);
         const bytes = frame.length; // the channel may transfer (detach) the buffer
         await this.channel.send(Msg.PAGES_SEALED, frame);
         stats.sealedPages += gfns.length;
@@ -106,13 +100,7 @@ export class PageSender {
         const data = new Uint8Array(gfns.length * PAGE_SIZE);
         for (let i = 0; i < gfns.length; i++) data.set(this.memory.hostView(gfns[i]), i * PAGE_SIZE);
         const frame = encodePages({ round, gfns, firstSeq: 0, data });
-        this.log?.event(
-          'send',
-          round,
-          { perspective: 'shared', pages: gfns.length },
-          gfns,
-          new Uint8Array(gfns.length),
-        );
+        this.log?.send(round, false, gfns);
         const bytes = frame.length;
         await this.channel.send(Msg.PAGES_RAW, frame);
         stats.rawPages += gfns.length;

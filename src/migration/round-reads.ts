@@ -6,7 +6,6 @@
  * (src/vmm/sim/read-cost.ts), during which the vCPUs run on.
  */
 import { PageBitmap } from '../common/page-bitmap.js';
-import type { PageRange } from '../common/ranges.js';
 import type { CbitStore, SyncResult } from '../host/cbit-store.js';
 import type { SourceGuest } from '../vmm/backend.js';
 import { DEFAULT_READ_COST_NS_PER_PAGE, modelReadCost } from '../vmm/sim/read-cost.js';
@@ -18,16 +17,6 @@ export interface RoundReadResult {
   sync: SyncResult;
   /** Time of both reads. */
   readsMs: number;
-}
-
-/** Every gfn of a list of runs. */
-function runsToGfns(runs: readonly PageRange[]): Float64Array {
-  let n = 0;
-  for (const r of runs) n += r.npages;
-  const out = new Float64Array(n);
-  let i = 0;
-  for (const r of runs) for (let g = r.gfn; g < r.gfn + r.npages; g++) out[i++] = g;
-  return out;
 }
 
 export class RoundReads {
@@ -50,10 +39,10 @@ export class RoundReads {
   harvest(round: number): PageBitmap {
     const npages = this.guest.memory.npages;
     const d = new PageBitmap(npages);
-    const n = this.guest.memory.dirty.harvestInto(d);
+    this.guest.memory.dirty.harvestInto(d);
     modelReadCost(npages, this.nsPerPage);
     this.onHarvest?.(d);
-    this.log?.event('harvest', round, { pages: n }, runsToGfns(d.runs()));
+    this.log?.harvest(round, d.runs());
     return d;
   }
 
@@ -67,14 +56,7 @@ export class RoundReads {
     await this.guest.drainExits();
     const s = this.store.sync(this.vm);
     modelReadCost(this.guest.memory.npages, this.nsPerPage);
-    if (this.log) {
-      this.log.event('sync', round, {
-        seq: s.seq,
-        previousSeq: s.previousSeq,
-        changedRanges: s.delta.length,
-      });
-      this.log.changes(this.store.changes(this.vm, s.previousSeq, s.seq));
-    }
+    this.log?.sync(round, s);
     return s;
   }
 

@@ -24,10 +24,18 @@ export async function runDestination(
     peerTimeoutMs: p.peerTimeoutMs,
     handshakeTimeoutMs: p.handshakeTimeoutMs,
     psp: p.psp,
-    allocate: (npages) => {
+    allocate: (npages, hello) => {
       // A two-process destination holds one guest: refuse what this machine cannot hold.
       guestPagesFor(npages * PAGE_SIZE, { guests: 1 });
-      if (p.log) log = MigrationLog.create(p.log, 'destination', npages, {});
+      if (p.log)
+        log = MigrationLog.create(p.log, {
+          role: 'destination',
+          npages,
+          vcpus: hello.vcpus,
+          protocol: hello.protocol,
+          verify: hello.verify,
+          params: { peerTimeoutMs: p.peerTimeoutMs, handshakeTimeoutMs: p.handshakeTimeoutMs, psp: p.psp },
+        });
       return GuestMemory.create(npages);
     },
     get log() {

@@ -108,7 +108,14 @@ export async function runSource(
   try {
     npages = guestPages(p);
     log = p.log
-      ? MigrationLog.create(p.log, 'source', npages, { ...p, onRound: undefined, onPages: undefined })
+      ? MigrationLog.create(p.log, {
+          role: 'source',
+          npages,
+          vcpus: p.vcpus,
+          protocol: p.protocol,
+          verify: p.verify,
+          params: { ...p, onRound: undefined, onPages: undefined },
+        })
       : undefined;
   } catch (err) {
     channel?.close(); // the peer learns at once that no migration is coming

@@ -25,6 +25,7 @@ import { viewDigests } from '../common/page-crypto.js';
 import type { PageRange, StateRange } from '../common/ranges.js';
 import type { PageStateMap } from '../host/page-state-map.js';
 import { Convergence, type Decision, NotConvergingError } from './convergence.js';
+import { appendGfn } from './migration-log.js';
 import { PageSender } from './page-sender.js';
 import { warmDigestWorkers } from './parallel-digests.js';
 import { PspSession } from './psp.js';
@@ -97,6 +98,7 @@ export class MigrationSource {
     const acked = ack.round;
     if (acked !== round)
       throw new PeerError(`the destination acknowledged round ${acked}, expected ${round}`);
+    this.o.log?.roundEnd(round, { pagesSent: this.stats.pagesSent, bytes: this.stats.bytes });
   }
 
   private async sendPages(
@@ -115,12 +117,16 @@ export class MigrationSource {
   }
 
   /** Adds the c-bit-changed frames to the send set (rule 3); returns how many were not dirty anyway. */
-  private addChanged(toSend: PageBitmap, delta: readonly StateRange[]): number {
+  private addChanged(round: number, toSend: PageBitmap, delta: readonly StateRange[]): number {
     let added = 0;
+    const resent: PageRange[] = [];
     for (const d of delta) {
       added += d.npages - toSend.count(d.gfn, d.npages);
+      if (this.o.log)
+        for (let g = d.gfn; g < d.gfn + d.npages; g++) if (!toSend.test(g)) appendGfn(resent, g);
       toSend.setRange(d.gfn, d.npages);
     }
+    this.o.log?.resend(round, resent);
     return added;
   }
 
@@ -146,6 +152,12 @@ export class MigrationSource {
     const control = this.checkReady();
     warmDigestWorkers(this.o.guest.memory.npages);
     const generationBefore = this.o.guest.generation;
+    // Every conversion from here on, whatever the protocol consumes of it.
+    const log = this.o.log;
+    if (log)
+      this.o.guest.tapConversions(
+        log.conversionTap(this.o.store.state(this.o.vm), this.o.store.info(this.o.vm).lastSeq),
+      );
     try {
       await this.handshake(control, generationBefore);
       await this.bulkRound();
@@ -160,7 +172,8 @@ export class MigrationSource {
       throw await this.abort(err);
     } finally {
       this.psp.finish(); // SEND_FINISH: the transport key is gone, success or not
-      this.o.log?.flush();
+      this.o.guest.tapConversions(undefined);
+      this.o.log?.commit();
     }
   }
 
@@ -181,12 +194,7 @@ export class MigrationSource {
     const ack = decodeHelloAck(await this.expect(Msg.HELLO_ACK));
     if (ack.error) throw new PeerError(`the destination refused the migration: ${ack.error}`);
     this.psp.sendStart(ack.publicKey!);
-    this.o.log?.event('start', 0, {
-      npages,
-      protocol: this.o.protocol,
-      verify: this.o.verify,
-      control: Number(control),
-    });
+    this.o.log?.start({ generation, migrationControl: Number(control) });
   }
 
   /**
@@ -199,7 +207,7 @@ export class MigrationSource {
     const first = await this.readBoth(0);
     this.initialState = first.sync.state;
     this.lastLive = first.sync.state;
-    this.o.log?.state('initial', first.sync.state.serialize());
+    this.o.log?.cbitState(0, 'initial', first.sync.state.serialize(), first.sync.state);
     await this.sendAndMeasure(0, [{ gfn: 0, npages }], first.sync.state, first.readsMs);
     this.o.guest.tick('after-send', 0);
   }
@@ -302,7 +310,7 @@ export class MigrationSource {
     if (d.another) return true;
     if (!d.converged) {
       const message = Convergence.explain(d, this.round + 1, this.o.maxDowntimeMs);
-      this.o.log?.event('not-converging', this.round, { ...d, message });
+      this.o.log?.notConverging(this.round, { ...d, message });
       if ((this.o.onNoConvergence ?? 'abort') === 'abort') throw new NotConvergingError(message);
     }
     return false;
@@ -323,7 +331,7 @@ export class MigrationSource {
     guest.tick('round-start', round);
     const { dirty: d, sync: s, readsMs } = await this.readBoth(round);
     if (protocol === 'safe' || protocol === 'no-final-diff')
-      this.stats.cbitRetransmits += this.addChanged(d, s.delta);
+      this.stats.cbitRetransmits += this.addChanged(round, d, s.delta);
     this.lastLive = s.state;
     await this.sendAndMeasure(round, d.runs(), protocol === 'naive' ? this.initialState! : s.state, readsMs);
     guest.tick('after-send', round);
@@ -334,10 +342,15 @@ export class MigrationSource {
     await this.o.guest.pause();
     this.pausedAt = performance.now();
     this.round++;
-    this.o.log?.event('pause', this.round, {
-      converged: this.decision?.converged ?? true,
-      estimatedDowntimeMs: this.decision?.estimatedDowntimeMs ?? 0,
-    });
+    const memory = this.o.guest.memory;
+    this.o.log?.pause(
+      this.round,
+      {
+        converged: this.decision?.converged ?? true,
+        estimatedDowntimeMs: this.decision?.estimatedDowntimeMs ?? 0,
+      },
+      { guestCbits: memory.cbits.words, written: memory.written.words },
+    );
   }
 
   /**
@@ -357,7 +370,10 @@ export class MigrationSource {
       const s1 = protocol === 'cbit-first' ? await this.reads.sync(round) : undefined;
       d = this.reads.harvest(round);
       const s = s1 ?? (await this.reads.sync(round));
-      if (protocol !== 'no-cbit-dirty') this.stats.cbitRetransmits += this.addChanged(d, s.delta);
+      if (protocol !== 'no-cbit-dirty') {
+        this.o.log?.finalDiff(round, { fromSeq: s.previousSeq, toSeq: s.seq, delta: s.delta });
+        this.stats.cbitRetransmits += this.addChanged(round, d, s.delta);
+      }
       state = s.state;
     }
     await this.sendPages(round, d.runs(), state);
@@ -386,11 +402,7 @@ export class MigrationSource {
       new Uint8Array(words.buffer.slice(words.byteOffset, words.byteOffset + words.byteLength)),
     );
     const stateBytes = finalState.serialize();
-    this.o.log?.state('final', stateBytes);
-    this.o.log?.event('cbit-state', this.round, {
-      ranges: finalState.rangeCount,
-      encrypted: finalState.encryptedCount,
-    });
+    this.o.log?.cbitState(this.round, 'final', stateBytes, finalState);
     await this.o.channel.send(Msg.CBIT_STATE, stateBytes);
     await this.o.channel.send(Msg.MIGRATION_CONTROL, encodeU64(store.migrationControl(vm)));
     const vmsaIds = Float64Array.from({ length: guest.vcpus }, (_, i) => i);
@@ -421,7 +433,10 @@ export class MigrationSource {
     const { guest } = this.o;
     const result: VerifyResult = decodeResult(await this.expect(Msg.RESULT));
     const downtimeMs = performance.now() - this.pausedAt;
-    this.o.log?.event(result.resumed ? 'resume' : 'verify-failed', this.round, { ...result });
+    this.o.log?.verification(this.round, { ...result, mode: this.o.verify });
+    this.o.log?.resume(this.round, result.resumed ? 'destination' : 'source');
+    if (result.resumed)
+      this.o.log?.generation(this.round, { before: generationBefore, after: result.generationAfter });
     if (!result.resumed) guest.resume();
     else guest.generation = result.generationAfter;
     const totalMs = performance.now() - t0;
@@ -452,7 +467,7 @@ export class MigrationSource {
   private async abort(err: unknown): Promise<Error> {
     if (this.o.guest.paused) this.o.guest.resume();
     const reason = err instanceof Error ? err.message : String(err);
-    this.o.log?.event('abort', 0, { reason });
+    this.o.log?.abort(this.round, reason);
     await this.o.channel.send(Msg.ABORT, encodeText(reason)).catch(() => {});
     if (err instanceof MisuseError || err instanceof RuntimeFailure) return err;
     return new RuntimeFailure('ERR_MIGRATION', `migration aborted: ${reason}`, { cause: err });

@@ -7,6 +7,7 @@
  * interleaving points, so a race between guest and host is reproducible.
  */
 import { PAGE_SIZE } from '../common/ranges.js';
+import type { ConversionTap } from './hypercall-backend.js';
 import type { GuestMemory } from './sim/guest-memory.js';
 
 /** Points in a live round where a scripted guest acts (docs/design.md's five events interleave here). */
@@ -27,6 +28,8 @@ export interface SourceGuest {
    * calls this first (docs/design.md, threading).
    */
   drainExits(): Promise<void>;
+  /** Hands every change the tracker applies from now on to `tap` (undefined: stop). */
+  tapConversions(tap: ConversionTap | undefined): void;
   /** One page of plaintext register state (the SEV-ES VMSA) per vCPU. */
   vcpuState(): Uint8Array;
 }

@@ -8,9 +8,12 @@ import { RuntimeFailure } from '../common/errors.js';
 import { KVM_CPUID_FEATURES, MSR_KVM_MIGRATION_CONTROL } from '../common/kvm-abi.js';
 import type { CpuidResult, HypercallPort } from '../guest/hypercall-port.js';
 import type { CbitStore } from '../host/cbit-store.js';
-import { FULL_SUPPORT } from './hypercall-backend.js';
+import { type ConversionTap, FULL_SUPPORT } from './hypercall-backend.js';
 
 export class DirectPort implements HypercallPort {
+  /** Sees each applied change (as vCPU 0: the scripted guest has one). */
+  tap: ConversionTap | undefined;
+
   constructor(
     private readonly store: CbitStore,
     private readonly vm: number,
@@ -19,7 +22,11 @@ export class DirectPort implements HypercallPort {
 
   hypercall(nr: number, a0: bigint, a1: bigint, a2: bigint): number {
     const out = this.store.applyHypercall(this.vm, nr, a0, a1, a2);
-    if (out.seq !== undefined) this.store.commit();
+    if (out.seq !== undefined) {
+      this.store.commit();
+      const { gfn, npages, encrypted } = out.change;
+      this.tap?.([{ seq: out.seq, vcpu: 0, gfn, npages, encrypted }]);
+    }
     return out.ret;
   }
 

@@ -32,7 +32,24 @@ export interface ValidatedChange {
   gfn: number;
   npages: number;
   encrypted: boolean;
+  /** The vCPU whose exit made it (0 where unknown). */
+  vcpu?: number;
 }
+
+/** A change the tracker applied: the vCPU that made it and the sequence number it got. */
+export interface TrackedChange {
+  seq: number;
+  vcpu: number;
+  gfn: number;
+  npages: number;
+  encrypted: boolean;
+}
+
+/**
+ * Sees every change right after the tracker applied it, in sequence order
+ * (the migration log records the guest's conversions through it).
+ */
+export type ConversionTap = (changes: readonly TrackedChange[]) => void;
 
 export interface HypercallBackend {
   /**
@@ -49,6 +66,8 @@ export interface HypercallBackend {
    * sync), or a promise that resolves once the host holds them durably.
    */
   applyValidated(vm: number, changes: readonly ValidatedChange[]): Promise<void> | undefined;
+  /** Called with the changes applyValidated applied, once they have their sequence numbers. */
+  tap?: ConversionTap;
   setMigrationControl(vm: number, value: bigint): Promise<void>;
   getMigrationControl(vm: number): Promise<bigint>;
   /** CPUID 0x40000001 EAX as this host advertises it. */
@@ -61,6 +80,7 @@ export const FULL_SUPPORT = (1 << KVM_FEATURE_HC_MAP_GPA_RANGE) | (1 << KVM_FEAT
 export class InProcessBackend implements HypercallBackend {
   readonly cpuidFeatures = FULL_SUPPORT;
   readonly forwardsHypercalls = true;
+  tap: ConversionTap | undefined;
   private readonly commits: GroupCommit;
   private commitError: Error | undefined;
 
@@ -74,7 +94,12 @@ export class InProcessBackend implements HypercallBackend {
    */
   applyValidated(vm: number, changes: readonly ValidatedChange[]): undefined {
     if (this.commitError) throw this.commitError;
-    for (const c of changes) this.store.applyChange(vm, c);
+    const tracked: TrackedChange[] | undefined = this.tap ? [] : undefined;
+    for (const c of changes) {
+      const seq = this.store.applyChange(vm, c);
+      tracked?.push({ seq, vcpu: c.vcpu ?? 0, gfn: c.gfn, npages: c.npages, encrypted: c.encrypted });
+    }
+    if (tracked) this.tap?.(tracked);
     if (changes.length > 0)
       this.commits.whenDurable(
         () => {},
@@ -107,6 +132,7 @@ const FORWARD_BATCH = 1024;
 export class SocketBackend implements HypercallBackend {
   readonly cpuidFeatures = FULL_SUPPORT;
   readonly forwardsHypercalls = true;
+  tap: ConversionTap | undefined;
 
   constructor(readonly client: HostServiceClient) {}
 
@@ -115,7 +141,7 @@ export class SocketBackend implements HypercallBackend {
    * answered every batch (it answers after the commit holding them).
    */
   async applyValidated(vm: number, changes: readonly ValidatedChange[]): Promise<void> {
-    const batches: Promise<{ ret: number }[]>[] = [];
+    const batches: Promise<{ ret: number; seq?: number }[]>[] = [];
     for (let i = 0; i < changes.length; i += FORWARD_BATCH) {
       const calls = changes.slice(i, i + FORWARD_BATCH).map((c) => ({
         nr: BigInt(KVM_HC_MAP_GPA_RANGE),
@@ -125,14 +151,27 @@ export class SocketBackend implements HypercallBackend {
       }));
       batches.push(this.client.hypercallBatch(vm, calls));
     }
-    for (const replies of await Promise.all(batches)) {
+    const tracked: TrackedChange[] = [];
+    for (const [b, replies] of (await Promise.all(batches)).entries()) {
       const bad = replies.find((r) => r.ret !== 0);
       if (bad)
         throw new RuntimeFailure(
           'ERR_FORWARD',
           `the host service rejected a change the vCPU had validated (ret ${bad.ret}): its VM does not match the guest`,
         );
+      if (this.tap)
+        replies.forEach((r, i) => {
+          const c = changes[b * FORWARD_BATCH + i];
+          tracked.push({
+            seq: Number(r.seq),
+            vcpu: c.vcpu ?? 0,
+            gfn: c.gfn,
+            npages: c.npages,
+            encrypted: c.encrypted,
+          });
+        });
     }
+    if (tracked.length > 0) this.tap?.(tracked);
   }
 
   async hypercall(vm: number, nr: bigint, a0: bigint, a1: bigint, a2: bigint): Promise<number> {

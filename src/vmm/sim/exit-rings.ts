@@ -53,6 +53,8 @@ export interface RingChange {
   gfn: number;
   npages: number;
   encrypted: boolean;
+  /** The vCPU whose ring held it. */
+  vcpu: number;
 }
 
 /** What one take() collected, and where to release it up to. */
@@ -175,6 +177,7 @@ export class RingConsumer {
             gfn: this.w[at + 1] >>> 0,
             npages: this.w[at + 2] >>> 0,
             encrypted: this.w[at + 3] === 1,
+            vcpu: v,
           };
           this.taken[v] = (this.taken[v] + 1) | 0;
           got++;

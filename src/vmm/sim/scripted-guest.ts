@@ -12,6 +12,7 @@ import { GuestKernel } from '../../guest/guest-kernel.js';
 import type { CbitStore } from '../../host/cbit-store.js';
 import { type InterleavingPoint, type SourceGuest, syntheticVmsa } from '../backend.js';
 import { DirectPort } from '../direct-port.js';
+import type { ConversionTap } from '../hypercall-backend.js';
 import type { GuestMemory } from './guest-memory.js';
 
 export interface ScriptedGuestOptions {
@@ -27,6 +28,7 @@ export class ScriptedGuest implements SourceGuest {
   generation = 0;
   readonly vcpus = 1;
   readonly kernel: GuestKernel;
+  private readonly port: DirectPort;
   private readonly rng: Rng;
   private isPaused = false;
   private counter = 0;
@@ -40,7 +42,8 @@ export class ScriptedGuest implements SourceGuest {
     seed: number,
     private readonly options: ScriptedGuestOptions = {},
   ) {
-    this.kernel = new GuestKernel(memory, new DirectPort(store, vm));
+    this.port = new DirectPort(store, vm);
+    this.kernel = new GuestKernel(memory, this.port);
     this.kernel.enableMigration();
     this.rng = seededRandom(seed);
   }
@@ -79,6 +82,10 @@ export class ScriptedGuest implements SourceGuest {
 
   /** Nothing to drain: DirectPort applies and commits each change before the call returns. */
   async drainExits(): Promise<void> {}
+
+  tapConversions(tap: ConversionTap | undefined): void {
+    this.port.tap = tap;
+  }
 
   resume(): void {
     this.isPaused = false;

@@ -3,6 +3,7 @@
  * running a workload over shared guest memory.
  */
 import { type SourceGuest, syntheticVmsa } from '../backend.js';
+import type { ConversionTap } from '../hypercall-backend.js';
 import type { GuestMemory } from './guest-memory.js';
 import type { VcpuPool } from './vcpu-pool.js';
 
@@ -38,6 +39,10 @@ export class ThreadedGuest implements SourceGuest {
 
   drainExits(): Promise<void> {
     return this.pool.drainExits();
+  }
+
+  tapConversions(tap: ConversionTap | undefined): void {
+    this.pool.options.backend.tap = tap;
   }
 
   vcpuState(): Uint8Array {
