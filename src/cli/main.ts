@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { registerDecode } from './commands/decode.js';
 import { registerDoctor } from './commands/doctor.js';
 import { registerExplore } from './commands/explore.js';
+import { registerLog } from './commands/log.js';
 import { registerMigrate } from './commands/migrate.js';
 import { registerServe } from './commands/serve.js';
 import { registerState } from './commands/state.js';
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerExplore(program);
   registerSysgenid(program);
   registerDoctor(program);
+  registerLog(program);
   return program;
 }
 

@@ -50,39 +50,14 @@ export class MigrationLogReader {
   static open(path: string): MigrationLogReader {
     if (!existsSync(path))
       throw new MigrationLogError(path, 'missing', 'no such file; pass the --log file of a migration');
-    let db: Database.Database;
+    let db: Database.Database | undefined;
     try {
       db = new Database(path, { readonly: true, fileMustExist: true });
-      db.pragma('schema_version'); // reads the header: fails here on a non-SQLite file
+      db.pragma('schema_version'); // reads the header: a non-SQLite file fails here
+      return new MigrationLogReader(path, db, readChecked(path, db));
     } catch (err) {
-      throw new MigrationLogError(
-        path,
-        'not-sqlite',
-        `not a SQLite database (${(err as Error).message})`,
-        undefined,
-        {
-          cause: err,
-        },
-      );
-    }
-    try {
-      const contents = readChecked(path, db);
-      return new MigrationLogReader(path, db, contents);
-    } catch (err) {
-      db.close();
-      if (err instanceof MigrationLogError) throw err;
-      const code = (err as { code?: string }).code ?? '';
-      if (code.startsWith('SQLITE_CORRUPT') || code.startsWith('SQLITE_NOTADB'))
-        throw new MigrationLogError(
-          path,
-          'damaged',
-          `the file is truncated or damaged (${(err as Error).message})`,
-          undefined,
-          {
-            cause: err,
-          },
-        );
-      throw err;
+      db?.close();
+      throw classify(path, err);
     }
   }
 
@@ -111,6 +86,28 @@ export class MigrationLogReader {
   close(): void {
     this.db.close();
   }
+}
+
+/** SQLite's own errors as the log problem they mean. */
+function classify(path: string, err: unknown): Error {
+  if (err instanceof MigrationLogError) return err;
+  const code = (err as { code?: string }).code ?? '';
+  const message = (err as Error).message;
+  if (code.startsWith('SQLITE_NOTADB'))
+    return new MigrationLogError(path, 'not-sqlite', `not a SQLite database (${message})`, undefined, {
+      cause: err,
+    });
+  if (code.startsWith('SQLITE_CORRUPT') || code.startsWith('SQLITE_IOERR'))
+    return new MigrationLogError(
+      path,
+      'damaged',
+      `the file is truncated or damaged (${message})`,
+      undefined,
+      {
+        cause: err,
+      },
+    );
+  return err as Error;
 }
 
 function readChecked(path: string, db: Database.Database): LogContents {

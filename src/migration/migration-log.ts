@@ -124,6 +124,8 @@ export class MigrationLog {
   private readonly stmts;
   /** The round of the newest event (events without their own round take it). */
   lastRound = 0;
+  /** The sync sequence number of each state a sync returned, so a send can name the state it used. */
+  private readonly stateSeqs = new WeakMap<object, number>();
 
   private constructor(
     readonly path: string,
@@ -261,7 +263,11 @@ export class MigrationLog {
   }
 
   /** A sync consumed the changes (previousSeq, seq]; `delta` holds the runs whose state changed. */
-  sync(round: number, s: { seq: number; previousSeq: number; delta: readonly StateRange[] }): void {
+  sync(
+    round: number,
+    s: { seq: number; previousSeq: number; delta: readonly StateRange[]; state?: object },
+  ): void {
+    if (s.state) this.stateSeqs.set(s.state, s.seq);
     this.push(
       'sync',
       round,
@@ -284,7 +290,9 @@ export class MigrationLog {
   /**
    * One batch of pages sent (source) or received (destination, `kind`
    * `receive`) from one perspective: encrypted through the PSP (`pspSeq` is
-   * its first message sequence) or shared as raw bytes.
+   * its first message sequence) or shared as raw bytes. `perspective` is the
+   * state the source took it from: a state a logged sync returned is named
+   * by that sync's seq (detail.stateSeq; null for any other).
    */
   send(
     round: number,
@@ -292,13 +300,15 @@ export class MigrationLog {
     gfns: ArrayLike<number>,
     pspSeq = 0,
     kind: 'send' | 'receive' = 'send',
+    perspective?: object,
   ): void {
     const state = encrypted ? 1 : 0;
     const runs: PendingRun[] = gfnsToRuns(gfns).map((r) => [r.gfn, r.npages, state]);
+    const stateSeq = perspective ? (this.stateSeqs.get(perspective) ?? null) : null;
     this.push(
       kind,
       round,
-      { perspective: encrypted ? 'encrypted' : 'shared', pages: gfns.length, pspSeq },
+      { perspective: encrypted ? 'encrypted' : 'shared', pages: gfns.length, pspSeq, stateSeq },
       runs,
     );
   }
@@ -451,6 +461,8 @@ export class MigrationLog {
     if (!this.db.open) return;
     this.push('end', this.lastRound, result);
     this.commit();
+    // A finished log is one self-contained file (a crashed one keeps its -wal).
+    this.db.pragma('journal_mode = DELETE');
     this.db.close();
   }
 }

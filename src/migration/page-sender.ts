@@ -87,7 +87,7 @@ export class PageSender {
         }
         const { firstSeq, sealed } = this.psp.sendUpdateData(this.memory.bytes, gfns);
         const frame = encodePages({ round, gfns, firstSeq, data: sealed });
-        this.log?.send(round, true, gfns, firstSeq);
+        this.log?.send(round, true, gfns, firstSeq, 'send', perspective);
         const bytes = frame.length; // the channel may transfer (detach) the buffer
         await this.channel.send(Msg.PAGES_SEALED, frame);
         stats.sealedPages += gfns.length;
@@ -100,7 +100,7 @@ export class PageSender {
         const data = new Uint8Array(gfns.length * PAGE_SIZE);
         for (let i = 0; i < gfns.length; i++) data.set(this.memory.hostView(gfns[i]), i * PAGE_SIZE);
         const frame = encodePages({ round, gfns, firstSeq: 0, data });
-        this.log?.send(round, false, gfns);
+        this.log?.send(round, false, gfns, 0, 'send', perspective);
         const bytes = frame.length;
         await this.channel.send(Msg.PAGES_RAW, frame);
         stats.rawPages += gfns.length;
