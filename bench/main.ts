@@ -14,6 +14,7 @@ import { hostSyncGroup } from './groups/host-sync.js';
 import { kvmGroup } from './groups/kvm.js';
 import { memoryGroup } from './groups/memory.js';
 import { migrateGroup } from './groups/migrate.js';
+import { migrateLogGroup } from './groups/migrate-log.js';
 import { pageStateGroup } from './groups/page-state.js';
 import { pipelineGroup } from './groups/pipeline.js';
 import { pspGroup } from './groups/psp.js';
@@ -37,6 +38,7 @@ const groups: BenchGroup[] = [
   pspGroup,
   memoryGroup,
   kvmGroup,
+  migrateLogGroup,
 ];
 
 const args = process.argv.slice(2);
