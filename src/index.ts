@@ -211,6 +211,22 @@ export {
   listenChannel,
   type Transport,
 } from './migration/endpoints.js';
+/**
+ * The migration log (docs/migration-log.md): `MigrationLogReader.open(path)`
+ * checks a log (identity, version, SQLite integrity, digest chain, event
+ * rules) and throws `MigrationLogError` naming the problem and the first bad
+ * event; `summarizeLog` gives it per round. `MigrationLog` writes one.
+ */
+export type { EventKind, LogEvent, LogMeta } from './migration/log-events.js';
+export { type LogContents, MigrationLogReader } from './migration/log-reader.js';
+export { LOG_VERSION, type LogProblem, MigrationLogError } from './migration/log-schema.js';
+export { type LogSummary, type RoundSummary, summarizeLog } from './migration/log-summary.js';
+export {
+  type ConversionRecord,
+  type LogIdentity,
+  MigrationLog,
+  type VerificationRecord,
+} from './migration/migration-log.js';
 /** The PSP model's limits (`rate` pages/s, 0 = unlimited; `batch` pages per command). */
 export { type PspLimits, UNLIMITED_PSP } from './migration/psp.js';
 /** The destination side over a channel (a two-process destination). */
