@@ -28,6 +28,8 @@ describe('migrate --log killed mid-way', () => {
       '0',
       '--max-rounds',
       '10000',
+      '--on-no-convergence',
+      'pause',
       '--log',
       log,
     ]);
@@ -75,6 +77,8 @@ describe('sevtrack log show', () => {
       '0',
       '--max-rounds',
       '4',
+      '--on-no-convergence',
+      'pause',
       '--log',
       log,
     ]);

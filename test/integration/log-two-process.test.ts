@@ -34,6 +34,7 @@ describe('each side of a two-sided migration keeps its own log', () => {
       warmupMs: 50,
       maxDowntimeMs: 0,
       maxRounds: 3,
+      onNoConvergence: 'pause' as const,
     };
     const listener = await listenChannel(
       { kind: 'unix', path: join(dir, 'm.sock') },

@@ -53,16 +53,23 @@ function writeLog(path: string, options: { close?: boolean } = {}): void {
   log.roundEnd(0, { pagesSent: 12 });
   // A change over a mixed run (8-11 shared, 12-13 encrypted) is split by old state.
   tap([{ seq: 12, vcpu: 0, gfn: 10, npages: 4, encrypted: true }]);
-  log.pause(1, { guestCbits: new Uint32Array([0xffff_f0ff, 0xffff_ffff]), written: new Uint32Array(2) });
+  log.pause(
+    1,
+    { converged: true },
+    { guestCbits: new Uint32Array([0xffff_f0ff, 0xffff_ffff]), written: new Uint32Array(2) },
+  );
   log.harvest(1, [{ gfn: 12, npages: 2 }]);
   log.send(1, true, [12, 13], 9, 'send', s0.state);
   log.roundEnd(1, { pagesSent: 14 });
   log.cbitState(1, 'final', state.serialize(), state);
   log.verification(1, {
+    resumed: false,
     verified: false,
     mode: 'strict',
-    mismatched: 2,
-    corrupted: [{ gfn: 10, npages: 2 }],
+    comparedPages: NPAGES,
+    skippedPages: 0,
+    skipReason: '',
+    mismatchedGfns: [10, 11],
     message: '2 pages differ',
   });
   log.resume(1, 'source');
