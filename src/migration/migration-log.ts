@@ -107,6 +107,12 @@ export function gfnsToRuns(gfns: ArrayLike<number>): PageRange[] {
   return out;
 }
 
+/** Page runs without a state (harvests, resends, corrupted pages). */
+const plain = (runs: readonly PageRange[]): PendingRun[] => runs.map((r) => [r.gfn, r.npages, null]);
+/** Page runs with the state each carries (sync deltas, the final diff). */
+const stated = (runs: readonly StateRange[]): PendingRun[] =>
+  runs.map((r) => [r.gfn, r.npages, r.encrypted ? 1 : 0]);
+
 function pagesOf(runs: readonly PageRange[]): number {
   let n = 0;
   for (const r of runs) n += r.npages;
@@ -254,12 +260,7 @@ export class MigrationLog {
 
   /** Round `round` harvested (and cleared) these dirty pages. */
   harvest(round: number, dirty: readonly PageRange[]): void {
-    this.push(
-      'harvest',
-      round,
-      { pages: pagesOf(dirty) },
-      dirty.map((r) => [r.gfn, r.npages, null]),
-    );
+    this.push('harvest', round, { pages: pagesOf(dirty) }, plain(dirty));
   }
 
   /** A sync consumed the changes (previousSeq, seq]; `delta` holds the runs whose state changed. */
@@ -272,19 +273,13 @@ export class MigrationLog {
       'sync',
       round,
       { seq: s.seq, previousSeq: s.previousSeq, changedPages: pagesOf(s.delta) },
-      s.delta.map((r) => [r.gfn, r.npages, r.encrypted ? 1 : 0]),
+      stated(s.delta),
     );
   }
 
   /** Pages added to the round's send set only because their c-bit changed (rule 3). */
   resend(round: number, runs: readonly PageRange[]): void {
-    if (runs.length > 0)
-      this.push(
-        'resend',
-        round,
-        { pages: pagesOf(runs) },
-        runs.map((r) => [r.gfn, r.npages, null]),
-      );
+    if (runs.length > 0) this.push('resend', round, { pages: pagesOf(runs) }, plain(runs));
   }
 
   /**
@@ -346,7 +341,7 @@ export class MigrationLog {
       'final-diff',
       round,
       { fromSeq: d.fromSeq, toSeq: d.toSeq, pages: pagesOf(d.delta) },
-      d.delta.map((r) => [r.gfn, r.npages, r.encrypted ? 1 : 0]),
+      stated(d.delta),
     );
   }
 
@@ -380,7 +375,7 @@ export class MigrationLog {
         mismatched: v.mismatchedGfns.length,
         message: v.message,
       },
-      gfnsToRuns(v.mismatchedGfns).map((r) => [r.gfn, r.npages, null]),
+      plain(gfnsToRuns(v.mismatchedGfns)),
     );
     this.commit();
   }
