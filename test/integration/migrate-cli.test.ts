@@ -60,13 +60,12 @@ describe('sevtrack migrate', () => {
     );
     const sent = db
       .prepare(
-        "SELECT sum(length(gfns) / 8) AS n FROM page_sets JOIN events ON events.id = event_id WHERE kind = 'send'",
+        "SELECT sum(npages) AS n FROM page_runs JOIN events ON events.id = event_id WHERE kind = 'send'",
       )
       .get() as { n: number };
     expect(sent.n).toBeGreaterThanOrEqual(4096);
-    expect(
-      JSON.parse((db.prepare('SELECT result FROM migration').get() as { result: string }).result).verified,
-    ).toBe(true);
+    const end = db.prepare("SELECT detail FROM events WHERE kind = 'end'").get() as { detail: string };
+    expect(JSON.parse(end.detail).verified).toBe(true);
     db.close();
     // Logs are evidence: an existing file is never overwritten.
     const again = await runCli(['migrate', '--memory', '1M', '--log', log]);
