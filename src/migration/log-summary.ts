@@ -34,7 +34,8 @@ export interface LogSummary {
     lastSeq: number | null;
     byVcpu: Record<string, number>;
   };
-  notConverging: boolean;
+  /** The convergence message when the downtime target could not be met, else null. */
+  notConverging: string | null;
   verification: { verified: boolean; mode: string; mismatched: number; corrupted: PageRange[] } | null;
   resumed: 'destination' | 'source' | null;
   generation: { before: number; after: number } | null;
@@ -71,7 +72,7 @@ export function summarizeLog(c: LogContents): LogSummary {
     events: c.events.length,
     rounds: [],
     conversions: { count: c.conversions.length, firstSeq: null, lastSeq: null, byVcpu: {} },
-    notConverging: false,
+    notConverging: null,
     verification: null,
     resumed: null,
     generation: null,
@@ -108,7 +109,7 @@ export function summarizeLog(c: LogContents): LogSummary {
         roundOf(rounds, e.round).paused = true;
         break;
       case 'not-converging':
-        s.notConverging = true;
+        s.notConverging = typeof d.message === 'string' ? d.message : 'the downtime target cannot be met';
         break;
       case 'verification':
         s.verification = {

@@ -37,7 +37,7 @@ function print(path: string, s: LogSummary): void {
       ? 'conversions: none'
       : `conversions: ${c.count} (seq ${c.firstSeq}..${c.lastSeq}; ${byVcpu})`,
   );
-  if (s.notConverging) out.push('paused early: the dirty set stopped shrinking (not-converging)');
+  if (s.notConverging !== null) out.push(`not converging: ${s.notConverging}`);
   const v = s.verification;
   if (v)
     out.push(
