@@ -23,9 +23,9 @@ describe('exit rings', () => {
     v0.push(11, 2, true);
     const t = c.take();
     expect(t.changes).toEqual([
-      { gfn: 10, npages: 1, encrypted: false },
-      { gfn: 10, npages: 1, encrypted: true },
-      { gfn: 11, npages: 2, encrypted: true },
+      { gfn: 10, npages: 1, encrypted: false, vcpu: 0 },
+      { gfn: 10, npages: 1, encrypted: true, vcpu: 1 },
+      { gfn: 11, npages: 2, encrypted: true, vcpu: 0 },
     ]);
     expect(c.take().changes).toEqual([]); // taken once
     expect(c.pending).toBe(3); // but held until released
