@@ -9,13 +9,11 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CbitStore } from '../../src/host/cbit-store.js';
 import { PageStateMap } from '../../src/host/page-state-map.js';
-import { HostServiceClient } from '../../src/host/service-client.js';
-import { HostService } from '../../src/host/service-server.js';
 import { MigrationLogReader } from '../../src/migration/log-reader.js';
 import { MigrationLog } from '../../src/migration/migration-log.js';
-import { InProcessBackend, SocketBackend } from '../../src/vmm/hypercall-backend.js';
 import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
 import { VcpuPool } from '../../src/vmm/sim/vcpu-pool.js';
+import { openBackend } from '../support/backends.js';
 import { tempDir } from '../support/tmp.js';
 
 const pools: VcpuPool[] = [];
@@ -30,16 +28,7 @@ describe('conversions tapped from the exit-ring drain', () => {
       const dir = tempDir();
       const store = CbitStore.open(join(dir, 'h.db'));
       store.registerVm(1, npages);
-      let service: HostService | undefined;
-      let client: HostServiceClient | undefined;
-      let backend: InProcessBackend | SocketBackend;
-      if (transport === 'unix') {
-        service = await HostService.start({ store, socketPath: join(dir, 's.sock') });
-        client = await HostServiceClient.connect(join(dir, 's.sock'));
-        backend = new SocketBackend(client);
-      } else {
-        backend = new InProcessBackend(store);
-      }
+      const { backend, close } = await openBackend(transport, store, dir);
       const path = join(dir, 'm.db');
       const log = MigrationLog.create(path, {
         role: 'source',
@@ -64,8 +53,7 @@ describe('conversions tapped from the exit-ring drain', () => {
       });
       pools.push(pool);
       await pool.finished();
-      await client?.close();
-      await service?.stop();
+      await close();
       log.close({});
 
       const r = MigrationLogReader.open(path);

@@ -4,11 +4,10 @@ import { KVM_MIGRATION_READY } from '../../../src/common/kvm-abi.js';
 import { PageBitmap } from '../../../src/common/page-bitmap.js';
 import type { WorkloadName } from '../../../src/guest/workloads.js';
 import { CbitStore } from '../../../src/host/cbit-store.js';
-import { HostServiceClient } from '../../../src/host/service-client.js';
-import { HostService } from '../../../src/host/service-server.js';
-import { InProcessBackend, SocketBackend, UnsupportedBackend } from '../../../src/vmm/hypercall-backend.js';
+import { InProcessBackend, UnsupportedBackend } from '../../../src/vmm/hypercall-backend.js';
 import { GuestMemory } from '../../../src/vmm/sim/guest-memory.js';
 import { VcpuPool } from '../../../src/vmm/sim/vcpu-pool.js';
+import { openBackend } from '../../support/backends.js';
 import { tempDir } from '../../support/tmp.js';
 
 const pools: VcpuPool[] = [];
@@ -86,16 +85,7 @@ describe('simulated vCPUs', () => {
       const dir = tempDir();
       const store = CbitStore.open(join(dir, 'h.db'));
       store.registerVm(1, npages);
-      let service: HostService | undefined;
-      let client: HostServiceClient | undefined;
-      let backend: InProcessBackend | SocketBackend;
-      if (transport === 'unix') {
-        service = await HostService.start({ store, socketPath: join(dir, 's.sock') });
-        client = await HostServiceClient.connect(join(dir, 's.sock'));
-        backend = new SocketBackend(client);
-      } else {
-        backend = new InProcessBackend(store);
-      }
+      const { backend, close } = await openBackend(transport, store, dir);
       const mem = GuestMemory.create(npages);
       const workload: WorkloadName = 'mixed';
       const pool = VcpuPool.start({
@@ -110,8 +100,7 @@ describe('simulated vCPUs', () => {
       });
       pools.push(pool);
       const stats = await pool.finished();
-      await client?.close();
-      await service?.stop();
+      await close();
       // The guest reported every change: the host's state is the guest's own table.
       expect([...store.state(1).ranges()]).toEqual(guestRanges(mem));
       expect(store.migrationControl(1)).toBe(KVM_MIGRATION_READY);
