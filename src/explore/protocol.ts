@@ -64,7 +64,12 @@ export const PLANS: Record<Protocol, ProtocolPlan> = {
   },
 };
 
-const FIRST_ROUND: RoundPlan = { reads: HARVEST_THEN_SYNC, resendChanged: false, perspective: 'this-sync' };
+/** Round 0 of the model: every page, from the state of a sync taken after the harvest. */
+export const FIRST_ROUND: RoundPlan = {
+  reads: HARVEST_THEN_SYNC,
+  resendChanged: false,
+  perspective: 'this-sync',
+};
 
 /** Where the thread is: reading (index into the round's reads), sending, deciding, or done. */
 export type ThreadPhase = 'read' | 'send' | 'decide' | 'final' | 'done';
@@ -84,10 +89,15 @@ export class MigrationThread {
   private initial: Uint8Array | null = null;
   private lastLive: Uint8Array | null = null;
 
-  /** `maxRounds` live rounds at most (round 0 included) before the pause is forced. */
+  /**
+   * `maxRounds` live rounds at most (round 0 included) before the pause is
+   * forced. `firstRound` is round 0's plan (a replay passes the engine's,
+   * whose cbit-first reads the c-bits first in round 0 too).
+   */
   constructor(
     readonly protocol: Protocol,
     readonly maxRounds: number,
+    private readonly firstRound: RoundPlan = FIRST_ROUND,
   ) {
     this.plan = PLANS[protocol];
   }
@@ -100,7 +110,7 @@ export class MigrationThread {
   }
 
   private roundPlan(): RoundPlan {
-    return this.round === 0 ? FIRST_ROUND : this.plan.live;
+    return this.round === 0 ? this.firstRound : this.plan.live;
   }
 
   /** Whether another live round may start instead of the pause. */
