@@ -6,6 +6,7 @@ import { registerDoctor } from './commands/doctor.js';
 import { registerExplore } from './commands/explore.js';
 import { registerLog } from './commands/log.js';
 import { registerMigrate } from './commands/migrate.js';
+import { registerReplay } from './commands/replay.js';
 import { registerServe } from './commands/serve.js';
 import { registerState } from './commands/state.js';
 import { registerSysgenid } from './commands/sysgenid.js';
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
   registerSysgenid(program);
   registerDoctor(program);
   registerLog(program);
+  registerReplay(program);
   return program;
 }
 
