@@ -185,14 +185,15 @@ export function whatIf(rec: Recording, protocol: Protocol, verify: VerifyMode): 
   world.synced.set(start);
   for (let g = 0; g < rec.npages; g++) world.raw[g] = guestWrite('source', start[g] === 1, data(g));
 
-  const rounds: WhatIfRound[] = [];
+  const rounds: WhatIfRound[] = Array.from({ length: rec.pausedRound + 1 }, (_, round) => ({
+    round,
+    paused: round === rec.pausedRound,
+    pagesSent: 0,
+    cbitResends: 0,
+  }));
   world.onEvent = (e: ModelEvent) => {
     if (e.kind !== 'send') return;
-    let r = rounds.at(-1);
-    if (!r || r.round !== e.round) {
-      r = { round: e.round, paused: e.round === rec.pausedRound, pagesSent: 0, cbitResends: 0 };
-      rounds.push(r);
-    }
+    const r = rounds[e.round];
     r.pagesSent++;
     if (e.why === 'c-bit changed') r.cbitResends++;
   };
