@@ -189,7 +189,9 @@ function explainPage(
           : `the guest converted it ${after.length} times after that, last ${verb(last)} by vCPU ${last.vcpu} at seq ${last.seq}`,
       );
     } else {
-      clauses.push(`the guest's c-bit at pause is ${stateName(atPause)} but the log holds no conversion of it after that state; the guest`);
+      clauses.push(
+        `the guest's c-bit at pause is ${stateName(atPause)} but the log holds no conversion of it after that state`,
+      );
     }
     // Rutherford's race, proven: the round read the c-bits before the dirty log, its harvest
     // found the page dirty, the guest had converted it after that sync, and wrote it since then
@@ -203,14 +205,17 @@ function explainPage(
       stateSeq !== null &&
       ownSync !== undefined &&
       (ownSync.detail.seq as number) === stateSeq;
-    // The write (or its absence) completes the conversion's clause ("the guest ... and wrote it").
-    clauses[clauses.length - 1] += ` ${
-      written
-        ? race
-          ? `and wrote it before round ${send.round}'s harvest, which found it dirty and cleared its dirty bit after the round's sync had already read the old c-bit`
-          : 'and wrote it'
-        : 'and did not rewrite it (undefined contents, compared only under --verify strict)'
-    }`;
+    const writeText = written
+      ? race
+        ? `and wrote it before round ${send.round}'s harvest, which found it dirty and cleared its dirty bit after the round's sync had already read the old c-bit`
+        : 'and wrote it'
+      : 'and did not rewrite it (undefined contents, compared only under --verify strict)';
+    // The write (or its absence) completes the conversion's clause: "the guest ... and wrote it".
+    if (last) clauses[clauses.length - 1] += ` ${writeText}`;
+    else
+      clauses.push(
+        written ? 'the guest wrote it since' : 'the guest has not written it since its last conversion',
+      );
     const newest = syncs.filter((s) => s.id < send.id).at(-1);
     if (send.round > 0 && stateSeq === rec.initialSeq && newest && (newest.detail.seq as number) > stateSeq) {
       clauses.push(

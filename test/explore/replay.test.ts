@@ -47,7 +47,9 @@ async function record(protocol: Protocol, verify: VerifyMode): Promise<Run> {
     const { summary } = await migrateLocally({ ...CHURN, protocol, verify, seed, log });
     if (protocol === 'safe' || !summary.verified) {
       const reader = MigrationLogReader.open(log);
-      const mismatched = reader.corrupted().flatMap((r) => Array.from({ length: r.npages }, (_, i) => r.gfn + i));
+      const mismatched = reader
+        .corrupted()
+        .flatMap((r) => Array.from({ length: r.npages }, (_, i) => r.gfn + i));
       reader.close();
       return { log, seed, mismatched };
     }
@@ -88,10 +90,16 @@ describe('replay of recorded migrations', () => {
       const what = `${protocol} seed ${run.seed}`;
       expect(r.outcome, what).toBe('corrupted');
       expect(r.agreesWithRecord, what).toBe(true);
-      expect(r.corrupted.map((c) => c.gfn), what).toEqual(run.mismatched);
+      expect(
+        r.corrupted.map((c) => c.gfn),
+        what,
+      ).toEqual(run.mismatched);
       // The model, driven by the recorded guest events, repeats the run round for round.
       expect(r.whatIf!.corrupted, what).toEqual(run.mismatched);
-      expect(r.whatIf!.rounds.map((x) => x.pagesSent), what).toEqual(r.rounds.map((x) => x.sent));
+      expect(
+        r.whatIf!.rounds.map((x) => x.pagesSent),
+        what,
+      ).toEqual(r.rounds.map((x) => x.sent));
       expect(r.whatIf!.unplaced, what).toBe(0);
       for (const c of r.corrupted) {
         // The page went from a perspective other than the guest's c-bit at pause...
@@ -100,7 +108,9 @@ describe('replay of recorded migrations', () => {
         expect(c.conversions.length, c.text).toBeGreaterThan(0);
         expect(c.conversions.at(-1)!.seq, c.text).toBeGreaterThan(c.lastSend!.stateSeq!);
         expect(c.conversions.at(-1)!.encrypted, c.text).toBe(c.cbitAtPause === 'encrypted');
-        expect(c.text, c.text).toMatch(new RegExp(`^gfn 0x${c.gfn.toString(16)}: sent in round ${c.lastSend!.round}`));
+        expect(c.text, c.text).toMatch(
+          new RegExp(`^gfn 0x${c.gfn.toString(16)}: sent in round ${c.lastSend!.round}`),
+        );
         expect(c.text).toMatch(new RegExp(`c-bit state at sync seq ${c.lastSend!.stateSeq}`));
         expect(c.text).toMatch(new RegExp(`(encrypted|decrypted)[^;]* at seq ${c.conversions.at(-1)!.seq}`));
         expect(c.text).toMatch(/it was never resent$/);
@@ -126,7 +136,9 @@ describe('replay of recorded migrations', () => {
       expect(c.lastSend!.stateSeq).toBe(initialSeq);
       if (c.lastSend!.round > 0) {
         expect(c.cause).toBe('round-0-state');
-        expect(c.text).toMatch(/naive sends every page with round 0's state, though the syncs had reached seq \d+/);
+        expect(c.text).toMatch(
+          /naive sends every page with round 0's state, though the syncs had reached seq \d+/,
+        );
       }
     }
   });
@@ -151,7 +163,9 @@ describe('replay of recorded migrations', () => {
       expect(c.text).toMatch(
         /and wrote it before round (\d+)'s harvest, which found it dirty and cleared its dirty bit after the round's sync had already read the old c-bit/,
       );
-      expect(c.text).toMatch(/the pause-time diff \(seq \d+ to \d+\) compares with the last live sync, which already had the change/);
+      expect(c.text).toMatch(
+        /the pause-time diff \(seq \d+ to \d+\) compares with the last live sync, which already had the change/,
+      );
       expect(c.consumedBy!.round).toBeGreaterThan(c.lastSend!.round);
     }
   });
