@@ -19,6 +19,7 @@ import { pageStateGroup } from './groups/page-state.js';
 import { pipelineGroup } from './groups/pipeline.js';
 import { pspGroup } from './groups/psp.js';
 import { sysgenidGroup } from './groups/sysgenid.js';
+import { replayGroup } from './groups/replay.js';
 import type { BenchGroup } from './harness.js';
 import { runGroups } from './harness.js';
 
@@ -39,6 +40,7 @@ const groups: BenchGroup[] = [
   memoryGroup,
   kvmGroup,
   migrateLogGroup,
+  replayGroup,
 ];
 
 const args = process.argv.slice(2);
