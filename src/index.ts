@@ -348,3 +348,24 @@ export {
   WatcherFleet,
   type WatcherStats,
 } from './sysgenid/watchers.js';
+
+// ---- Replay of migration logs ---------------------------------------------
+
+/**
+ * `replay(path, { verify?, protocol?, explainLimit? })` rebuilds the
+ * destination of a migration from its source log (`migrate --log`),
+ * verifies every page against the guest's view at pause, names the chain of
+ * events behind each corrupted page, says whether that agrees with the
+ * engine's recorded verdict, and with `protocol` re-runs the recorded guest
+ * events under that variant (docs/replay.md). Throws MigrationLogError for a
+ * log it cannot trust, naming the first bad event.
+ */
+export { type ReplayOptions, type ReplayReport, type ReplayRound, replay } from './explore/replay.js';
+/** The chain of events of one corrupted page, as `replay()` reports it. */
+export type { CauseKind, PageCause } from './explore/replay-causes.js';
+/** A checked source log as arrays per page (the replay's input). */
+export { loadRecording, type Recording } from './explore/replay-log.js';
+/** The replay's per-round timeline chart, as SVG text. */
+export { renderPlot } from './explore/replay-plot.js';
+/** What-if: the recorded guest events under another variant. */
+export { type WhatIf, type WhatIfRound, whatIf } from './explore/replay-whatif.js';

@@ -26,36 +26,46 @@ function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 }
 
+/** A bar's label: exact below 10 000, else in thousands (labels must fit over an 18 px bar). */
+const fmtCount = (v: number) => (v < 10_000 ? String(v) : `${(v / 1000).toFixed(v < 100_000 ? 1 : 0)}k`);
+
 const fmtMs = (us: number) =>
   us >= 10_000_000 ? `${(us / 1e6).toFixed(1)} s` : `${(us / 1000).toFixed(us < 10_000 ? 1 : 0)} ms`;
 
 /** Renders the chart of a replay report; returns the SVG text. */
 export function renderPlot(r: ReplayReport): string {
   const rounds = r.rounds;
-  const groupW = SERIES.length * (W_BAR + 4) + 2 * GAP + 24;
-  const width = Math.max(640, LEFT + rounds.length * groupW + 40);
+  const barsW = SERIES.length * (W_BAR + 4);
+  const minGroupW = barsW + 2 * GAP + 24;
   const height = TOP + PLOT_H + BOTTOM;
   let max = 1;
   for (const x of rounds) for (const s of SERIES) max = Math.max(max, x[s.key]);
   const decades = Math.max(1, Math.ceil(Math.log10(max + 1)));
   const y = (v: number) => TOP + PLOT_H - (v <= 0 ? 0 : (Math.log10(v + 1) / decades) * PLOT_H);
-  const out: string[] = [];
-  out.push(
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="DejaVu Sans, Arial, sans-serif" font-size="12">`,
-    `<rect width="100%" height="100%" fill="#ffffff"/>`,
-  );
   const verdict =
     r.outcome === 'incomplete'
       ? 'no verdict (incomplete log)'
       : r.outcome === 'clean'
         ? `clean: ${r.comparedPages} pages verified (${r.verify})`
         : `${r.corruptedCount} pages corrupted (${r.verify})`;
-  out.push(
-    `<text x="${LEFT}" y="24" font-size="16" font-weight="bold">Migration replay: ${esc(r.protocol)}, ${r.npages} pages, ${r.vcpus} vCPUs — ${esc(verdict)}</text>`,
+  const title = `Migration replay: ${r.protocol}, ${r.npages} pages, ${r.vcpus} vCPUs — ${verdict}`;
+  // Wide enough for every round, the legend and the title (about 9 px per character at 16 px).
+  const width = Math.max(
+    LEFT + rounds.length * minGroupW + 40,
+    LEFT + SERIES.length * 190,
+    LEFT + title.length * 9 + 20,
   );
+  // Rounds share the plot's width.
+  const groupW = Math.max(minGroupW, (width - LEFT - 40) / Math.max(1, rounds.length));
+  const out: string[] = [];
+  out.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="DejaVu Sans, Arial, sans-serif" font-size="12">`,
+    `<rect width="100%" height="100%" fill="#ffffff"/>`,
+  );
+  out.push(`<text x="${LEFT}" y="24" font-size="16" font-weight="bold">${esc(title)}</text>`);
   // Legend.
   SERIES.forEach((s, i) => {
-    const x = LEFT + i * 180;
+    const x = LEFT + i * 190;
     out.push(
       `<rect x="${x}" y="40" width="12" height="12" fill="${s.color}"/>`,
       `<text x="${x + 18}" y="50">${esc(s.label)}</text>`,
@@ -85,7 +95,7 @@ export function renderPlot(r: ReplayReport): string {
     const yy = y(v - 1);
     out.push(
       `<line x1="${LEFT}" y1="${yy.toFixed(1)}" x2="${width - 20}" y2="${yy.toFixed(1)}" stroke="#dddddd"/>`,
-      `<text x="${LEFT - 6}" y="${(yy + 4).toFixed(1)}" text-anchor="end">${v === 1 ? '0' : v >= 1000 ? `${v / 1000}k` : v}</text>`,
+      `<text x="${LEFT - 6}" y="${(yy + 4).toFixed(1)}" text-anchor="end">${v === 1 ? '0' : v >= 1e6 ? `${v / 1e6}M` : v >= 1000 ? `${v / 1000}k` : v}</text>`,
     );
   }
   out.push(
@@ -96,7 +106,7 @@ export function renderPlot(r: ReplayReport): string {
   // Bars.
   const t0 = rounds[0]?.startUs ?? 0;
   rounds.forEach((x, i) => {
-    const gx = LEFT + i * groupW + GAP + 8;
+    const gx = LEFT + i * groupW + (groupW - barsW) / 2;
     SERIES.forEach((s, j) => {
       const v = x[s.key];
       const bx = gx + j * (W_BAR + 4);
@@ -106,7 +116,7 @@ export function renderPlot(r: ReplayReport): string {
       );
       if (v > 0)
         out.push(
-          `<text x="${bx + W_BAR / 2}" y="${(by - 3).toFixed(1)}" font-size="8" text-anchor="middle">${v}</text>`,
+          `<text x="${bx + W_BAR / 2}" y="${(by - 3).toFixed(1)}" font-size="8" text-anchor="middle">${fmtCount(v)}</text>`,
         );
     });
     const cx = LEFT + i * groupW + groupW / 2;
