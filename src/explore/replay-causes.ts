@@ -163,10 +163,13 @@ function explainPage(
         : reason === 'c-bit changed'
           ? 'for its c-bit change'
           : 'dirty and for its c-bit change';
+  // The newest sync before the send: a send with an older state than it used a stale one.
+  const newest = syncs.filter((s) => s.id < send.id).at(-1);
+  const newestSeq = newest ? (newest.detail.seq as number) : -1;
   const stateOf =
     stateSeq === null
       ? 'a c-bit state of no logged sync'
-      : `c-bit state at sync seq ${stateSeq}${stateSeq === rec.initialSeq && send.round > 0 ? ", round 0's" : ''}`;
+      : `c-bit state at sync seq ${stateSeq}${stateSeq === rec.initialSeq && send.round > 0 && newestSeq > stateSeq ? ", round 0's" : ''}`;
   clauses.push(
     `${name}: sent in round ${send.round}${paused ? ' (paused)' : ''} as ${perspective} (${why}; ${stateOf})`,
   );
@@ -216,7 +219,6 @@ function explainPage(
       clauses.push(
         written ? 'the guest wrote it since' : 'the guest has not written it since its last conversion',
       );
-    const newest = syncs.filter((s) => s.id < send.id).at(-1);
     if (send.round > 0 && stateSeq === rec.initialSeq && newest && (newest.detail.seq as number) > stateSeq) {
       clauses.push(
         `${rec.protocol} sends every page with round 0's state, though the syncs had reached seq ${newest.detail.seq as number}`,
