@@ -18,8 +18,8 @@ import { migrateLogGroup } from './groups/migrate-log.js';
 import { pageStateGroup } from './groups/page-state.js';
 import { pipelineGroup } from './groups/pipeline.js';
 import { pspGroup } from './groups/psp.js';
-import { sysgenidGroup } from './groups/sysgenid.js';
 import { replayGroup } from './groups/replay.js';
+import { sysgenidGroup } from './groups/sysgenid.js';
 import type { BenchGroup } from './harness.js';
 import { runGroups } from './harness.js';
 

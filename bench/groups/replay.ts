@@ -36,11 +36,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
  * Median times of `fn` and of the floor, measured alternately (after one
  * warm-up of each), so drift on a shared machine hits both alike.
  */
-function alternate(
-  fn: () => unknown,
-  floor: () => unknown,
-  runs: number,
-): { value: number; limit: number } {
+function alternate(fn: () => unknown, floor: () => unknown, runs: number): { value: number; limit: number } {
   fn();
   floor();
   const a: number[] = [];

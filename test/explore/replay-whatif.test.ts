@@ -204,16 +204,14 @@ describe('per-page expansions of the log states', () => {
   it('statePages equals the map page by page', () => {
     fc.assert(
       fc.property(
-        fc
-          .integer({ min: 1, max: 200 })
-          .chain((n) =>
-            fc.tuple(
-              fc.constant(n),
-              fc.array(fc.tuple(fc.nat(n - 1), fc.integer({ min: 1, max: 16 }), fc.boolean()), {
-                maxLength: 20,
-              }),
-            ),
+        fc.integer({ min: 1, max: 200 }).chain((n) =>
+          fc.tuple(
+            fc.constant(n),
+            fc.array(fc.tuple(fc.nat(n - 1), fc.integer({ min: 1, max: 16 }), fc.boolean()), {
+              maxLength: 20,
+            }),
           ),
+        ),
         ([n, ops]) => {
           const m = new PageStateMap(n, true);
           for (const [g, k, e] of ops) m.apply(g, Math.min(k, n - g), e);
