@@ -49,7 +49,7 @@ function writeLog(path: string, role: 'source' | 'destination', body: (log: Migr
 
 describe('sevtrack replay', () => {
   it('a corrupted migration: exit 1, every corrupted page with its chain, agreeing with the engine', async () => {
-    const r = await runCli(['replay', naive]);
+    const r = await runCli(['replay', naive, '--limit', '1000000']);
     expect(r.code, r.stderr).toBe(1);
     expect(r.stdout).toMatch(/^replay .*: naive, 16384 pages, 2 vCPUs, verify strict$/m);
     const n = Number(/CORRUPTED: (\d+) of 16384 compared pages/.exec(r.stdout)![1]);
@@ -60,7 +60,7 @@ describe('sevtrack replay', () => {
     for (const l of chains)
       expect(l).toMatch(/c-bit state at sync seq \d+(, round 0's)?\).*at seq \d+.*it was never resent$/);
 
-    const json = await runCli(['replay', naive, '--json']);
+    const json = await runCli(['replay', naive, '--json', '--limit', '1000000']);
     expect(json.code).toBe(1);
     const report = JSON.parse(json.stdout);
     expect(report.outcome).toBe('corrupted');

@@ -13,20 +13,12 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { replay } from '../../src/explore/replay.js';
 import { MigrationLogReader } from '../../src/migration/log-reader.js';
-import { DEFAULT_PARAMS, type MigrateParams, migrateLocally } from '../../src/migration/run-migration.js';
+import { type MigrateParams, migrateLocally } from '../../src/migration/run-migration.js';
 import type { Protocol, VerifyMode } from '../../src/migration/stream.js';
+import { CHURN } from '../migration/churn-params.js';
 
-const CHURN: MigrateParams = {
-  ...DEFAULT_PARAMS,
-  memoryBytes: 64 * 2 ** 20,
-  vcpus: 2,
-  workload: 'churn',
-  warmupMs: 50,
-  // Several live rounds: cbit-first's race needs one that is not the last.
-  maxDowntimeMs: 0,
-  maxRounds: 6,
-  onNoConvergence: 'pause',
-};
+/** The negative controls' guest, with several live rounds: cbit-first's race needs one that is not the last. */
+const GUEST: MigrateParams = { ...CHURN, maxDowntimeMs: 0, maxRounds: 6, onNoConvergence: 'pause' };
 
 interface Run {
   log: string;
@@ -44,7 +36,7 @@ const runs = new Map<string, Run>();
 async function record(protocol: Protocol, verify: VerifyMode): Promise<Run> {
   for (let seed = 1; seed <= 8; seed++) {
     const log = join(dir, `${protocol}-${verify}-${seed}.db`);
-    const { summary } = await migrateLocally({ ...CHURN, protocol, verify, seed, log });
+    const { summary } = await migrateLocally({ ...GUEST, protocol, verify, seed, log });
     if (protocol === 'safe' || !summary.verified) {
       const reader = MigrationLogReader.open(log);
       const mismatched = reader
