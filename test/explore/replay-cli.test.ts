@@ -163,6 +163,7 @@ describe('sevtrack replay', () => {
       ],
       [['--verify', 'loose'], /--verify "loose" is not one of strict, defined/],
       [['--limit', '-1'], /--limit "-1" must be an integer/],
+      [['--plot', join(dir, 'no-such-dir', 'p.svg')], /--plot .*p\.svg cannot be written \(ENOENT/],
     ] as const) {
       const r = await runCli(['replay', safe, ...flags]);
       expect(r.code, flags.join(' ')).toBe(2);

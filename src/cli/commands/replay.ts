@@ -1,6 +1,7 @@
 /** `sevtrack replay LOG`: rebuild the destination from a migration log, verify it, and name each corrupted page's causes. */
 import { writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
+import { InvalidArgumentError } from '../../common/errors.js';
 import { parseIntIn } from '../../common/units.js';
 import { type ReplayReport, replay } from '../../explore/replay.js';
 import { renderPlot } from '../../explore/replay-plot.js';
@@ -59,6 +60,18 @@ function printReport(r: ReplayReport, plot: string | undefined): void {
   process.stdout.write(`${out.join('\n')}\n`);
 }
 
+/** Writes the chart; a path that cannot be written is the caller's to fix (exit 2). */
+function writePlot(path: string, svg: string): void {
+  try {
+    writeFileSync(path, svg);
+  } catch (err) {
+    throw new InvalidArgumentError(
+      '--plot',
+      `--plot ${path} cannot be written (${(err as Error).message}); pass a file in a writable directory`,
+    );
+  }
+}
+
 export function registerReplay(program: Command): void {
   program
     .command('replay')
@@ -79,7 +92,7 @@ export function registerReplay(program: Command): void {
           f.protocol === undefined ? undefined : oneOf<Protocol>(f.protocol, PROTOCOLS, '--protocol');
         const limit = parseIntIn(f.limit, '--limit', 0, 2 ** 31);
         const report = replay(path, { verify, protocol, explainLimit: limit });
-        if (f.plot) writeFileSync(f.plot, renderPlot(report));
+        if (f.plot) writePlot(f.plot, renderPlot(report));
         if (f.json) process.stdout.write(`${JSON.stringify(report)}\n`);
         else printReport(report, f.plot);
         if (report.outcome === 'corrupted' || report.agreesWithRecord === false) return EXIT_CHECK_FAILED;
