@@ -45,9 +45,8 @@ const EXITS = 20_000;
  * ring append (a ticket Atomics.add and a publishing Atomics.store) timed the
  * same way; then the guest side of a cross-thread Atomics round trip.
  */
-const latencyWorker = (exitUrl: string, ringsUrl: string, abiUrl: string) => `
-import('tsx/esm/api').then(async (tsx) => {
-  tsx.register();
+const latencyWorker = (exitUrl: string, ringsUrl: string, abiUrl: string, fromSource: boolean) => `
+(${fromSource} ? import('tsx/esm/api').then((tsx) => tsx.register()) : Promise.resolve()).then(async () => {
   const { parentPort, workerData } = await import('node:worker_threads');
   const { ExitPort } = await import(${JSON.stringify(exitUrl)});
   const { RingProducer } = await import(${JSON.stringify(ringsUrl)});
@@ -104,12 +103,15 @@ async function exitLatency(
   });
   const pingPong = new SharedArrayBuffer(16);
   const pp = new Int32Array(pingPong);
-  const url = (rel: string) => new URL(rel, import.meta.url).href;
+  // From source under tsx (.ts) or from the compiled build (.js).
+  const fromSource = import.meta.url.endsWith('.ts');
+  const url = (rel: string) => new URL(fromSource ? rel : rel.replace(/\.ts$/, '.js'), import.meta.url).href;
   const worker = new Worker(
     latencyWorker(
       url('../../src/vmm/sim/vcpu-exit.ts'),
       url('../../src/vmm/sim/exit-rings.ts'),
       url('../../src/common/kvm-abi.ts'),
+      fromSource,
     ),
     { eval: true, workerData: { rings, n: EXITS, npages: NPAGES, pingPong } },
   );
