@@ -9,27 +9,95 @@ import { PeerError } from '../common/errors.js';
 import { encodeFrame, type Frame, FrameDecoder, type FrameSpec, isFrame } from '../common/frames.js';
 
 export interface FrameChannel {
-  /** Sends a frame; resolves once the transport accepted it (backpressure). */
+  /**
+   * Sends a frame; resolves once the transport accepted it (backpressure:
+   * every channel holds a bounded number of frames the peer has not taken).
+   */
   send(type: number, payload: Uint8Array): Promise<void>;
+  /**
+   * Sends the frame in `buffer[0, length)` and lends the buffer: resolves
+   * with a buffer of the same memory to build the next frame in, once the
+   * peer has consumed this one (in-process channels) or the transport has
+   * copied it (sockets). The sender never allocates, zeroes or faults a
+   * page frame twice. The receiver of a lent frame may use its payload only
+   * until its next call of next().
+   */
+  sendLent(type: number, buffer: Uint8Array, length: number): Promise<Uint8Array>;
   /**
    * The next frame; rejects with PeerError when the peer is gone or sent a bad
    * frame, or when nothing arrives within timeoutMs (with `timeoutError()` if
-   * given, else an error naming --peer-timeout).
+   * given, else an error naming --peer-timeout). Calling it again releases
+   * the frame it returned before (its credit, and its buffer when lent).
    */
   next(timeoutMs?: number, timeoutError?: () => Error): Promise<Frame>;
   close(): void;
 }
 
+/** Frames a sender may have in flight (sent, not yet taken by the peer's next()) on in-process channels. */
+export const CHANNEL_WINDOW = 8;
+
+/**
+ * A bounded window of frames in flight: acquire() waits, in FIFO order (so
+ * frames keep their order), while `window` frames are unreleased; fail()
+ * rejects every waiter and every later acquire.
+ */
+export class Credits {
+  private inFlight = 0;
+  private waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
+  private dead: Error | undefined;
+  private rejectFailed!: (e: Error) => void;
+  /** Rejects when the channel dies (a lent buffer's wait ends there). */
+  readonly failed: Promise<never> = new Promise<never>((_, reject) => {
+    this.rejectFailed = reject;
+  });
+
+  constructor(private readonly window = CHANNEL_WINDOW) {
+    this.failed.catch(() => {});
+  }
+
+  acquire(): Promise<void> {
+    if (this.dead) return Promise.reject(this.dead);
+    if (this.inFlight < this.window && this.waiters.length === 0) {
+      this.inFlight++;
+      return Promise.resolve();
+    }
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  release(): void {
+    const w = this.waiters.shift();
+    if (w)
+      w.resolve(); // the credit passes straight to the next waiter
+    else this.inFlight = Math.max(0, this.inFlight - 1);
+  }
+
+  fail(e: Error): void {
+    this.dead ??= e;
+    this.rejectFailed(this.dead);
+    for (const w of this.waiters.splice(0)) w.reject(this.dead);
+  }
+}
+
 /** Queues frames for next(), and fails every waiter once the channel is dead. */
 export class Inbox {
   private frames: Frame[] = [];
+  private releases = new Map<Frame, () => void>();
   private waiters: { resolve: (f: Frame) => void; reject: (e: Error) => void }[] = [];
   private dead: Error | undefined;
+  /** Releases the frame next() returned last, if it has a release. */
+  private handedOut: Frame | undefined;
 
-  push(f: Frame): void {
+  /** Queues a frame; `release` runs when the receiver calls next() after taking it. */
+  push(f: Frame, release?: () => void): void {
+    if (release) this.releases.set(f, release);
     const w = this.waiters.shift();
     if (w) w.resolve(f);
     else this.frames.push(f);
+  }
+
+  private hand(f: Frame): Frame {
+    this.handedOut = f;
+    return f;
   }
 
   fail(e: Error): void {
@@ -38,10 +106,17 @@ export class Inbox {
   }
 
   next(timeoutMs?: number, timeoutError?: () => Error): Promise<Frame> {
+    if (this.handedOut) {
+      const release = this.releases.get(this.handedOut);
+      this.releases.delete(this.handedOut);
+      this.handedOut = undefined;
+      release?.();
+    }
     const f = this.frames.shift();
-    if (f) return Promise.resolve(f);
+    if (f) return Promise.resolve(this.hand(f));
     if (this.dead) return Promise.reject(this.dead);
-    return new Promise((resolve, reject) => {
+    return new Promise<Frame>((resolveOuter, reject) => {
+      const resolve = (f: Frame) => resolveOuter(this.hand(f));
       const entry = { resolve, reject };
       this.waiters.push(entry);
       if (timeoutMs !== undefined && timeoutMs > 0) {
@@ -124,6 +199,12 @@ export class SocketChannel implements FrameChannel {
     });
   }
 
+  /** encodeFrame copies the payload, so the buffer is free as soon as the socket took the frame. */
+  async sendLent(type: number, buffer: Uint8Array, length: number): Promise<Uint8Array> {
+    await this.send(type, buffer.subarray(0, length));
+    return buffer;
+  }
+
   next(timeoutMs?: number, timeoutError?: () => Error): Promise<Frame> {
     return this.inbox.next(timeoutMs, timeoutError);
   }
@@ -140,36 +221,59 @@ export class SocketChannel implements FrameChannel {
 /**
  * Two connected in-memory channel ends, for source and destination in one
  * process. Frames are handed over as objects: no encoding, copy or CRC, which
- * only the byte transports need (their framing is tested there).
+ * only the byte transports need (their framing is tested there). Each end
+ * holds at most CHANNEL_WINDOW frames its peer has not taken (credits).
  */
 export function memoryChannelPair(spec: FrameSpec): [FrameChannel, FrameChannel] {
   const a = new Inbox();
   const b = new Inbox();
-  const end = (mine: Inbox, peer: Inbox): FrameChannel => {
+  const end = (mine: Inbox, peer: Inbox, credits: Credits, peerCredits: Credits): FrameChannel => {
     let closed = false;
-    return {
-      async send(type, payload) {
-        if (closed) throw new PeerError('the channel is closed');
-        if (payload.length > spec.maxPayload) {
-          throw new PeerError(
-            `${spec.what}: payload of ${payload.length} bytes exceeds the maximum ${spec.maxPayload}`,
-          );
-        }
-        peer.push({
+    const push = async (type: number, payload: Uint8Array, release: () => void) => {
+      if (closed) throw new PeerError('the channel is closed');
+      if (payload.length > spec.maxPayload) {
+        throw new PeerError(
+          `${spec.what}: payload of ${payload.length} bytes exceeds the maximum ${spec.maxPayload}`,
+        );
+      }
+      await credits.acquire();
+      peer.push(
+        {
           version: spec.version,
           type,
           id: 0,
           payload: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
+        },
+        () => {
+          credits.release();
+          release();
+        },
+      );
+      // Yield so the peer runs (both ends share this thread).
+      await new Promise((r) => setImmediate(r));
+    };
+    return {
+      send: (type, payload) => push(type, payload, () => {}),
+      async sendLent(type, buffer, length) {
+        let consumed!: () => void;
+        const done = new Promise<void>((r) => {
+          consumed = r;
         });
-        // Yield so the peer runs: the in-memory pipe has the backpressure of one frame.
-        await new Promise((r) => setImmediate(r));
+        await push(type, buffer.subarray(0, length), consumed);
+        await Promise.race([done, credits.failed]);
+        return buffer;
       },
       next: (t, e) => mine.next(t, e),
       close() {
         closed = true;
-        peer.fail(new PeerError('the peer closed the connection'));
+        const gone = new PeerError('the peer closed the connection');
+        peer.fail(gone);
+        peerCredits.fail(gone);
+        credits.fail(new PeerError('the channel is closed'));
       },
     };
   };
-  return [end(a, b), end(b, a)];
+  const aCredits = new Credits();
+  const bCredits = new Credits();
+  return [end(a, b, aCredits, bCredits), end(b, a, bCredits, aCredits)];
 }

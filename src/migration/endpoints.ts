@@ -277,6 +277,7 @@ function withFirstFrame(channel: FrameChannel, first: Frame): FrameChannel {
   let pending: Frame | undefined = first;
   return {
     send: (type, payload) => channel.send(type, payload),
+    sendLent: (type, buffer, length) => channel.sendLent(type, buffer, length),
     next: (timeoutMs, timeoutError) => {
       const f = pending;
       pending = undefined;

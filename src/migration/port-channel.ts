@@ -2,42 +2,116 @@
  * A FrameChannel over a worker_threads MessagePort, so the destination of a
  * one-process migration runs on its own thread (and core): frames cross
  * without encoding, and page buffers are transferred, not copied.
+ *
+ * Backpressure by credits: a sender has at most CHANNEL_WINDOW frames the
+ * peer has not taken; the receiver returns a credit (CONSUMED) when it calls
+ * next() after taking a frame, and with it the buffer of a lent frame
+ * (transferred back: the same memory, already faulted in), so page frames
+ * cycle between the threads without being allocated again.
  */
 import type { MessagePort } from 'node:worker_threads';
 import { PeerError } from '../common/errors.js';
 import type { Frame } from '../common/frames.js';
-import { type FrameChannel, Inbox } from './channel.js';
+import { Credits, type FrameChannel, Inbox } from './channel.js';
 
-type PortMessage = { kind: 'frame'; type: number; payload: Uint8Array } | { kind: 'close' };
+type PortMessage =
+  | { kind: 'frame'; id: number; type: number; payload: Uint8Array; lent: boolean }
+  | { kind: 'consumed'; id: number; buffer?: ArrayBuffer }
+  | { kind: 'close' };
 
-export function portChannel(port: MessagePort, version: number): FrameChannel {
+/** sendTimeoutMs: how long a send may wait for a credit before the peer counts as gone. */
+export function portChannel(port: MessagePort, version: number, sendTimeoutMs = 30_000): FrameChannel {
   const inbox = new Inbox();
+  const credits = new Credits();
+  /** Lent frames waiting for their buffer, by id. */
+  const lent = new Map<number, (buffer: Uint8Array) => void>();
+  let nextId = 1;
   let closed = false;
+  const gone = () => {
+    const e = new PeerError('the peer closed the connection');
+    inbox.fail(e);
+    credits.fail(e);
+  };
   port.on('message', (m: PortMessage) => {
-    if (m.kind === 'close') inbox.fail(new PeerError('the peer closed the connection'));
-    else {
+    if (m.kind === 'close') gone();
+    else if (m.kind === 'consumed') {
+      credits.release();
+      const back = lent.get(m.id);
+      lent.delete(m.id);
+      if (back && m.buffer) back(new Uint8Array(m.buffer));
+    } else {
       const payload = Buffer.from(m.payload.buffer, m.payload.byteOffset, m.payload.byteLength);
-      inbox.push({ version, type: m.type, id: 0, payload } satisfies Frame);
+      const release = () => {
+        if (closed) return;
+        if (m.lent) {
+          const buffer = m.payload.buffer as ArrayBuffer;
+          port.postMessage({ kind: 'consumed', id: m.id, buffer } satisfies PortMessage, [buffer]);
+        } else port.postMessage({ kind: 'consumed', id: m.id } satisfies PortMessage);
+      };
+      inbox.push({ version, type: m.type, id: m.id, payload } satisfies Frame, release);
     }
   });
-  port.on('close', () => inbox.fail(new PeerError('the peer closed the connection')));
+  port.on('close', gone);
+
+  /** Waits for a credit, failing when the peer takes no frame for sendTimeoutMs. */
+  const credit = async () => {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new PeerError(
+              `the peer took no frame for ${sendTimeoutMs} ms (--peer-timeout); the link or the peer is down`,
+            ),
+          ),
+        sendTimeoutMs,
+      );
+    });
+    try {
+      await Promise.race([credits.acquire(), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+
+  const post = (type: number, body: Uint8Array, isLent: boolean): number => {
+    const id = nextId++;
+    port.postMessage({ kind: 'frame', id, type, payload: body, lent: isLent } satisfies PortMessage, [
+      body.buffer as ArrayBuffer,
+    ]);
+    return id;
+  };
+
   return {
     async send(type, payload) {
       if (closed) throw new PeerError('the channel is closed');
+      await credit();
       // Transfer the buffer when the payload owns it whole; copy otherwise.
       const owned =
         payload.byteOffset === 0 &&
         payload.byteLength === payload.buffer.byteLength &&
         payload.buffer instanceof ArrayBuffer;
-      const body = owned ? payload : payload.slice();
-      port.postMessage({ kind: 'frame', type, payload: body } satisfies PortMessage, [
-        body.buffer as ArrayBuffer,
-      ]);
+      post(type, owned ? payload : payload.slice(), false);
+    },
+    async sendLent(type, buffer, length) {
+      if (closed) throw new PeerError('the channel is closed');
+      if (buffer.byteOffset !== 0 || !(buffer.buffer instanceof ArrayBuffer)) {
+        throw new PeerError('sendLent: the buffer must own its ArrayBuffer from offset 0');
+      }
+      await credit();
+      let back!: (b: Uint8Array) => void;
+      const returned = new Promise<Uint8Array>((r) => {
+        back = r;
+      });
+      const id = post(type, new Uint8Array(buffer.buffer, 0, length), true);
+      lent.set(id, back);
+      return Promise.race([returned, credits.failed]);
     },
     next: (t, e) => inbox.next(t, e),
     close() {
       if (closed) return;
       closed = true;
+      credits.fail(new PeerError('the channel is closed'));
       port.postMessage({ kind: 'close' } satisfies PortMessage);
       port.close();
     },
