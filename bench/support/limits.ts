@@ -9,8 +9,8 @@
 import os from 'node:os';
 import { nativeAddon } from '../../src/common/native.js';
 
-/** The verification digest the engine computes today (viewDigests: SHA-256); 'mac' once it uses viewMacs. */
-export const ENGINE_DIGEST: 'sha256' | 'mac' = 'sha256';
+/** The verification digest the engine computes: the view MAC (viewMacs), taken in the seal or copy pass. */
+export const ENGINE_DIGEST: 'sha256' | 'mac' = 'mac';
 
 /** 64 MiB per thread: well beyond the caches, like a guest. */
 const PAGES_PER_THREAD = 16_384;

@@ -8,20 +8,18 @@
  */
 import { PeerError, RuntimeFailure } from '../common/errors.js';
 import { PageBitmap } from '../common/page-bitmap.js';
-import { DIGEST_BYTES } from '../common/page-crypto.js';
-import { PAGE_SIZE } from '../common/ranges.js';
+import { copyFrameToPages, VIEW_MAC_BYTES } from '../common/page-crypto.js';
 import { PageStateMap } from '../host/page-state-map.js';
 import { GuestMemory } from '../vmm/sim/guest-memory.js';
 import type { FrameChannel } from './channel.js';
-import { EarlyDigests } from './destination-digests.js';
 import type { MigrationLog } from './migration-log.js';
-import { guestViewDigests, warmDigestWorkers } from './parallel-digests.js';
 import { type PspLimits, PspSession, UNLIMITED_PSP } from './psp.js';
 import {
   type Digests,
   decodeDigests,
   decodeHello,
   decodePages,
+  decodePagesHeader,
   decodeText,
   decodeU32,
   decodeU64,
@@ -33,6 +31,7 @@ import {
   Msg,
   type VerifyResult,
 } from './stream.js';
+import { ViewMacTable } from './view-macs.js';
 
 export interface DestinationOptions {
   channel: FrameChannel;
@@ -66,9 +65,10 @@ interface Incoming {
   migrationControl: bigint;
   vcpuState?: Uint8Array;
   pagesReceived: number;
-  /** The destination's own digests of the guest view, once the page tables are in. */
-  ownDigests?: Promise<Uint8Array>;
-  early?: EarlyDigests;
+  /** The view MACs of the pages as they were opened or copied in (view-macs.ts). */
+  macs: ViewMacTable;
+  /** The destination's own view MACs of the guest under its page tables, once they are in. */
+  ownDigests?: Uint8Array;
 }
 
 export class MigrationDestination {
@@ -89,6 +89,8 @@ export class MigrationDestination {
       // this frame. Tell the source why if it is still there.
       this.o.log?.abort(this.o.log.lastRound, (err as Error).message);
       await this.o.channel.send(Msg.ABORT, encodeText((err as Error).message)).catch(() => {});
+      // Closing ends the source's wait for frames it lent us (their buffers never come back).
+      this.o.channel.close();
       throw err;
     } finally {
       inc.psp.finish(); // RECEIVE_FINISH
@@ -122,14 +124,14 @@ export class MigrationDestination {
       await ch.send(Msg.HELLO_ACK, encodeHelloAck(undefined, message)).catch(() => {});
       throw new RuntimeFailure('ERR_ALLOCATION', message, { cause: err }); // local, not the peer's fault
     }
-    warmDigestWorkers(hello.npages);
     // The destination guest's page tables arrive with its memory: start clear.
     memory.cbits.clearRange(0, memory.npages);
     const psp = new PspSession(memory.key, this.o.psp ?? UNLIMITED_PSP);
     psp.receiveStart(hello.publicKey);
     await ch.send(Msg.HELLO_ACK, encodeHelloAck(psp.publicKey));
     this.o.log?.start({ generation: hello.generation, migrationControl: 0 });
-    return { hello, memory, psp, migrationControl: 0n, pagesReceived: 0 };
+    const macs = new ViewMacTable(memory, psp.viewMacKey());
+    return { hello, memory, psp, macs, migrationControl: 0n, pagesReceived: 0 };
   }
 
   /** Applies every message up to the source's DIGESTS, which it returns. */
@@ -145,38 +147,41 @@ export class MigrationDestination {
   private async apply(inc: Incoming, type: number, payload: Buffer): Promise<void> {
     const memory = inc.memory;
     switch (type) {
-      case Msg.PAGES_SEALED: {
-        const b = decodePages(payload, true);
-        inc.psp.receiveUpdateData(memory.bytes, b.gfns, b.firstSeq, b.data);
-        this.o.log?.send(b.round, true, b.gfns, b.firstSeq, 'receive');
-        inc.pagesReceived += b.gfns.length;
-        inc.early?.markReceived(b.gfns);
-        return;
-      }
+      case Msg.PAGES_SEALED:
       case Msg.PAGES_RAW: {
-        const b = decodePages(payload, false);
-        for (let i = 0; i < b.gfns.length; i++) {
-          const g = b.gfns[i];
+        // Opened or copied straight from the frame into guest memory, the
+        // view MAC of each page in the same pass; the frame may be lent
+        // (valid until the next next()), so nothing here keeps it.
+        const sealed = type === Msg.PAGES_SEALED;
+        const b = decodePagesHeader(payload, sealed);
+        for (const g of b.gfns) {
           if (g >= memory.npages)
-            throw new PeerError(`PAGES_RAW: gfn ${g} is outside the guest (${memory.npages} pages)`);
-          memory.bytes.set(b.data.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), g * PAGE_SIZE);
+            throw new PeerError(
+              `${sealed ? 'PAGES_SEALED' : 'PAGES_RAW'}: gfn ${g} is outside the guest (${memory.npages} pages)`,
+            );
         }
-        this.o.log?.send(b.round, false, b.gfns, 0, 'receive');
+        if (sealed)
+          inc.psp.receiveUpdateDataFrom(
+            memory.bytes,
+            b.gfns,
+            b.firstSeq,
+            payload,
+            b.dataOffset,
+            inc.macs.output,
+          );
+        else copyFrameToPages(payload, b.dataOffset, memory.bytes, b.gfns, inc.macs.output);
+        inc.macs.noteMoved(b.gfns, sealed);
+        this.o.log?.send(b.round, sealed, b.gfns, b.firstSeq, 'receive');
         inc.pagesReceived += b.gfns.length;
-        inc.early?.markReceived(b.gfns);
         return;
       }
       case Msg.ROUND_END: {
         const round = decodeU32(payload, 'ROUND_END');
-        await this.o.channel.send(Msg.ROUND_ACK, encodeRoundAck(round, inc.early?.hashed ?? true));
-        // After the acknowledgement, while the source reads its next round.
-        inc.early?.catchUp(memory);
+        // The view MACs are taken as pages arrive: always ready.
+        await this.o.channel.send(Msg.ROUND_ACK, encodeRoundAck(round, true));
         this.o.log?.roundEnd(round, { pagesReceived: inc.pagesReceived });
         return;
       }
-      case Msg.PAGE_TABLES_PRELIM:
-        inc.early = EarlyDigests.start(memory, payload);
-        return;
       case Msg.GUEST_PAGE_TABLES:
         this.applyPageTables(inc, payload);
         return;
@@ -201,9 +206,9 @@ export class MigrationDestination {
   }
 
   /**
-   * The guest's page tables: every page is in. Finishes the early digests,
-   * or hashes the whole view on other cores while the rest (c-bit state,
-   * VMSA, digests) arrives.
+   * The guest's page tables: every page is in. Brings the view MACs taken
+   * as pages arrived to the view under these tables (rehashing only pages
+   * that arrived from the other perspective).
    */
   private applyPageTables(inc: Incoming, payload: Buffer): void {
     const memory = inc.memory;
@@ -217,10 +222,7 @@ export class MigrationDestination {
       memory.cbits.words.byteOffset,
       memory.cbits.words.byteLength,
     ).set(payload);
-    inc.ownDigests = inc.early
-      ? inc.early.finish(memory)
-      : guestViewDigests(memory.key, memory.bytes, memory.cbits.words, memory.npages);
-    inc.ownDigests.catch(() => {});
+    inc.ownDigests = inc.macs.finish(memory.cbits).macs;
   }
 
   /**
@@ -232,7 +234,7 @@ export class MigrationDestination {
       throw new PeerError('DIGESTS arrived before the c-bit state and vCPU state');
     if (!inc.ownDigests) throw new PeerError('DIGESTS arrived before the guest page tables');
     const { hello, memory, cbitState, migrationControl, pagesReceived, vcpuState } = inc;
-    const verdict = this.verify(memory.npages, await inc.ownDigests, source, hello);
+    const verdict = this.verify(memory.npages, inc.ownDigests, source, hello);
     const log = this.o.log;
     if (log) {
       log.cbitState(log.lastRound, 'final', cbitState.serialize(), cbitState);
@@ -264,12 +266,17 @@ export class MigrationDestination {
     const a = Buffer.from(mine.buffer, mine.byteOffset, mine.byteLength);
     const b = Buffer.from(source.digests.buffer, source.digests.byteOffset, source.digests.byteLength);
     const mismatchedGfns: number[] = [];
-    let compared = 0;
-    for (let g = 0; g < npages; g++) {
-      if (hello.verify === 'defined' && !defined.test(g)) continue;
-      compared++;
-      const o = g * DIGEST_BYTES;
-      if (a.compare(b, o, o + DIGEST_BYTES, o, o + DIGEST_BYTES) !== 0) mismatchedGfns.push(g);
+    const all = hello.verify !== 'defined';
+    let compared = all ? npages : defined.count();
+    // Equal tables (the common case) need one memcmp; otherwise page by page.
+    if (a.length !== b.length || !a.equals(b)) {
+      compared = 0;
+      for (let g = 0; g < npages; g++) {
+        if (!all && !defined.test(g)) continue;
+        compared++;
+        const o = g * VIEW_MAC_BYTES;
+        if (a.compare(b, o, o + VIEW_MAC_BYTES, o, o + VIEW_MAC_BYTES) !== 0) mismatchedGfns.push(g);
+      }
     }
     const skipped = npages - compared;
     const skipReason =

@@ -3,14 +3,31 @@
  * encrypted pages through the PSP (SEND_UPDATE_DATA, sealed), shared pages
  * raw. Two pipelines run side by side so shared pages keep flowing while a
  * rate-limited PSP works (docs/design.md §4).
+ *
+ * Pages are sealed or copied straight into the frame (no intermediate
+ * buffer), with their view MACs written in the same pass (view-macs.ts).
+ * Frames are lent to the channel and come back once the peer consumed them
+ * (FrameChannel.sendLent): each pipeline cycles FRAMES_PER_PIPELINE
+ * buffers, allocated and faulted in once, never zeroed again; waiting for a
+ * free one is the backpressure that bounds the memory in flight.
  */
-import { PAGE_SIZE, type PageRange } from '../common/ranges.js';
+import { copyPagesToFrame, type MacOutput } from '../common/page-crypto.js';
+import type { PageRange } from '../common/ranges.js';
 import type { PageStateMap } from '../host/page-state-map.js';
 import type { GuestMemory } from '../vmm/sim/guest-memory.js';
 import type { FrameChannel } from './channel.js';
 import type { MigrationLog } from './migration-log.js';
 import type { PspSession } from './psp.js';
-import { encodePages, Msg } from './stream.js';
+import { Msg, pagesFrameBytes, pagesHeaderBytes, writePagesHeader } from './stream.js';
+
+/** Frame buffers each pipeline (sealed, raw) cycles: one being filled, the others in flight. */
+export const FRAMES_PER_PIPELINE = 3;
+
+/** Where the sender records the view MAC of each page it moves (the source's reference). */
+export interface MacRecorder {
+  readonly output: MacOutput;
+  noteMoved(gfns: Float64Array, encrypted: boolean): void;
+}
 
 export interface SendStats {
   sealedPages: number;
@@ -50,7 +67,47 @@ export function* perspectiveBatches(
   }
 }
 
+/** A pipeline's frame buffers: allocated and faulted in once, then lent and returned. */
+class FramePool {
+  private readonly free: Uint8Array[] = [];
+  private readonly waiters: { resolve: (b: Uint8Array) => void; reject: (e: Error) => void }[] = [];
+  private dead: Error | undefined;
+
+  constructor(bytes: number, count: number) {
+    for (let i = 0; i < count; i++) {
+      const b = new Uint8Array(bytes);
+      for (let o = 0; o < bytes; o += 4096) b[o] = 0; // one fault per page, here, not per frame
+      this.free.push(b);
+    }
+  }
+
+  /** A free buffer; waits (backpressure) while every buffer is in flight. */
+  take(): Promise<Uint8Array> {
+    if (this.dead) return Promise.reject(this.dead);
+    const b = this.free.pop();
+    if (b) return Promise.resolve(b);
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  give(b: Uint8Array): void {
+    const w = this.waiters.shift();
+    if (w) w.resolve(b);
+    else this.free.push(b);
+  }
+
+  /** A lent buffer will not come back (the channel died): every wait fails. */
+  fail(e: Error): void {
+    this.dead ??= e;
+    for (const w of this.waiters.splice(0)) w.reject(this.dead);
+  }
+}
+
 export class PageSender {
+  /** The view MACs of every page sent are recorded here once set (after SEND_START). */
+  macs: MacRecorder | undefined;
+  private sealedFrames: FramePool | undefined;
+  private rawFrames: FramePool | undefined;
+
   constructor(
     private readonly memory: GuestMemory,
     private readonly psp: PspSession,
@@ -59,9 +116,16 @@ export class PageSender {
     private readonly log?: MigrationLog,
   ) {}
 
+  private pools(): { sealed: FramePool; raw: FramePool } {
+    this.sealedFrames ??= new FramePool(pagesFrameBytes(this.batch, true), FRAMES_PER_PIPELINE);
+    this.rawFrames ??= new FramePool(pagesFrameBytes(this.batch, false), FRAMES_PER_PIPELINE);
+    return { sealed: this.sealedFrames, raw: this.rawFrames };
+  }
+
   /**
-   * Sends every page of `runs` from `perspective`; resolves when all frames
-   * are handed to the channel. onFrame sees (pages sent, pages in all) after
+   * Sends every page of `runs` from `perspective`; resolves when every
+   * frame has been consumed by the peer (or copied by the transport), so
+   * all buffers are back. onFrame sees (pages sent, pages in all) after
    * each frame, for progress displays.
    */
   async send(
@@ -78,18 +142,39 @@ export class PageSender {
       (b.encrypted ? sealedQueue : rawQueue).push(b.gfns);
       total += b.gfns.length;
     }
+    const pools = this.pools();
+    const inFlight: Promise<void>[] = [];
     const progress = () => onFrame?.(stats.sealedPages + stats.rawPages, total);
+    /** Lends a filled frame to the channel; its buffer returns to `pool` once consumed. */
+    const lend = (pool: FramePool, type: number, frame: Uint8Array, length: number) => {
+      const back = this.channel.sendLent(type, frame, length).then(
+        (b) => pool.give(b),
+        (e: Error) => {
+          pool.fail(e);
+          throw e;
+        },
+      );
+      back.catch(() => {}); // awaited below; a failure also fails the pool's waiters
+      inFlight.push(back);
+    };
     const pspLoop = async () => {
       for (const gfns of sealedQueue) {
         // The PSP takes `limits.batch` pages per firmware call.
-        for (let i = 0; i < gfns.length; i += this.psp.limits.batch) {
-          await this.psp.throttle(Math.min(this.psp.limits.batch, gfns.length - i));
-        }
-        const { firstSeq, sealed } = this.psp.sendUpdateData(this.memory.bytes, gfns);
-        const frame = encodePages({ round, gfns, firstSeq, data: sealed });
+        await this.psp.throttle(gfns.length);
+        const frame = await pools.sealed.take();
+        const offset = pagesHeaderBytes(gfns.length);
+        const firstSeq = this.psp.sendUpdateDataInto(
+          this.memory.bytes,
+          gfns,
+          frame,
+          offset,
+          this.macs?.output,
+        );
+        writePagesHeader(frame, round, gfns, firstSeq);
+        this.macs?.noteMoved(gfns, true);
         this.log?.send(round, true, gfns, firstSeq, 'send', perspective);
-        const bytes = frame.length; // the channel may transfer (detach) the buffer
-        await this.channel.send(Msg.PAGES_SEALED, frame);
+        const bytes = pagesFrameBytes(gfns.length, true);
+        lend(pools.sealed, Msg.PAGES_SEALED, frame, bytes);
         stats.sealedPages += gfns.length;
         progress();
         stats.bytes += bytes;
@@ -97,18 +182,20 @@ export class PageSender {
     };
     const rawLoop = async () => {
       for (const gfns of rawQueue) {
-        const data = new Uint8Array(gfns.length * PAGE_SIZE);
-        for (let i = 0; i < gfns.length; i++) data.set(this.memory.hostView(gfns[i]), i * PAGE_SIZE);
-        const frame = encodePages({ round, gfns, firstSeq: 0, data });
+        const frame = await pools.raw.take();
+        const offset = writePagesHeader(frame, round, gfns, 0);
+        copyPagesToFrame(this.memory.bytes, gfns, frame, offset, this.macs?.output);
+        this.macs?.noteMoved(gfns, false);
         this.log?.send(round, false, gfns, 0, 'send', perspective);
-        const bytes = frame.length;
-        await this.channel.send(Msg.PAGES_RAW, frame);
+        const bytes = pagesFrameBytes(gfns.length, false);
+        lend(pools.raw, Msg.PAGES_RAW, frame, bytes);
         stats.rawPages += gfns.length;
         progress();
         stats.bytes += bytes;
       }
     };
     await Promise.all([pspLoop(), rawLoop()]);
+    await Promise.all(inFlight);
     return stats;
   }
 }

@@ -3,94 +3,68 @@
  * view of every page at pause, under the guest's c-bit table at pause,
  * never under a live table.
  *
- * Most of the hashing is done while the guest runs, during the pre-copy
- * rounds: every page is hashed under a SNAPSHOT of the guest's c-bit table
- * (the one the destination receives as PAGE_TABLES_PRELIM and hashes under).
- * Invariant: a page's digest is its view under the snapshot's c-bit, of its
- * bytes as they were when the digest read them, and a page written since is
- * in `pending` or in a harvest not yet noted. catchUp() rehashes the pending
- * pages while the guest runs; at pause finish() rehashes, under the paused
- * table, the pages written since (pending and the final harvest) and those
- * whose c-bit at pause differs from the snapshot's. Every other page's
- * digest is exact: same c-bit, same bytes as at pause. (Hashing under the
- * live table instead records, for a page converted and converted back while
- * it was hashed, the view under the intermediate c-bit, which the paused
- * table does not show.)
+ * The view MACs are taken as the pages are sent (the seal or copy into the
+ * frame writes them, view-macs.ts), each recorded with the c-bit of the
+ * perspective it was sent from. Invariant: a valid MAC is the view of the
+ * page's bytes as they were when sent under the recorded c-bit, and a page
+ * written since is in a harvest noted here (noteWritten) or in one still to
+ * come; sending it again makes it valid again. At pause, after the final
+ * round, finish() rehashes under the paused table the pages not valid and
+ * those whose recorded c-bit differs from the paused table's: every other
+ * MAC is exact, same c-bit and same bytes as at pause. catchUp() (while the
+ * guest runs) rehashes stale pages under a snapshot of the table, recording
+ * the snapshot's c-bits, never the live table's (hashing under the live table
+ * records, for a page converted and converted back while it was hashed, the
+ * view under the intermediate c-bit, which the paused table does not show).
  */
-import { PageBitmap } from '../common/page-bitmap.js';
+import type { PageBitmap } from '../common/page-bitmap.js';
 import type { GuestMemory } from '../vmm/sim/guest-memory.js';
-import { guestViewDigests, refreshDigests } from './parallel-digests.js';
+import { ViewMacTable } from './view-macs.js';
 
-/** A copy of the guest's c-bit table as it is now, in shared memory (digest workers read it). */
+/** A copy of the guest's c-bit table as it is now. */
 export function snapshotTables(memory: GuestMemory): PageBitmap {
-  const tables = new PageBitmap(memory.npages, { shared: true });
-  tables.words.set(memory.cbits.words);
+  const tables = memory.cbits.clone();
   return tables;
 }
 
 export class ReferenceDigests {
-  /** Pages written since the snapshot whose digest is not yet redone. */
-  private readonly pending: PageBitmap;
-  private digests: Uint8Array | undefined;
-  private readonly hashing: Promise<void>;
-  /** Milliseconds per page of a single-thread rehash, measured (the downtime estimate uses it). */
-  msPerPage = 0;
+  /** The MACs; the page sender writes into `table.output` and calls `table.noteMoved`. */
+  readonly table: ViewMacTable;
 
-  private constructor(
+  /** `key`: the view-MAC key both sides derive (PspSession.viewMacKey). */
+  constructor(
     private readonly memory: GuestMemory,
-    readonly tables: PageBitmap,
+    key: Uint8Array,
   ) {
-    this.pending = new PageBitmap(memory.npages);
-    this.hashing = guestViewDigests(memory.key, memory.bytes, tables.words, memory.npages).then((d) => {
-      this.digests = d;
-    });
-    this.hashing.catch(() => {});
+    this.table = new ViewMacTable(memory, key);
   }
 
-  /**
-   * Takes the snapshot `tables` (from snapshotTables, never the live table)
-   * and starts hashing every page under it on the digest workers.
-   */
-  static start(memory: GuestMemory, tables: PageBitmap): ReferenceDigests {
-    return new ReferenceDigests(memory, tables);
+  /** Milliseconds per page of a single-thread rehash, measured (the downtime estimate uses it). */
+  get msPerPage(): number {
+    return this.table.msPerPage;
   }
 
-  /** Records a harvest: every page written since the snapshot must be noted here. */
+  /** Records a harvest: every page written since it was sent must be noted here. */
   noteWritten(harvest: PageBitmap): void {
-    this.pending.or(harvest);
-  }
-
-  /** Whether the first pass is done (catchUp does not wait then). */
-  get hashed(): boolean {
-    return this.digests !== undefined;
+    this.table.invalidate(harvest);
   }
 
   /**
-   * While the guest runs: waits for the first pass, then rehashes the pending
-   * pages under the snapshot. Returns how many.
+   * While the guest runs: rehashes the stale pages under a snapshot of the
+   * c-bit table taken now. Returns how many.
    */
-  async catchUp(): Promise<number> {
-    await this.hashing;
-    return this.rehash(this.pending, this.tables);
+  catchUp(): number {
+    const snapshot = snapshotTables(this.memory);
+    return this.table.rehash(this.table.stale(snapshot), snapshot);
   }
 
   /**
-   * At pause (the guest's c-bit table no longer changes): brings the digests
-   * to the paused view. `finalHarvest` holds the pages written since the
-   * last noted harvest. Returns the digests and how many pages were redone.
+   * At pause, after the final round (the guest's memory and c-bit table no
+   * longer change): brings the MACs to the paused view. Returns them and how
+   * many pages were redone.
    */
-  async finish(finalHarvest: PageBitmap): Promise<{ digests: Uint8Array; rehashed: number }> {
-    await this.hashing;
-    const changed = this.tables.clone().xor(this.memory.cbits).or(this.pending).or(finalHarvest);
-    const rehashed = this.rehash(changed, this.memory.cbits);
-    return { digests: this.digests!, rehashed };
-  }
-
-  private rehash(pages: PageBitmap, under: PageBitmap): number {
-    const t0 = performance.now();
-    const n = refreshDigests(this.digests!, this.memory.key, this.memory.bytes, under.words, pages);
-    if (n >= 64) this.msPerPage = (performance.now() - t0) / n;
-    pages.clearRange(0, pages.npages);
-    return n;
+  finish(): { digests: Uint8Array; rehashed: number } {
+    const { macs, rehashed } = this.table.finish(this.memory.cbits);
+    return { digests: macs, rehashed };
   }
 }

@@ -21,16 +21,15 @@
 import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { KVM_MIGRATION_READY } from '../common/kvm-abi.js';
 import type { PageBitmap } from '../common/page-bitmap.js';
-import { viewDigests } from '../common/page-crypto.js';
+import { viewMacs } from '../common/page-crypto.js';
 import type { PageRange, StateRange } from '../common/ranges.js';
 import type { PageStateMap } from '../host/page-state-map.js';
 import { Convergence, type Decision, NotConvergingError } from './convergence.js';
 import { appendGfn } from './migration-log.js';
 import { PageSender } from './page-sender.js';
-import { warmDigestWorkers } from './parallel-digests.js';
 import { PspSession } from './psp.js';
 import { type RoundReadResult, RoundReads } from './round-reads.js';
-import { ReferenceDigests, snapshotTables } from './source-digests.js';
+import { ReferenceDigests } from './source-digests.js';
 import { MigrationRefusedError, type MigrationSummary, type SourceOptions } from './source-types.js';
 import {
   decodeHelloAck,
@@ -63,7 +62,7 @@ export class MigrationSource {
   private decision: Decision | undefined;
   /** Whether the destination's reference digests had their first pass at the last ROUND_ACK. */
   private peerDigestsReady = false;
-  /** The verification reference, hashed from the end of the bulk round on (source-digests.ts). */
+  /** The verification reference: view MACs taken as pages are sent (source-digests.ts). */
   private reference: ReferenceDigests | undefined;
   /** The state of round 0's sync (naive uses it for every page). */
   private initialState: PageStateMap | undefined;
@@ -150,7 +149,6 @@ export class MigrationSource {
   async run(): Promise<MigrationSummary> {
     const t0 = performance.now();
     const control = this.checkReady();
-    warmDigestWorkers(this.o.guest.memory.npages);
     const generationBefore = this.o.guest.generation;
     // Every conversion from here on, whatever the protocol consumes of it.
     const log = this.o.log;
@@ -160,13 +158,13 @@ export class MigrationSource {
       );
     try {
       await this.handshake(control, generationBefore);
+      this.startReference();
       await this.bulkRound();
-      await this.startReference();
       while (await this.another()) await this.precopyRound();
       await this.pause();
       const final = await this.finalRound();
       await this.sendState(final.state);
-      await this.sendDigests(final.dirty);
+      await this.sendDigests();
       return await this.verdict(t0, generationBefore);
     } catch (err) {
       throw await this.abort(err);
@@ -239,24 +237,21 @@ export class MigrationSource {
   }
 
   /**
-   * After the bulk round: snapshots the guest's page tables, sends them
-   * (PAGE_TABLES_PRELIM: the destination hashes under the same ones) and
-   * starts hashing the reference while the rounds go on.
+   * After SEND_START: the reference's view MACs are taken, under the key
+   * both sides derive, as every page is sent (source-digests.ts); every
+   * harvest marks the pages written since stale.
    */
-  private async startReference(): Promise<void> {
+  private startReference(): void {
     const memory = this.o.guest.memory;
-    const tables = snapshotTables(memory);
-    const w = tables.words;
-    await this.o.channel.send(
-      Msg.PAGE_TABLES_PRELIM,
-      new Uint8Array(w.buffer, w.byteOffset, w.byteLength).slice(),
-    );
-    this.reference = ReferenceDigests.start(memory, tables);
-    this.reads.onHarvest = (d) => this.reference?.noteWritten(d);
+    const reference = new ReferenceDigests(memory, this.psp.viewMacKey());
+    this.reference = reference;
+    this.sender.macs = reference.table;
+    this.reads.onHarvest = (d) => reference.noteWritten(d);
     // A first rate for the estimate; rehashes measure it again.
+    const n = Math.min(256, memory.npages);
     const t0 = performance.now();
-    viewDigests(memory.key, memory.bytes, memory.cbits.words, 0, Math.min(256, memory.npages));
-    this.convergence.hashMsPerPage = (performance.now() - t0) / Math.min(256, memory.npages);
+    viewMacs(memory.key, reference.table.key, memory.bytes, memory.cbits.words, 0, n);
+    this.convergence.hashMsPerPage = (performance.now() - t0) / n;
   }
 
   /** The round's two reads (round-reads.ts), and the cost of sending the state they return. */
@@ -282,13 +277,13 @@ export class MigrationSource {
       const info = store.info(vm);
       return guest.memory.dirty.count() + Math.max(0, info.lastSeq - info.lastSyncSeq);
     };
-    // Keep the reference current while the guest runs (one round's pages at a time).
-    if (reference.hashed) this.noteRehash(await reference.catchUp());
+    // Keep the reference current while the guest runs (pages left stale by a round).
+    this.noteRehash(reference.catchUp());
     let d = this.convergence.decide(this.round, pagesLeft());
     if (!d.another) {
-      // About to pause: the first pass must be done and caught up; what that
-      // let the guest dirty meanwhile counts too.
-      this.noteRehash(await reference.catchUp());
+      // About to pause: the reference is caught up; what the guest dirtied
+      // meanwhile counts too.
+      this.noteRehash(reference.catchUp());
       const estimatedDowntimeMs = this.convergence.estimate(pagesLeft());
       const converged = estimatedDowntimeMs <= this.o.maxDowntimeMs;
       const roundsLeft = this.round + 1 < this.o.maxRounds;
@@ -419,9 +414,10 @@ export class MigrationSource {
   }
 
   /** The reference digests of the view at pause, and which pages hold defined content. */
-  private async sendDigests(finalHarvest: PageBitmap): Promise<void> {
+  private async sendDigests(): Promise<void> {
     const memory = this.o.guest.memory;
-    const { digests } = await this.reference!.finish(finalHarvest);
+    // The final round's pages were MACed as they were sent, while paused.
+    const { digests } = this.reference!.finish();
     await this.o.channel.send(Msg.DIGESTS, encodeDigests({ digests, defined: memory.written.words }));
   }
 
@@ -465,11 +461,32 @@ export class MigrationSource {
 
   /** Rule 6: the source guest runs on, unpaused, untouched; the peer is told why. Returns the error to throw. */
   private async abort(err: unknown): Promise<Error> {
+    err = await this.peerReason(err);
     if (this.o.guest.paused) this.o.guest.resume();
     const reason = err instanceof Error ? err.message : String(err);
     this.o.log?.abort(this.round, reason);
-    await this.o.channel.send(Msg.ABORT, encodeText(reason)).catch(() => {});
+    // Tell the peer if it still listens; a peer that takes no frame does not hold the abort up.
+    await Promise.race([
+      this.o.channel.send(Msg.ABORT, encodeText(reason)).catch(() => {}),
+      new Promise((r) => setTimeout(r, 1000).unref()),
+    ]);
     if (err instanceof MisuseError || err instanceof RuntimeFailure) return err;
     return new RuntimeFailure('ERR_MIGRATION', `migration aborted: ${reason}`, { cause: err });
+  }
+
+  /**
+   * A send that failed because the destination stopped taking frames or
+   * closed: the destination's ABORT, queued before it closed, says why.
+   */
+  private async peerReason(err: unknown): Promise<unknown> {
+    if (!(err instanceof PeerError)) return err;
+    try {
+      for (let i = 0; i < 4; i++) {
+        const f = await this.o.channel.next(1);
+        if (f.type === Msg.ABORT)
+          return new PeerError(`the destination aborted: ${decodeText(f.payload, 'ABORT')}`);
+      }
+    } catch {}
+    return err;
   }
 }

@@ -1,18 +1,18 @@
 /**
  * The migration stream (docs/migration-stream.md): frames with magic "SVMG",
- * version 1, and these messages. Every reader checks lengths and names the
+ * version 2 (16-byte view MACs in DIGESTS), and these messages. Every reader checks lengths and names the
  * field and offset of the first problem.
  */
 import { BinaryReader, BinaryWriter } from '../common/binary.js';
 import { FormatError } from '../common/errors.js';
 import type { FrameSpec } from '../common/frames.js';
-import { SEALED_PAGE_BYTES } from '../common/page-crypto.js';
+import { SEALED_PAGE_BYTES, VIEW_MAC_BYTES } from '../common/page-crypto.js';
 import { PAGE_SIZE } from '../common/ranges.js';
 
 export const MIGRATION_FRAME: FrameSpec = {
   what: 'migration stream frame',
   magic: 0x474d_5653, // "SVMG"
-  version: 1,
+  version: 2,
   maxPayload: 64 * 2 ** 20,
 };
 
@@ -30,8 +30,6 @@ export const Msg = {
   RESULT: 11,
   ABORT: 12,
   ROUND_ACK: 13,
-  /** The guest's c-bit table just before pause, so both sides can hash most pages early. */
-  PAGE_TABLES_PRELIM: 14,
 } as const;
 
 export const PROTOCOLS = ['safe', 'no-cbit-dirty', 'cbit-first', 'no-final-diff', 'naive'] as const;
@@ -115,7 +113,44 @@ export function encodePages(b: PageBatch): Uint8Array {
   return w.bytes(b.data).finish();
 }
 
-export function decodePages(payload: Buffer, sealed: boolean): PageBatch {
+/** Bytes of a PAGES frame for `count` pages before its page data. */
+export function pagesHeaderBytes(count: number): number {
+  return 16 + count * 8;
+}
+
+/** Bytes of a whole PAGES frame of `count` pages. */
+export function pagesFrameBytes(count: number, sealed: boolean): number {
+  return pagesHeaderBytes(count) + count * (sealed ? SEALED_PAGE_BYTES : PAGE_SIZE);
+}
+
+/**
+ * Writes a PAGES header into `frame` (the page data goes at the returned
+ * offset, written in place by the seal or copy); returns the data offset.
+ */
+export function writePagesHeader(
+  frame: Uint8Array,
+  round: number,
+  gfns: Float64Array,
+  firstSeq: number,
+): number {
+  const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  view.setUint32(0, round, true);
+  view.setUint32(4, gfns.length, true);
+  view.setBigUint64(8, BigInt(firstSeq), true);
+  for (let i = 0; i < gfns.length; i++) view.setBigUint64(16 + i * 8, BigInt(gfns[i]), true);
+  return pagesHeaderBytes(gfns.length);
+}
+
+/** A PAGES frame's header; the page data stays in the payload at `dataOffset`. */
+export interface PagesHeader {
+  round: number;
+  gfns: Float64Array;
+  firstSeq: number;
+  dataOffset: number;
+}
+
+/** Reads a PAGES header and checks that the payload holds exactly its page data (not copied). */
+export function decodePagesHeader(payload: Buffer, sealed: boolean): PagesHeader {
   const what = sealed ? 'PAGES_SEALED' : 'PAGES_RAW';
   const r = new BinaryReader(payload, what);
   const round = r.u32('round');
@@ -123,13 +158,24 @@ export function decodePages(payload: Buffer, sealed: boolean): PageBatch {
   const firstSeq = r.u64n('first sequence');
   const gfns = new Float64Array(count);
   for (let i = 0; i < count; i++) gfns[i] = r.u64n('gfn');
-  const data = new Uint8Array(r.bytes(count * (sealed ? SEALED_PAGE_BYTES : PAGE_SIZE), 'page data'));
+  const dataOffset = pagesHeaderBytes(count);
+  r.bytes(count * (sealed ? SEALED_PAGE_BYTES : PAGE_SIZE), 'page data'); // a view: checks the length
   r.end();
-  return { round, gfns, firstSeq, data };
+  return { round, gfns, firstSeq, dataOffset };
+}
+
+export function decodePages(payload: Buffer, sealed: boolean): PageBatch {
+  const h = decodePagesHeader(payload, sealed);
+  return {
+    round: h.round,
+    gfns: h.gfns,
+    firstSeq: h.firstSeq,
+    data: new Uint8Array(payload.subarray(h.dataOffset)),
+  };
 }
 
 export interface Digests {
-  /** SHA-256 of the source guest's view of every page at pause. */
+  /** The view MAC (16 bytes) of the source guest's view of every page at pause. */
   digests: Uint8Array;
   /** Pages written since their last conversion (verification mode `defined`). */
   defined: Uint32Array;
@@ -137,7 +183,7 @@ export interface Digests {
 
 export function encodeDigests(d: Digests): Uint8Array {
   return new BinaryWriter(16 + d.digests.length + d.defined.byteLength)
-    .u64(d.digests.length / 32)
+    .u64(d.digests.length / VIEW_MAC_BYTES)
     .u32(d.defined.length)
     .u32(0)
     .bytes(d.digests)
@@ -151,7 +197,7 @@ export function decodeDigests(payload: Buffer, npages: number): Digests {
   if (n !== npages) throw new FormatError('DIGESTS', 0, `${npages} pages`, `${n}`);
   const words = r.u32('bitmap words');
   r.zero32('reserved');
-  const digests = new Uint8Array(r.bytes(n * 32, 'digests'));
+  const digests = new Uint8Array(r.bytes(n * VIEW_MAC_BYTES, 'view MACs'));
   const bytes = r.bytes(words * 4, 'defined bitmap');
   r.end();
   const defined = new Uint32Array(words);

@@ -78,13 +78,15 @@ describe('migration failure paths leave the source guest running and intact', ()
     let sealedFrames = 0;
     // A man in the middle that flips one byte of the third sealed batch.
     const tampering: FrameChannel = {
-      send: (type, payload) => {
+      send: (type, payload) => a.send(type, payload),
+      sendLent: async (type, buffer, length) => {
         if (type === Msg.PAGES_SEALED && ++sealedFrames === 3) {
-          const copy = new Uint8Array(payload);
+          const copy = buffer.slice(0, length);
           copy[copy.length - 100] ^= 0xff;
-          return a.send(type, copy);
+          await a.send(type, copy);
+          return buffer;
         }
-        return a.send(type, payload);
+        return a.sendLent(type, buffer, length);
       },
       next: (t) => a.next(t),
       close: () => a.close(),

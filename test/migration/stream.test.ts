@@ -1,16 +1,20 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { PAGE_SIZE } from '../../src/common/ranges.js';
 import { PageStateMap } from '../../src/host/page-state-map.js';
 import { perspectiveBatches } from '../../src/migration/page-sender.js';
 import {
   decodeDigests,
   decodeHello,
   decodePages,
+  decodePagesHeader,
   decodeResult,
   encodeDigests,
   encodeHello,
   encodePages,
   encodeResult,
+  pagesFrameBytes,
+  writePagesHeader,
 } from '../../src/migration/stream.js';
 
 const buf = (u: Uint8Array) => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
@@ -56,8 +60,26 @@ describe('migration stream messages', () => {
     expect(() =>
       decodeResult(buf(encodeResult({ ...result, resumed: true, verified: true, comparedPages: 0 }))),
     ).toThrow(/RESULT/);
-    const digests = { digests: new Uint8Array(64).fill(1), defined: new Uint32Array([5, 0]) };
+    // Version 2: a 16-byte view MAC a page.
+    const digests = { digests: new Uint8Array(32).fill(1), defined: new Uint32Array([5, 0]) };
     expect(decodeDigests(buf(encodeDigests(digests)), 2)).toEqual(digests);
+    expect(() => decodeDigests(buf(encodeDigests({ ...digests, digests: new Uint8Array(64) })), 2)).toThrow(
+      /DIGESTS: expected 2 pages at offset 0, got 4/,
+    );
+    // A PAGES frame built in place (header, then the data sealed or copied after it) is encodePages' bytes.
+    const gfns = new Float64Array([3, 2 ** 40, 9]);
+    const data = new Uint8Array(3 * PAGE_SIZE).map((_, i) => i & 0xff);
+    const frame = new Uint8Array(pagesFrameBytes(3, false) + 100); // a larger, reused buffer
+    const offset = writePagesHeader(frame, 7, gfns, 12345);
+    frame.set(data, offset);
+    const encoded = encodePages({ round: 7, gfns, firstSeq: 12345, data });
+    expect(Buffer.from(frame.subarray(0, pagesFrameBytes(3, false))).equals(Buffer.from(encoded))).toBe(true);
+    expect(decodePagesHeader(buf(encoded), false)).toEqual({
+      round: 7,
+      gfns,
+      firstSeq: 12345,
+      dataOffset: offset,
+    });
   });
 
   it('reject malformed payloads naming the field and offset', () => {
@@ -85,7 +107,7 @@ describe('migration stream messages', () => {
     );
     expect(() => decodePages(pages, true)).toThrow(/PAGES_SEALED: expected 4112 more bytes/);
     expect(() =>
-      decodeDigests(buf(encodeDigests({ digests: new Uint8Array(32), defined: new Uint32Array(2) })), 2),
+      decodeDigests(buf(encodeDigests({ digests: new Uint8Array(16), defined: new Uint32Array(2) })), 2),
     ).toThrow(/DIGESTS: expected 2 pages at offset 0, got 1/);
   });
 
