@@ -2,7 +2,9 @@
  * Sends a set of pages, each from the perspective the source believes:
  * encrypted pages through the PSP (SEND_UPDATE_DATA, sealed), shared pages
  * raw. Two pipelines run side by side so shared pages keep flowing while a
- * rate-limited PSP works (docs/design.md §4).
+ * rate-limited PSP works (docs/design.md §4), and the PSP's time for the
+ * next batch starts while the current one is sealed and sent, so the
+ * firmware is never left idle between calls.
  *
  * Pages are sealed or copied straight into the frame (no intermediate
  * buffer), with their view MACs written in the same pass (view-macs.ts).
@@ -158,9 +160,13 @@ export class PageSender {
       inFlight.push(back);
     };
     const pspLoop = async () => {
-      for (const gfns of sealedQueue) {
-        // The PSP takes `limits.batch` pages per firmware call.
-        await this.psp.throttle(gfns.length);
+      // The PSP takes `limits.batch` pages per firmware call; the firmware
+      // time of batch i + 1 starts when batch i's ends, while i is sent.
+      let ticket = sealedQueue.length > 0 ? this.psp.throttle(sealedQueue[0].length) : undefined;
+      for (let i = 0; i < sealedQueue.length; i++) {
+        const gfns = sealedQueue[i];
+        await ticket;
+        ticket = i + 1 < sealedQueue.length ? this.psp.throttle(sealedQueue[i + 1].length) : undefined;
         const frame = await pools.sealed.take();
         const offset = pagesHeaderBytes(gfns.length);
         const firstSeq = this.psp.sendUpdateDataInto(
