@@ -31,12 +31,16 @@ export class ReferenceDigests {
   /** The MACs; the page sender writes into `table.output` and calls `table.noteMoved`. */
   readonly table: ViewMacTable;
 
-  /** `key`: the view-MAC key both sides derive (PspSession.viewMacKey). */
+  /**
+   * `key`: the view-MAC key both sides derive (PspSession.viewMacKey);
+   * `macs`: where the table lives (the DIGESTS payload, stream.ts digestsPayload).
+   */
   constructor(
     private readonly memory: GuestMemory,
     key: Uint8Array,
+    macs?: Uint8Array,
   ) {
-    this.table = new ViewMacTable(memory, key);
+    this.table = new ViewMacTable(memory, key, macs);
   }
 
   /** Milliseconds per page of a single-thread rehash, measured (the downtime estimate uses it). */

@@ -36,7 +36,7 @@ import {
   decodeResult,
   decodeRoundAck,
   decodeText,
-  encodeDigests,
+  digestsPayload,
   encodeHello,
   encodePages,
   encodeText,
@@ -64,6 +64,8 @@ export class MigrationSource {
   private peerDigestsReady = false;
   /** The verification reference: view MACs taken as pages are sent (source-digests.ts). */
   private reference: ReferenceDigests | undefined;
+  /** The DIGESTS payload the reference's MACs live in (sent at pause without a copy). */
+  private digestsFrame: ReturnType<typeof digestsPayload> | undefined;
   /** The state of round 0's sync (naive uses it for every page). */
   private initialState: PageStateMap | undefined;
   /** The state of the last live sync (no-final-diff sends the paused round with it). */
@@ -243,7 +245,8 @@ export class MigrationSource {
    */
   private startReference(): void {
     const memory = this.o.guest.memory;
-    const reference = new ReferenceDigests(memory, this.psp.viewMacKey());
+    this.digestsFrame = digestsPayload(memory.npages, memory.written.words.length);
+    const reference = new ReferenceDigests(memory, this.psp.viewMacKey(), this.digestsFrame.digests);
     this.reference = reference;
     this.sender.macs = reference.table;
     this.reads.onHarvest = (d) => reference.noteWritten(d);
@@ -415,10 +418,12 @@ export class MigrationSource {
 
   /** The reference digests of the view at pause, and which pages hold defined content. */
   private async sendDigests(): Promise<void> {
-    const memory = this.o.guest.memory;
-    // The final round's pages were MACed as they were sent, while paused.
-    const { digests } = this.reference!.finish();
-    await this.o.channel.send(Msg.DIGESTS, encodeDigests({ digests, defined: memory.written.words }));
+    // The final round's pages were MACed as they were sent, while paused;
+    // the MACs already sit in the DIGESTS payload.
+    this.reference!.finish();
+    const frame = this.digestsFrame!;
+    frame.defined.set(this.o.guest.memory.written.words);
+    await this.o.channel.send(Msg.DIGESTS, frame.payload);
   }
 
   /**

@@ -191,13 +191,37 @@ export function encodeDigests(d: Digests): Uint8Array {
     .finish();
 }
 
+/**
+ * A DIGESTS payload to be filled in place: the source's view-MAC table lives
+ * in it from the start (the page sender writes each MAC there as it seals or
+ * copies the page), so nothing of npages * 16 bytes is allocated, faulted in
+ * or copied while the guest is paused; `defined` is filled at pause.
+ */
+export function digestsPayload(
+  npages: number,
+  definedWords: number,
+): { payload: Uint8Array; digests: Uint8Array; defined: Uint32Array } {
+  const macBytes = npages * VIEW_MAC_BYTES;
+  const payload = new Uint8Array(16 + macBytes + definedWords * 4);
+  const view = new DataView(payload.buffer);
+  view.setBigUint64(0, BigInt(npages), true);
+  view.setUint32(8, definedWords, true);
+  return {
+    payload,
+    digests: payload.subarray(16, 16 + macBytes),
+    defined: new Uint32Array(payload.buffer, 16 + macBytes, definedWords),
+  };
+}
+
+/** Decodes DIGESTS; the MACs are a view into `payload` (not copied). */
 export function decodeDigests(payload: Buffer, npages: number): Digests {
   const r = new BinaryReader(payload, 'DIGESTS');
   const n = r.u64n('page count');
   if (n !== npages) throw new FormatError('DIGESTS', 0, `${npages} pages`, `${n}`);
   const words = r.u32('bitmap words');
   r.zero32('reserved');
-  const digests = new Uint8Array(r.bytes(n * VIEW_MAC_BYTES, 'view MACs'));
+  const macs = r.bytes(n * VIEW_MAC_BYTES, 'view MACs');
+  const digests = new Uint8Array(macs.buffer, macs.byteOffset, macs.byteLength);
   const bytes = r.bytes(words * 4, 'defined bitmap');
   r.end();
   const defined = new Uint32Array(words);

@@ -14,6 +14,7 @@
  * table: every other MAC is then the view under that table of the page's
  * bytes at the end. No MAC is ever taken under a live, changing table.
  */
+import { InvalidArgumentError } from '../common/errors.js';
 import { PageBitmap } from '../common/page-bitmap.js';
 import { type MacOutput, VIEW_MAC_BYTES, viewMacs } from '../common/page-crypto.js';
 import type { GuestMemory } from '../vmm/sim/guest-memory.js';
@@ -28,11 +29,19 @@ export class ViewMacTable {
   /** Milliseconds per page of the last rehash of at least 64 pages (the downtime estimate uses it). */
   msPerPage = 0;
 
+  /** `macs`: where the table lives (npages * 16 bytes, e.g. inside a DIGESTS payload); a new buffer by default. */
   constructor(
     private readonly memory: GuestMemory,
     readonly key: Uint8Array,
+    macs: Uint8Array = new Uint8Array(memory.npages * VIEW_MAC_BYTES),
   ) {
-    this.macs = new Uint8Array(memory.npages * VIEW_MAC_BYTES);
+    if (macs.byteLength !== memory.npages * VIEW_MAC_BYTES) {
+      throw new InvalidArgumentError(
+        'macs',
+        `a view-MAC table of ${memory.npages} pages is ${memory.npages * VIEW_MAC_BYTES} bytes, got ${macs.byteLength}`,
+      );
+    }
+    this.macs = macs;
     this.output = { key, out: this.macs, byGfn: true };
     this.valid = new PageBitmap(memory.npages);
     this.under = new PageBitmap(memory.npages);
