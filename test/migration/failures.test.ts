@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -16,8 +15,9 @@ import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
 import { ScriptedGuest } from '../../src/vmm/sim/scripted-guest.js';
 import { ThreadedGuest } from '../../src/vmm/sim/threaded-guest.js';
 import { VcpuPool } from '../../src/vmm/sim/vcpu-pool.js';
-import { CLI_MAIN, ROOT, tsNodeArgs } from '../support/cli.js';
+import { startCli, waitForStderr } from '../support/cli.js';
 import { tempDir } from '../support/tmp.js';
+import { waitFor } from '../support/wait.js';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
@@ -149,22 +149,14 @@ describe('migration failure paths leave the source guest running and intact', ()
   it('the destination process killed mid-stream: the source aborts and its guest runs on, memory intact', async () => {
     const dir = tempDir();
     const sock = join(dir, 'dest.sock');
-    const child = spawn(
-      process.execPath,
-      tsNodeArgs(CLI_MAIN, ['migrate', '--role', 'destination', '--transport', 'unix', '--listen', sock]),
-      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    const exited = new Promise((r) => child.on('exit', r));
+    const dest = startCli(['migrate', '--role', 'destination', '--transport', 'unix', '--listen', sock]);
+    const child = dest.child;
     cleanups.push(async () => {
       child.kill('SIGKILL');
-      await exited;
+      await dest.exit;
     });
-    let channel: FrameChannel | undefined;
-    for (let i = 0; i < 300 && !channel; i++) {
-      channel = await connectChannel({ kind: 'unix', path: sock }, 5000).catch(() => undefined);
-      if (!channel) await new Promise((r) => setTimeout(r, 50));
-    }
-    expect(channel).toBeDefined();
+    await waitForStderr(dest, /destination listening on/);
+    const channel = await connectChannel({ kind: 'unix', path: sock }, 5000);
 
     const npages = 4096;
     const store = CbitStore.open(join(dir, 'h.db'), { synchronous: 'NORMAL' });
@@ -183,7 +175,7 @@ describe('migration failure paths leave the source guest running and intact', ()
     cleanups.push(() => pool.stop().then(() => {}));
     await pool.waitSetup();
     // Let the guest finish its writes so its memory is a fixed point to compare against.
-    while (pool.stats().steps < 100) await new Promise((r) => setTimeout(r, 5));
+    await waitFor(() => pool.stats().steps >= 100, 'both vCPUs to finish their 50 steps');
     const before = snapshot(memory, store);
     const guest = new ThreadedGuest(memory, pool);
     const source = new MigrationSource({
@@ -192,14 +184,17 @@ describe('migration failure paths leave the source guest running and intact', ()
       guest,
       store,
       vm: 1,
-      channel: channel!,
-      // A slow PSP keeps the stream going long enough to cut it.
+      channel,
+      // A slow PSP keeps round 0 going (about 2 s) long after the cut.
       psp: { rate: 2000, batch: 1 },
       batchPages: 32,
       peerTimeoutMs: 5000,
+      // Mid-stream: the destination dies once 256 of round 0's 4096 pages are out.
+      onPages: (round, sent) => {
+        if (round === 0 && sent >= 256 && !child.killed) child.kill('SIGKILL');
+      },
     });
     const run = source.run();
-    setTimeout(() => child.kill('SIGKILL'), 400);
     const err = await run.catch((e) => e);
     expect(err).toBeInstanceOf(PeerError);
     expect(String(err.message)).toMatch(/peer|closed|connection/);
