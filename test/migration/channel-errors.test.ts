@@ -1,0 +1,114 @@
+/**
+ * The frame channels' failure paths (src/migration/channel.ts,
+ * port-channel.ts): a dead channel fails every later wait at once, a peer
+ * that takes no data is cut off after the send timeout, a peer that never
+ * finishes closing is cut off, and a closed or oversized send is refused;
+ * each a PeerError saying what happened.
+ */
+import net from 'node:net';
+import { join } from 'node:path';
+import { MessageChannel } from 'node:worker_threads';
+import { afterEach, describe, expect, it } from 'vitest';
+import { PeerError } from '../../src/common/errors.js';
+import { Inbox, memoryChannelPair, SocketChannel } from '../../src/migration/channel.js';
+import { portChannel } from '../../src/migration/port-channel.js';
+import { MIGRATION_FRAME, Msg } from '../../src/migration/stream.js';
+import { tempDir } from '../support/tmp.js';
+
+const cleanups: (() => void)[] = [];
+afterEach(() => {
+  for (const c of cleanups.splice(0)) c();
+});
+
+/** A connected unix socket pair: `near` wrapped in a SocketChannel, `far` the raw peer. */
+async function socketPair(options: { sendTimeoutMs?: number; allowHalfOpen?: boolean } = {}) {
+  const path = join(tempDir(), 'c.sock');
+  const server = net.createServer({ allowHalfOpen: options.allowHalfOpen ?? false });
+  await new Promise<void>((r) => server.listen(path, r));
+  const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+  const near = net.connect(path);
+  await new Promise<void>((r) => near.once('connect', () => r()));
+  const far = await accepted;
+  cleanups.push(() => {
+    near.destroy();
+    far.destroy();
+    server.close();
+  });
+  return { channel: new SocketChannel(near, MIGRATION_FRAME, options.sendTimeoutMs), near, far };
+}
+
+describe('frame channels fail cleanly', () => {
+  it('a failed inbox rejects every later wait at once with the first error', async () => {
+    const inbox = new Inbox();
+    const first = new PeerError('the peer closed the connection');
+    const waiting = inbox.next(60_000);
+    inbox.fail(first);
+    inbox.fail(new PeerError('a later failure'));
+    await expect(waiting).rejects.toBe(first);
+    await expect(inbox.next(60_000)).rejects.toBe(first);
+    await expect(inbox.next()).rejects.toBe(first);
+  });
+
+  it('a frame that arrives in time clears the timeout: no late rejection', async () => {
+    const inbox = new Inbox();
+    const got = inbox.next(60_000, () => new Error('must not fire'));
+    inbox.push({ version: 1, type: Msg.ROUND_END, id: 0, payload: Buffer.alloc(4) });
+    expect((await got).type).toBe(Msg.ROUND_END);
+  });
+
+  it('a peer that takes no data: the send fails after the send timeout, naming --peer-timeout, and the connection is cut', async () => {
+    const { channel, near, far } = await socketPair({ sendTimeoutMs: 200 });
+    far.pause(); // reads nothing: the kernel buffers fill and the writes wait
+    const big = new Uint8Array(8 * 2 ** 20);
+    let err: unknown;
+    for (let i = 0; i < 16 && !err; i++) err = await channel.send(Msg.PAGES_RAW, big).catch((e) => e);
+    expect(err).toBeInstanceOf(PeerError);
+    expect((err as Error).message).toBe(
+      'the peer took no data for 200 ms (--peer-timeout); the link or the peer is down',
+    );
+    expect(near.destroyed).toBe(true);
+    await expect(channel.next(60_000)).rejects.toThrow('the peer closed the connection');
+    await expect(channel.send(Msg.ROUND_END, new Uint8Array(4))).rejects.toThrow(
+      'the connection to the peer is closed',
+    );
+  });
+
+  it('close() cuts off a peer that never finishes closing its side', async () => {
+    const { channel, near, far } = await socketPair({ allowHalfOpen: true });
+    const ended = new Promise<void>((r) => far.once('end', () => r()));
+    const cut = new Promise<void>((r) => near.once('close', () => r()));
+    far.resume();
+    channel.close();
+    channel.close(); // a second close is a no-op
+    await ended; // our side said goodbye; the peer never answers with its own end
+    await cut; // ... so our side destroys the connection (after 2 s)
+    expect(far.writableEnded).toBe(false);
+    await expect(channel.next(1000)).rejects.toBeInstanceOf(PeerError);
+  });
+
+  it('in memory: a send after close, or a payload past the maximum, is refused; the peer learns of the close', async () => {
+    const [a, b] = memoryChannelPair({ ...MIGRATION_FRAME, maxPayload: 16 });
+    await expect(a.send(Msg.ROUND_END, new Uint8Array(17))).rejects.toThrow(
+      'migration stream frame: payload of 17 bytes exceeds the maximum 16',
+    );
+    await a.send(Msg.ROUND_END, new Uint8Array(4));
+    a.close();
+    await expect(a.send(Msg.ROUND_END, new Uint8Array(4))).rejects.toThrow('the channel is closed');
+    // What was sent before the close still arrives, then the close.
+    expect((await b.next(1000)).type).toBe(Msg.ROUND_END);
+    await expect(b.next(1000)).rejects.toThrow('the peer closed the connection');
+  });
+
+  it('over a MessagePort: a send after close is refused, a second close is a no-op, the peer learns of it', async () => {
+    const { port1, port2 } = new MessageChannel();
+    const a = portChannel(port1, MIGRATION_FRAME.version);
+    const b = portChannel(port2, MIGRATION_FRAME.version);
+    cleanups.push(() => b.close());
+    await a.send(Msg.ROUND_END, new Uint8Array(4));
+    a.close();
+    a.close();
+    await expect(a.send(Msg.ROUND_END, new Uint8Array(4))).rejects.toThrow('the channel is closed');
+    expect((await b.next(5000)).type).toBe(Msg.ROUND_END);
+    await expect(b.next(5000)).rejects.toThrow('the peer closed the connection');
+  });
+});
