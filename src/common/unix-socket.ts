@@ -47,7 +47,8 @@ export async function claimSocketPath(path: string, flag = '--socket'): Promise<
   try {
     isSocket = lstatSync(path).isSocket();
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    // Nothing there, or no directory to hold it: listen() reports which (a typed error).
+    if (['ENOENT', 'ENOTDIR'].includes((err as NodeJS.ErrnoException).code ?? '')) return;
     throw err;
   }
   if (!isSocket) {
