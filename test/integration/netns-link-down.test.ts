@@ -85,9 +85,12 @@ describe('migration across network namespaces', () => {
         '4000',
         '--peer-timeout',
         '3000',
+        // Every round up to --max-rounds (30): the stream goes on for seconds after round 0.
+        '--max-downtime',
+        '0',
       ]);
-      // Mid-stream: once round 0 is under way (a slow PSP makes it take seconds).
-      await new Promise((r) => setTimeout(r, 2500));
+      // Mid-stream: once round 0 is done and the live rounds are under way.
+      await waitForStderr(src, /^round 0: /m);
       expect(ip('-n', NS_A, 'link', 'set', `sva${tag}`, 'down').ok).toBe(true);
       const [srcCode, destCode] = await Promise.all([src.exit, dest.exit]);
       expect(srcCode, src.err()).toBe(3);
