@@ -96,6 +96,7 @@ async function migrateTo(
   const peer = scriptedDestination(b, answer(b));
   const source = new MigrationSource({
     ...DEFAULT_PARAMS,
+    log: undefined,
     guest: s.guest,
     store: s.store,
     vm: 1,
