@@ -86,6 +86,17 @@ function cooperative(ch: FrameChannel): (f: Frame) => Promise<boolean | undefine
   };
 }
 
+/** The usual answers, but frames of `type` go to `handle`. */
+function cooperativeBut(
+  type: number,
+  handle: (ch: FrameChannel, f: Frame) => Promise<boolean | undefined>,
+): (ch: FrameChannel) => (f: Frame) => Promise<boolean | undefined> {
+  return (ch) => {
+    const usual = cooperative(ch);
+    return (f) => (f.type === type ? handle(ch, f) : usual(f));
+  };
+}
+
 /** Runs a source against the scripted destination; returns the source's error and the ABORT reason it sent. */
 async function migrateTo(
   s: ReturnType<typeof setup>,
@@ -161,14 +172,13 @@ describe('the source aborts on a misbehaving destination, its guest running on',
   it('an acknowledgement of another round: a PeerError naming both rounds; the guest runs on', async () => {
     const s = setup();
     const generation = s.guest.generation;
-    const { error, abortSent } = await migrateTo(s, (ch) => {
-      const usual = cooperative(ch);
-      return async (f) => {
-        if (f.type !== Msg.ROUND_END) return usual(f);
+    const { error, abortSent } = await migrateTo(
+      s,
+      cooperativeBut(Msg.ROUND_END, async (ch, f) => {
         await ch.send(Msg.ROUND_ACK, encodeRoundAck(decodeU32(f.payload, 'ROUND_END') + 7, true));
         return true;
-      };
-    });
+      }),
+    );
     expect(error).toBeInstanceOf(PeerError);
     expect(error.message).toBe('the destination acknowledged round 7, expected 0');
     expect(abortSent).toBe(error.message);
@@ -178,16 +188,15 @@ describe('the source aborts on a misbehaving destination, its guest running on',
 
   it('a ROUND_ACK with unknown flags: a FormatError at offset 4', async () => {
     const s = setup();
-    const { error } = await migrateTo(s, (ch) => {
-      const usual = cooperative(ch);
-      return async (f) => {
-        if (f.type !== Msg.ROUND_END) return usual(f);
+    const { error } = await migrateTo(
+      s,
+      cooperativeBut(Msg.ROUND_END, async (ch, f) => {
         const ack = Buffer.from(encodeRoundAck(decodeU32(f.payload, 'ROUND_END'), true));
         ack.writeUInt32LE(0x80, 4);
         await ch.send(Msg.ROUND_ACK, ack);
         return true;
-      };
-    });
+      }),
+    );
     expect(error).toBeInstanceOf(FormatError);
     expect((error as FormatError).offset).toBe(4);
     expect(error.message).toBe('ROUND_ACK: expected flags 0 or 1 at offset 4, got 128');
@@ -216,15 +225,14 @@ describe('a failure after the pause resumes the source guest (rule 6)', () => {
     const s = setup();
     const generation = s.guest.generation;
     let pausedAtState = false;
-    const { error, abortSent } = await migrateTo(s, (ch) => {
-      const usual = cooperative(ch);
-      return async (f) => {
-        if (f.type !== Msg.GUEST_PAGE_TABLES) return usual(f);
+    const { error, abortSent } = await migrateTo(
+      s,
+      cooperativeBut(Msg.GUEST_PAGE_TABLES, async (ch) => {
         pausedAtState = s.guest.paused;
         await ch.send(Msg.ABORT, encodeText('RECEIVE_UPDATE_DATA failed'));
         return false;
-      };
-    });
+      }),
+    );
     expect(pausedAtState).toBe(true);
     expect(error).toBeInstanceOf(PeerError);
     expect(error.message).toBe('the destination aborted: RECEIVE_UPDATE_DATA failed');
@@ -240,14 +248,13 @@ describe('a failure after the pause resumes the source guest (rule 6)', () => {
   it('a malformed verdict: a FormatError naming RESULT; the paused guest is resumed', async () => {
     const s = setup();
     const generation = s.guest.generation;
-    const { error, abortSent } = await migrateTo(s, (ch) => {
-      const usual = cooperative(ch);
-      return async (f) => {
-        if (f.type !== Msg.DIGESTS) return usual(f);
+    const { error, abortSent } = await migrateTo(
+      s,
+      cooperativeBut(Msg.DIGESTS, async (ch) => {
         await ch.send(Msg.RESULT, new Uint8Array(6));
         return true;
-      };
-    });
+      }),
+    );
     expect(error).toBeInstanceOf(FormatError);
     expect(error.message).toBe('RESULT: expected 4 more bytes for generation at offset 4, got 2');
     expect(abortSent).toBe(error.message);
@@ -257,14 +264,13 @@ describe('a failure after the pause resumes the source guest (rule 6)', () => {
 
   it('the destination gone after the pause: a PeerError; the paused guest is resumed', async () => {
     const s = setup();
-    const { error } = await migrateTo(s, (ch) => {
-      const usual = cooperative(ch);
-      return async (f) => {
-        if (f.type !== Msg.CBIT_STATE) return usual(f);
+    const { error } = await migrateTo(
+      s,
+      cooperativeBut(Msg.CBIT_STATE, async (ch) => {
         ch.close();
         return false;
-      };
-    });
+      }),
+    );
     expect(error).toBeInstanceOf(PeerError);
     expect(error.message).toMatch(/the peer closed the connection|the channel is closed/);
     expect(s.guest.paused).toBe(false);
