@@ -83,6 +83,21 @@ export class BinaryReader {
   }
 
   /** Checks a reserved field is zero. */
+  /** A reserved u16 that must be 0. */
+  zero16(field: string): void {
+    const at = this.off;
+    const v = this.u16(field);
+    if (v !== 0) throw new FormatError(this.what, this.base + at, `${field} 0`, `${v}`);
+  }
+
+  /** A u8 flag that must be 0 or 1. */
+  flag(field: string): boolean {
+    const at = this.off;
+    const v = this.u8(field);
+    if (v > 1) throw new FormatError(this.what, this.base + at, `${field} 0 or 1`, `${v}`);
+    return v === 1;
+  }
+
   zero32(field: string): void {
     const at = this.off;
     const v = this.u32(field);

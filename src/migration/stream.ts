@@ -65,7 +65,7 @@ export function decodeHello(payload: Buffer): Hello {
   const vcpus = r.u32('vcpus');
   const p = r.u8('protocol');
   const v = r.u8('verify');
-  r.u16('reserved');
+  r.zero16('reserved');
   const generation = r.u32('generation');
   r.zero32('reserved');
   const publicKey = new Uint8Array(r.bytes(32, 'public key'));
@@ -89,7 +89,13 @@ export function encodeHelloAck(publicKey: Uint8Array | undefined, error?: string
 
 export function decodeHelloAck(payload: Buffer): { publicKey?: Uint8Array; error?: string } {
   const r = new BinaryReader(payload, 'HELLO_ACK');
-  if (r.u32('status') !== 0) return { error: r.bytes(r.u32('length'), 'message').toString() };
+  const status = r.u32('status');
+  if (status > 1) throw new FormatError('HELLO_ACK', 0, 'status 0 (accepted) or 1 (refused)', `${status}`);
+  if (status === 1) {
+    const error = r.bytes(r.u32('length'), 'message').toString();
+    r.end();
+    return { error };
+  }
   const publicKey = new Uint8Array(r.bytes(32, 'public key'));
   r.end();
   return { publicKey };
@@ -265,9 +271,9 @@ export function encodeResult(r: VerifyResult): Uint8Array {
 
 export function decodeResult(payload: Buffer): VerifyResult {
   const r = new BinaryReader(payload, 'RESULT');
-  const resumed = r.u8('resumed') === 1;
-  const verified = r.u8('verified') === 1;
-  r.u16('reserved');
+  const resumed = r.flag('resumed');
+  const verified = r.flag('verified');
+  r.zero16('reserved');
   const generationAfter = r.u32('generation');
   const comparedPages = r.u64n('compared pages');
   const skippedPages = r.u64n('skipped pages');
