@@ -183,7 +183,15 @@ export class SocketChannel implements FrameChannel {
         else if (ok) resolve();
       });
       if (!ok) {
+        // Wait for the peer to take the data — or for the connection to die:
+        // a reset peer never drains, and must not hold the source for the
+        // whole --peer-timeout.
+        const onClose = () => {
+          clearTimeout(timer);
+          reject(new PeerError('the peer closed the connection (a send was waiting for it to take data)'));
+        };
         const timer = setTimeout(() => {
+          this.socket.off('close', onClose);
           reject(
             new PeerError(
               `the peer took no data for ${this.sendTimeoutMs} ms (--peer-timeout); the link or the peer is down`,
@@ -191,8 +199,10 @@ export class SocketChannel implements FrameChannel {
           );
           this.socket.destroy();
         }, this.sendTimeoutMs);
+        this.socket.once('close', onClose);
         this.socket.once('drain', () => {
           clearTimeout(timer);
+          this.socket.off('close', onClose);
           resolve();
         });
       }

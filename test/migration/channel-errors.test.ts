@@ -73,6 +73,18 @@ describe('frame channels fail cleanly', () => {
     );
   });
 
+  it('a peer that dies while a send waits for it to drain fails the send at once, not after the send timeout', async () => {
+    // The send timeout is far beyond the test's own: only the connection's death can end the wait.
+    const { channel, far } = await socketPair({ sendTimeoutMs: 600_000 });
+    far.pause();
+    const big = new Uint8Array(8 * 2 ** 20);
+    const pending = channel.send(Msg.PAGES_RAW, big); // larger than the socket buffers: waits for drain
+    far.destroy(); // the destination is killed mid-stream
+    const err = await pending.catch((e) => e);
+    expect(err).toBeInstanceOf(PeerError);
+    expect((err as Error).message).toMatch(/closed the connection|sending to the peer failed/);
+  }, 20_000);
+
   it('close() cuts off a peer that never finishes closing its side', async () => {
     const { channel, near, far } = await socketPair({ allowHalfOpen: true });
     const ended = new Promise<void>((r) => far.once('end', () => r()));
