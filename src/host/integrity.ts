@@ -47,18 +47,23 @@ export function checkDatabase(path: string): IntegrityReport {
   }
   try {
     migrate(db, path, true);
-    const sqlite = (db.pragma('integrity_check') as { integrity_check: string }[])
-      .map((r) => r.integrity_check)
-      .filter((line) => line !== 'ok');
-    const log = new ChangeLog(db, path);
-    const rows = db.prepare('SELECT id, npages, head_seq, head_crc FROM vms ORDER BY id').all() as {
-      id: number;
-      npages: number;
-      head_seq: number;
-      head_crc: number;
-    }[];
-    const vms = rows.map((row) => checkVm(db, log, row));
-    return { path, ok: sqlite.length === 0 && vms.every((v) => v.problems.length === 0), sqlite, vms };
+    // One read transaction: every read below sees the same snapshot, so a
+    // service committing meanwhile cannot make the heads and the segments
+    // disagree (a false alarm).
+    return db.transaction((): IntegrityReport => {
+      const sqlite = (db.pragma('integrity_check') as { integrity_check: string }[])
+        .map((r) => r.integrity_check)
+        .filter((line) => line !== 'ok');
+      const log = new ChangeLog(db, path);
+      const rows = db.prepare('SELECT id, npages, head_seq, head_crc FROM vms ORDER BY id').all() as {
+        id: number;
+        npages: number;
+        head_seq: number;
+        head_crc: number;
+      }[];
+      const vms = rows.map((row) => checkVm(db, log, row));
+      return { path, ok: sqlite.length === 0 && vms.every((v) => v.problems.length === 0), sqlite, vms };
+    })();
   } finally {
     db.close();
   }
