@@ -142,7 +142,16 @@ describe('sevtrack migrate', () => {
       /does not converge: after 3 rounds the guest dirties [\d.]+ MB\/s against a throughput of [\d.]+ MB\/s/,
     );
     expect(r.stderr).toMatch(/raise --max-downtime or --max-rounds/);
+    expect(r.stderr).toMatch(/the source guest was not migrated and keeps running/);
     expect(r.stdout).not.toMatch(/verified/);
+    // A script still gets one JSON object saying what happened.
+    const j = await runCli([...args, '--json']);
+    expect(j.code).toBe(3);
+    expect(JSON.parse(j.stdout)).toMatchObject({
+      aborted: true,
+      code: 'ERR_NOT_CONVERGING',
+      sourceGuestRunning: true,
+    });
     const p = await runCli([...args, '--on-no-convergence', 'pause', '--json']);
     expect(p.code).toBe(0);
     const s = JSON.parse(p.stdout);

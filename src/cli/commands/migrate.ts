@@ -1,6 +1,6 @@
 /** `sevtrack migrate`: the main job. With no flags: the embedded default run (see DEFAULT_PARAMS). */
 import type { Command } from 'commander';
-import { InvalidArgumentError } from '../../common/errors.js';
+import { InvalidArgumentError, SevtrackError } from '../../common/errors.js';
 import { formatBytes, parseIntIn, parseSize } from '../../common/units.js';
 import { parseWorkload, WORKLOADS } from '../../guest/workloads.js';
 import { ON_NO_CONVERGENCE, type OnNoConvergence } from '../../migration/convergence.js';
@@ -21,7 +21,7 @@ import {
 import type { MigrationSummary, RoundProgress } from '../../migration/source.js';
 import { PROTOCOLS, type Protocol, VERIFY_MODES, type VerifyMode } from '../../migration/stream.js';
 import { oneOf } from '../choice.js';
-import { CheckFailedError, runAction } from '../run-action.js';
+import { CheckFailedError, EXIT_ABORTED, exitCodeFor, runAction } from '../run-action.js';
 
 interface MigrateFlags {
   backend: string;
@@ -111,6 +111,23 @@ function printSummary(s: MigrationSummary, memoryBytes: number): void {
     `  generation ${s.generationBefore} -> ${s.generationAfter}`,
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+/**
+ * A source that aborted (exit 3) left its guest running, resumed and intact
+ * (docs/design.md rule 6): the message says so, and with --json a script
+ * still gets one object saying what happened.
+ */
+function reportSourceAbort(err: unknown, json: boolean | undefined): unknown {
+  if (exitCodeFor(err) !== EXIT_ABORTED || !(err instanceof Error)) return err;
+  err.message += '; the source guest was not migrated and keeps running';
+  if (json) {
+    const code = err instanceof SevtrackError ? err.code : 'ERR_INTERNAL';
+    process.stdout.write(
+      `${JSON.stringify({ aborted: true, code, reason: err.message, sourceGuestRunning: true })}\n`,
+    );
+  }
+  return err;
 }
 
 function jsonSummary(s: MigrationSummary): string {
@@ -253,15 +270,19 @@ export function registerMigrate(program: Command): void {
           }
         }
         let summary: MigrationSummary;
-        if (role === 'source') {
-          if (!f.connect)
-            throw new InvalidArgumentError('--connect', '--role source needs --connect HOST:PORT or PATH');
-          const to = parseEndpoint(f.connect, p.transport, '--connect');
-          summary = await runSource(p, () => connectChannel(to, p.peerTimeoutMs));
-        } else {
-          if (f.listen || f.connect)
-            throw new InvalidArgumentError('--role', '--listen/--connect need --role destination/source');
-          summary = (await migrateLocally(p)).summary;
+        try {
+          if (role === 'source') {
+            if (!f.connect)
+              throw new InvalidArgumentError('--connect', '--role source needs --connect HOST:PORT or PATH');
+            const to = parseEndpoint(f.connect, p.transport, '--connect');
+            summary = await runSource(p, () => connectChannel(to, p.peerTimeoutMs));
+          } else {
+            if (f.listen || f.connect)
+              throw new InvalidArgumentError('--role', '--listen/--connect need --role destination/source');
+            summary = (await migrateLocally(p)).summary;
+          }
+        } catch (err) {
+          throw reportSourceAbort(err, f.json);
         }
         if (f.json) process.stdout.write(`${jsonSummary(summary)}\n`);
         else printSummary(summary, p.memoryBytes);
