@@ -14,10 +14,12 @@ import { BinaryReader, BinaryWriter } from '../common/binary.js';
 import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { FramedConnection, type FramedProtocol } from '../common/framed-connection.js';
 import type { StateRange } from '../common/ranges.js';
+import { CLIENT_OUTCOMES, type MigrationOutcome } from './migration-records.js';
 import { PageStateMap } from './page-state-map.js';
 import {
   HOST_FRAME,
   type HypercallArgs,
+  MAX_QUERY_RANGES,
   MessageType,
   REPLY_FLAG,
   readRanges,
@@ -125,6 +127,11 @@ export class HostServiceClient extends EventEmitter {
     return this.conn.close();
   }
 
+  /** Why the connection to the service ended (it closed, broke or was aborted); undefined while open. */
+  get lost(): Error | undefined {
+    return this.conn.closed;
+  }
+
   /** Sends one request; resolves with the reply (any status). */
   private async request(type: number, payload: Uint8Array): Promise<Reply> {
     const raw = await this.conn.request(type, payload);
@@ -214,6 +221,18 @@ export class HostServiceClient extends EventEmitter {
     return { ranges: readRanges(body, count), next };
   }
 
+  /** The full state of vm as the service holds it now (QUERY_RANGES, page by page). */
+  async state(vm: number): Promise<PageStateMap> {
+    const ranges: StateRange[] = [];
+    let from = 0;
+    do {
+      const page = await this.queryRanges(vm, from, MAX_QUERY_RANGES);
+      for (const r of page.ranges) ranges.push(r);
+      from = page.next;
+    } while (from !== 0);
+    return stateFromRanges(ranges);
+  }
+
   /** Takes a sync, following its cursor until every page of the delta and the state is in. */
   async sync(vm: number): Promise<SyncReply> {
     const body = await this.call(MessageType.SYNC, new BinaryWriter().u32(vm).finish());
@@ -254,6 +273,30 @@ export class HostServiceClient extends EventEmitter {
 
   async setMigrationControl(vm: number, value: bigint): Promise<void> {
     await this.call(MessageType.SET_MIGRATION_CONTROL, new BinaryWriter().u32(vm).u32(0).u64(value).finish());
+  }
+
+  /**
+   * Opens the service's record of a migration of vm to `destination` (a
+   * description, e.g. its address); every sync of vm until migrationEnd is
+   * recorded against it. Resolves with the record's id.
+   */
+  async migrationBegin(vm: number, destination: string): Promise<number> {
+    const text = Buffer.from(destination, 'utf8');
+    const body = await this.call(
+      MessageType.MIGRATION_BEGIN,
+      new BinaryWriter().u32(vm).u32(text.length).bytes(text).finish(),
+    );
+    return body.u64n('migration');
+  }
+
+  /** Closes a migration record with what the migration came to (a client outcome) and why. */
+  async migrationEnd(id: number, outcome: MigrationOutcome, message: string): Promise<void> {
+    const code = CLIENT_OUTCOMES.indexOf(outcome) + 1;
+    const text = Buffer.from(message, 'utf8');
+    await this.call(
+      MessageType.MIGRATION_END,
+      new BinaryWriter().u64(id).u32(code).u32(text.length).bytes(text).finish(),
+    );
   }
 
   async listVms(): Promise<number[]> {

@@ -41,6 +41,8 @@ export const MessageType = {
   LIST_VMS: 9,
   UNREGISTER_VM: 10,
   SYNC_NEXT: 11,
+  MIGRATION_BEGIN: 12,
+  MIGRATION_END: 13,
 } as const;
 export type MessageTypeCode = (typeof MessageType)[keyof typeof MessageType];
 

@@ -9,6 +9,7 @@ import { InvalidArgumentError } from '../common/errors.js';
 import { KVM_EINVAL } from '../common/kvm-abi.js';
 import type { StateRange } from '../common/ranges.js';
 import type { CbitStore } from './cbit-store.js';
+import { CLIENT_OUTCOMES } from './migration-records.js';
 import { MAX_GUEST_PAGES } from './page-state-map.js';
 import {
   MAX_QUERY_RANGES,
@@ -47,10 +48,16 @@ export class SyncCursor {
   }
 }
 
-/** What a SYNC needs from the connection: somewhere to keep its cursor. */
+/**
+ * What requests need from their connection: somewhere to keep a SYNC's
+ * cursor, and to know which migration records it opened (a record still
+ * open when its connection closes is ended `abandoned`).
+ */
 export interface CursorHost {
   /** Keeps cursor; returns its id (non-zero). */
   openCursor(cursor: SyncCursor): number;
+  migrationBegun(id: number): void;
+  migrationEnded(id: number): void;
 }
 
 /** Answers one non-hypercall request. Throws for bad input (the caller maps errors to statuses). */
@@ -140,6 +147,31 @@ export function answer(store: CbitStore, type: number, r: BinaryReader, cursors:
       const value = r.u64('value');
       r.end();
       store.setMigrationControl(vm, value);
+      return replyWriter(0, Status.OK);
+    }
+    case MessageType.MIGRATION_BEGIN: {
+      const vm = r.u32('vm');
+      const length = r.u32('destination length');
+      const destination = r.bytes(length, 'destination').toString('utf8');
+      r.end();
+      const id = store.beginMigration(vm, destination);
+      cursors.migrationBegun(id);
+      return replyWriter(0, Status.OK).u64(id);
+    }
+    case MessageType.MIGRATION_END: {
+      const id = r.u64n('migration');
+      const code = r.u32('outcome');
+      const length = r.u32('message length');
+      const message = r.bytes(length, 'message').toString('utf8');
+      r.end();
+      const outcome = CLIENT_OUTCOMES[code - 1];
+      if (outcome === undefined)
+        throw new InvalidArgumentError(
+          'outcome',
+          `outcome ${code} must be 1 (verified), 2 (resumed-unverified), 3 (verify-failed) or 4 (aborted)`,
+        );
+      store.endMigration(id, outcome, message);
+      cursors.migrationEnded(id);
       return replyWriter(0, Status.OK);
     }
     case MessageType.LIST_VMS: {
