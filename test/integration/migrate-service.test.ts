@@ -1,0 +1,183 @@
+/**
+ * `sevtrack migrate --service SOCKET --vm ID` against a real `sevtrack serve`
+ * process: the guest's exits go to the service, the migration syncs from it,
+ * and the service's database ends up holding the VM's final state and the
+ * migration's record. Killing the service mid-migration aborts it (exit 3)
+ * with the source guest running, and a restarted service holds every change
+ * it acknowledged.
+ */
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { HostServiceClient } from '../../src/host/service-client.js';
+import { runCli, startCli, waitForStderr } from '../support/cli.js';
+import { startServe } from '../support/serve.js';
+import { leaveStaleSocket } from '../support/stale-socket.js';
+import { tempDir } from '../support/tmp.js';
+
+interface StateJson {
+  vms: {
+    id: number;
+    npages: number;
+    encryptedPages: number;
+    rangeCount: number;
+    lastSeq: number;
+    lastSyncSeq: number;
+    ready: boolean;
+    migrations: {
+      id: number;
+      destination: string;
+      startSeq: number;
+      outcome: string | null;
+      message: string | null;
+      syncs: { n: number; seq: number }[];
+    }[];
+  }[];
+}
+
+async function stateOf(db: string, vm: number): Promise<StateJson['vms'][number]> {
+  const r = await runCli(['state', '--db', db, '--vm', String(vm), '--json', '--limit', '0']);
+  expect(r.stderr).toBe('');
+  expect(r.code).toBe(0);
+  return (JSON.parse(r.stdout) as StateJson).vms[0];
+}
+
+describe('sevtrack migrate --service', () => {
+  it('migrates against a running service, which then holds the final state and the migration record', async () => {
+    const dir = tempDir();
+    const db = join(dir, 'host.db');
+    const socket = join(dir, 'host.sock');
+    const serve = await startServe(db, socket, ['--quiet']);
+    try {
+      const r = await runCli(['migrate', '--service', socket, '--vm', '7', '--memory', '16M', '--json']);
+      expect(r.stderr).toBe('');
+      expect(r.code).toBe(0);
+      const s = JSON.parse(r.stdout);
+      expect(s).toMatchObject({ verified: true, mismatchedPages: 0, generationAfter: 1 });
+      expect(s.service).toMatchObject({ socket, vm: 7, registered: true, syncs: s.rounds });
+      expect(s.service.migration).toBeGreaterThan(0);
+
+      // The service's database (read while it runs) holds what the paused round synced.
+      const vm = await stateOf(db, 7);
+      expect(vm).toMatchObject({
+        id: 7,
+        npages: 4096,
+        ready: true,
+        lastSeq: s.service.finalSyncSeq,
+        lastSyncSeq: s.service.finalSyncSeq,
+        encryptedPages: s.service.finalEncryptedPages,
+        rangeCount: s.service.finalRangeCount,
+      });
+      expect(vm.lastSeq).toBeGreaterThan(0); // the guest's boot storm and workload went there
+      expect(vm.migrations).toHaveLength(1);
+      const m = vm.migrations[0];
+      expect(m).toMatchObject({
+        id: s.service.migration,
+        destination: 'in-process destination (worker thread)',
+        outcome: 'verified',
+      });
+      expect(m.message).toMatch(/4096 pages compared, all equal/);
+      // One sync per round (safe), ascending, the last one the final state's.
+      expect(m.syncs.map((x) => x.n)).toEqual(Array.from({ length: s.rounds }, (_, i) => i + 1));
+      const seqs = m.syncs.map((x) => x.seq);
+      expect([...seqs].sort((a, b) => a - b)).toEqual(seqs);
+      expect(seqs.at(-1)).toBe(s.service.finalSyncSeq);
+      expect(m.startSeq).toBeLessThanOrEqual(seqs[0]);
+
+      // The id now tracks that guest: another run under it is refused and changes nothing.
+      const again = await runCli(['migrate', '--service', socket, '--vm', '7', '--memory', '16M']);
+      expect(again.code).toBe(2);
+      expect(again.stderr).toMatch(/--vm 7 is already registered with the service \(4096 pages/);
+      expect(await stateOf(db, 7)).toEqual(vm);
+
+      // An id registered ahead with this guest's shape and no change is taken over.
+      const c = await HostServiceClient.connect(socket);
+      await c.registerVm(9, 256, true);
+      await c.close();
+      const ahead = await runCli(['migrate', '--service', socket, '--vm', '9', '--memory', '1M', '--json']);
+      expect(ahead.code).toBe(0);
+      expect(JSON.parse(ahead.stdout).service).toMatchObject({ vm: 9, registered: false });
+      expect((await stateOf(db, 9)).migrations[0].outcome).toBe('verified');
+      expect((await runCli(['state', '--db', db, '--check'])).code).toBe(0);
+    } finally {
+      serve.child.kill('SIGTERM');
+      await serve.exited;
+    }
+  });
+
+  it('kill -9 of the service mid-migration aborts it (exit 3), the source guest running; a restart holds everything acknowledged', async () => {
+    const dir = tempDir();
+    const db = join(dir, 'host.db');
+    const socket = join(dir, 'host.sock');
+    const serve = await startServe(db, socket, ['--quiet']);
+    // A slow PSP keeps the pre-copy rounds going well after round 0 is reported.
+    const cli = startCli([
+      'migrate',
+      '--service',
+      socket,
+      '--vm',
+      '5',
+      '--memory',
+      '16M',
+      '--psp-rate',
+      '3000',
+      '--workload',
+      'churn',
+    ]);
+    await waitForStderr(cli, /round 0: /);
+    serve.child.kill('SIGKILL');
+    expect((await serve.exited).signal).toBe('SIGKILL');
+    expect(await cli.exit).toBe(3);
+    expect(cli.out()).toBe('');
+    const err = cli.err();
+    expect(err).toMatch(/migration aborted: the host service at .* went away/);
+    expect(err).toMatch(/the source guest is running, unpaused, its memory and c-bit state intact/);
+    expect(err).toMatch(/\[ERR_SERVICE_LOST\]/);
+    const m =
+      /acknowledged c-bit changes of vm 5 up to seq (\d+), the migration's last sync was seq (\d+)/.exec(err);
+    expect(m).not.toBeNull();
+    const acked = Number(m![1]);
+    const lastSync = Number(m![2]);
+    expect(acked).toBeGreaterThan(0);
+    expect(lastSync).toBeGreaterThan(0);
+
+    // Restarted, the service holds every acknowledged change and the migration's syncs.
+    const again = await startServe(db, socket, ['--quiet']);
+    try {
+      const vm = await stateOf(db, 5);
+      expect(vm.lastSeq).toBeGreaterThanOrEqual(acked);
+      expect(vm.lastSyncSeq).toBe(lastSync);
+      expect(vm.migrations).toHaveLength(1);
+      expect(vm.migrations[0]).toMatchObject({ outcome: 'interrupted' });
+      expect(vm.migrations[0].syncs.at(-1)?.seq).toBe(lastSync);
+      expect((await runCli(['state', '--db', db, '--check'])).code).toBe(0);
+    } finally {
+      again.child.kill('SIGTERM');
+      await again.exited;
+    }
+  });
+
+  it('refuses bad flags and a service that is not there, with a clear message', async () => {
+    const dir = tempDir();
+    const stale = join(dir, 'stale.sock');
+    leaveStaleSocket(stale);
+    const cases: [string[], number, RegExp][] = [
+      [['--service', stale], 2, /--service needs --vm ID/],
+      [['--vm', '3'], 2, /--vm names a VM of the host service: pass --service SOCKET too/],
+      [['--service', stale, '--vm', 'x'], 2, /--vm/],
+      [['--service', join(dir, 'none.sock'), '--vm', '1'], 2, /no socket there \(ENOENT\)/],
+      [['--service', stale, '--vm', '1'], 3, /the host service does not answer .*ECONNREFUSED/],
+      [
+        ['--service', stale, '--vm', '1', '--role', 'destination', '--listen', join(dir, 'd.sock')],
+        2,
+        /--service is the source guest's tracker/,
+      ],
+      [['--service', stale, '--vm', '1', '--log', join(dir, 'm.db')], 2, /drop one of them/],
+    ];
+    for (const [flags, code, message] of cases) {
+      const r = await runCli(['migrate', '--memory', '1M', ...flags]);
+      expect({ flags, code: r.code }).toEqual({ flags, code });
+      expect(r.stderr).toMatch(message);
+      expect(r.stdout).toBe('');
+    }
+  });
+});
