@@ -19,9 +19,11 @@ import { PageStateMap } from './page-state-map.js';
 import {
   HOST_FRAME,
   type HypercallArgs,
+  MAX_QUERY_CHANGES,
   MAX_QUERY_RANGES,
   MessageType,
   REPLY_FLAG,
+  readChanges,
   readRanges,
   readVmSummary,
   Status,
@@ -258,6 +260,27 @@ export class HostServiceClient extends EventEmitter {
       delta: ranges.slice(0, deltaCount),
       state: stateFromRanges(ranges.slice(deltaCount)),
     };
+  }
+
+  /**
+   * The committed changes of vm with seq in (afterSeq, uptoSeq], in order
+   * (QUERY_CHANGES, page by page; uptoSeq at most the VM's newest change).
+   */
+  async changes(vm: number, afterSeq: number, uptoSeq: number): Promise<(StateRange & { seq: number })[]> {
+    const out: (StateRange & { seq: number })[] = [];
+    let after = afterSeq;
+    for (;;) {
+      const body = await this.call(
+        MessageType.QUERY_CHANGES,
+        new BinaryWriter().u32(vm).u32(MAX_QUERY_CHANGES).u64(after).u64(uptoSeq).finish(),
+      );
+      const count = body.u32('count');
+      body.u32('reserved');
+      const next = body.u64n('next');
+      for (const c of readChanges(body, count)) out.push(c);
+      if (next === 0) return out;
+      after = next;
+    }
   }
 
   /** Forgets a VM and everything stored about it. */

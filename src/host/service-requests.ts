@@ -12,11 +12,13 @@ import type { CbitStore } from './cbit-store.js';
 import { CLIENT_OUTCOMES } from './migration-records.js';
 import { MAX_GUEST_PAGES } from './page-state-map.js';
 import {
+  MAX_QUERY_CHANGES,
   MAX_QUERY_RANGES,
   MessageType,
   replyWriter,
   Status,
   SYNC_PAGE_RANGES,
+  writeChanges,
   writeRanges,
   writeVmSummary,
 } from './service-protocol.js';
@@ -117,6 +119,31 @@ export function answer(store: CbitStore, type: number, r: BinaryReader, cursors:
       }
       const body = replyWriter(0, Status.OK).u32(ranges.length).u32(0).u64(next);
       writeRanges(body, ranges);
+      return body;
+    }
+    case MessageType.QUERY_CHANGES: {
+      const vm = r.u32('vm');
+      const max = r.u32('max changes');
+      const after = r.u64n('after seq');
+      const upto = r.u64n('upto seq');
+      r.end();
+      if (max < 1 || max > MAX_QUERY_CHANGES)
+        throw new InvalidArgumentError(
+          'max changes',
+          `max changes ${max} must be from 1 to ${MAX_QUERY_CHANGES}`,
+        );
+      const last = store.info(vm).lastSeq;
+      if (upto > last || after > upto)
+        throw new InvalidArgumentError(
+          'upto seq',
+          `changes (${after}, ${upto}] must lie within the log (0, ${last}] with after seq <= upto seq`,
+        );
+      const out: (StateRange & { seq: number })[] = [];
+      let next = 0;
+      for (const c of store.changes(vm, after, Math.min(upto, after + max))) out.push(c);
+      if (out.length > 0 && out[out.length - 1].seq < upto) next = out[out.length - 1].seq;
+      const body = replyWriter(0, Status.OK).u32(out.length).u32(0).u64(next);
+      writeChanges(body, out);
       return body;
     }
     case MessageType.SYNC: {

@@ -10,7 +10,6 @@
  * before each sync; the tracker commits what a sync consumed before it
  * answers (CbitStore.sync; the service answers SYNC after its group commit).
  */
-import type { StateRange } from '../common/ranges.js';
 import type { SyncResult } from '../host/cbit-store.js';
 import type { PageStateMap } from '../host/page-state-map.js';
 
@@ -25,10 +24,4 @@ export interface Tracker {
   snapshot(vm: number): MaybePromise<{ state: PageStateMap; seq: number }>;
   /** MSR_KVM_MIGRATION_CONTROL of vm as the guest last wrote it. */
   migrationControl(vm: number): MaybePromise<bigint>;
-  /**
-   * The changes in (afterSeq, uptoSeq], in order, for the migration log;
-   * absent where the tracker cannot list them (the service protocol has no
-   * request that reads the change log).
-   */
-  changes?(vm: number, afterSeq: number, uptoSeq: number): Iterable<StateRange & { seq: number }>;
 }

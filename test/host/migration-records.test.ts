@@ -156,3 +156,32 @@ describe('migration records (MIGRATION_BEGIN / MIGRATION_END)', () => {
     expect(store.migrationRecords(4)).toEqual([]);
   });
 });
+
+describe('QUERY_CHANGES', () => {
+  it('returns the committed changes in (after, upto] page by page, and refuses a range past the log', async () => {
+    const { connect } = await startService();
+    const c = await connect();
+    await c.registerVm(2, 1 << 20);
+    const calls = Array.from({ length: 70_000 }, (_, i) => call(i % 1000, i % 3 === 0));
+    for (let i = 0; i < calls.length; i += 10_000) await c.hypercallBatch(2, calls.slice(i, i + 10_000));
+    const all = await c.changes(2, 0, 70_000); // two pages (65,536 + 4,464)
+    expect(all).toHaveLength(70_000);
+    expect(all[0]).toEqual({ seq: 1, gfn: 0, npages: 1, encrypted: true });
+    expect(all[69_999]).toEqual({ seq: 70_000, gfn: 999, npages: 1, encrypted: true });
+    expect(all.every((x, i) => x.seq === i + 1 && x.gfn === i % 1000)).toBe(true);
+    expect(await c.changes(2, 500, 503)).toEqual([
+      { seq: 501, gfn: 500, npages: 1, encrypted: false },
+      { seq: 502, gfn: 501, npages: 1, encrypted: true },
+      { seq: 503, gfn: 502, npages: 1, encrypted: false },
+    ]);
+    expect(await c.changes(2, 7, 7)).toEqual([]);
+    await expect(c.changes(2, 0, 70_001)).rejects.toThrow(/must lie within the log \(0, 70000\]/);
+    await expect(c.changes(2, 9, 8)).rejects.toThrow(/after seq <= upto seq/);
+    const r = await c.rawRequest(
+      MessageType.QUERY_CHANGES,
+      new BinaryWriter().u32(2).u32(0).u64(0).u64(1).finish(),
+    );
+    expect(r.status).toBe(Status.INVALID_ARGUMENT);
+    expect(r.message).toMatch(/max changes 0 must be from 1 to 65536/);
+  });
+});

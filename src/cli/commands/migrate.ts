@@ -66,11 +66,6 @@ function serviceTarget(f: MigrateFlags, role: string): MigrateParams['service'] 
       '--service',
       "--service is the source guest's tracker; use it with --role source or both",
     );
-  if (f.log !== undefined)
-    throw new InvalidArgumentError(
-      '--log',
-      '--log records the c-bit changes from the in-process tracker, which --service replaces; drop one of them',
-    );
   if (f.service.length === 0)
     throw new InvalidArgumentError('--service', '--service must be the socket path of `sevtrack serve`');
   return { socket: f.service, vm: parseIntIn(f.vm, '--vm', 0, 0xffff_ffff) };
