@@ -261,8 +261,10 @@ export class Connection {
    * The client went away without ending the migrations it began: their
    * records end `abandoned` (the migrating process is gone or cut off, so
    * nobody will end them), which frees the VM for the next migration.
+   * Idempotent; the service's drain calls it for every connection before
+   * its store closes, whatever order the close events come in.
    */
-  private abandonMigrations(): void {
+  abandonMigrations(): void {
     const why = this.draining
       ? 'the host service shut down while the migration was open'
       : "the migrating client's connection closed before MIGRATION_END";
