@@ -11,28 +11,32 @@ import { startServe } from '../support/serve.js';
 import { stateOf } from '../support/service-state.js';
 import { tempDir } from '../support/tmp.js';
 
-describe('sevtrack migrate --service when the service fails', () => {
-  it('kill -9 of the service mid-migration aborts it (exit 3), the source guest running; a restart holds everything acknowledged', async () => {
-    const dir = tempDir();
-    const db = join(dir, 'host.db');
-    const socket = join(dir, 'host.sock');
-    const serve = await startServe(db, socket, ['--quiet']);
-    // A slow PSP keeps the pre-copy rounds going well after round 0 is reported.
-    const cli = startCli([
-      'migrate',
-      '--service',
-      socket,
-      '--vm',
-      '5',
-      '--memory',
-      '16M',
+/**
+ * Starts a service and a migration of vm against it, and sends the service
+ * `signal` once round 0 is reported (a slow PSP keeps the pre-copy rounds
+ * going well after that). Resolves with the migrate process and the database.
+ */
+async function stopServiceMidMigration(vm: number, signal: NodeJS.Signals) {
+  const dir = tempDir();
+  const db = join(dir, 'host.db');
+  const socket = join(dir, 'host.sock');
+  const serve = await startServe(db, socket, ['--quiet']);
+  const cli = startCli(
+    ['migrate', '--service', socket, '--vm', String(vm), '--memory', '16M'].concat([
       '--psp-rate',
       '3000',
       '--workload',
       'churn',
-    ]);
-    await waitForStderr(cli, /round 0: /);
-    serve.child.kill('SIGKILL');
+    ]),
+  );
+  await waitForStderr(cli, /round 0: /);
+  serve.child.kill(signal);
+  return { db, socket, serve, cli };
+}
+
+describe('sevtrack migrate --service when the service fails', () => {
+  it('kill -9 of the service mid-migration aborts it (exit 3), the source guest running; a restart holds everything acknowledged', async () => {
+    const { db, socket, serve, cli } = await stopServiceMidMigration(5, 'SIGKILL');
     expect((await serve.exited).signal).toBe('SIGKILL');
     expect(await cli.exit).toBe(3);
     expect(cli.out()).toBe('');
@@ -65,23 +69,7 @@ describe('sevtrack migrate --service when the service fails', () => {
   });
 
   it('a service shut down mid-migration (SIGTERM) aborts it too, and keeps its record', async () => {
-    const dir = tempDir();
-    const db = join(dir, 'host.db');
-    const socket = join(dir, 'host.sock');
-    const serve = await startServe(db, socket, ['--quiet']);
-    const cli = startCli([
-      'migrate',
-      '--service',
-      socket,
-      '--vm',
-      '2',
-      '--memory',
-      '16M',
-      '--psp-rate',
-      '3000',
-    ]);
-    await waitForStderr(cli, /round 0: /);
-    serve.child.kill('SIGTERM');
+    const { db, serve, cli } = await stopServiceMidMigration(2, 'SIGTERM');
     expect(await cli.exit).toBe(3);
     expect(cli.err()).toMatch(/the host service at .* went away \(it is shutting down\)/);
     expect(cli.err()).toMatch(/the source guest is running, unpaused/);
