@@ -21,14 +21,10 @@ async function stopServiceMidMigration(vm: number, signal: NodeJS.Signals) {
   const db = join(dir, 'host.db');
   const socket = join(dir, 'host.sock');
   const serve = await startServe(db, socket, ['--quiet']);
-  const cli = startCli(
-    ['migrate', '--service', socket, '--vm', String(vm), '--memory', '16M'].concat([
-      '--psp-rate',
-      '3000',
-      '--workload',
-      'churn',
-    ]),
-  );
+  const cli = startCli([
+    ...['migrate', '--service', socket, '--vm', String(vm)],
+    ...['--memory', '16M', '--psp-rate', '3000', '--workload', 'churn'],
+  ]);
   await waitForStderr(cli, /round 0: /);
   serve.child.kill(signal);
   return { db, socket, serve, cli };
