@@ -88,6 +88,12 @@ export { CbitStore, type OpenOptions, type SyncResult, type VmInfo } from './hos
  */
 export { checkDatabase, type IntegrityReport, type VmCheck } from './host/integrity.js';
 /**
+ * A migration's record in the host service (MIGRATION_BEGIN/END): its
+ * destination, every sync taken while it was open, and its outcome
+ * (`CbitStore.migrationRecords(vm)`, `sevtrack state`).
+ */
+export type { MigrationOutcome, MigrationRecord } from './host/migration-records.js';
+/**
  * `PageStateMap`: c-bit state as coalesced `(gfn, npages)` ranges, with
  * copy-on-write clones and a diff between two maps. Pure in-memory.
  */
@@ -266,6 +272,28 @@ export {
   type VerifyMode,
   type VerifyResult,
 } from './migration/stream.js';
+/**
+ * `Tracker`: what the migration source needs of the c-bit tracker (syncs,
+ * change counters, READY). A `CbitStore` is one as it is; `ServiceTracker`
+ * asks a running `sevtrack serve` (set `MigrateParams.service` to migrate
+ * against one: the guest's exits go there too). `ServiceLostError`: the
+ * service went away mid-migration, which aborted; the source guest runs on.
+ */
+export type { MaybePromise, Tracker } from './migration/tracker.js';
+export { ServiceLostError, type ServiceTarget } from './migration/tracker-host.js';
+export { type ServiceRecord, ServiceTracker } from './migration/tracker-service.js';
+/**
+ * Connecting a VMM to `sevtrack serve`: `connectService` (a clear error for a
+ * path with no socket, `ServiceUnavailableError` when nobody answers) and
+ * `attachServiceVm` (registers the guest, or takes over a fresh registration
+ * of its shape, and returns the backend that forwards its exits).
+ */
+export {
+  attachServiceVm,
+  connectService,
+  ServiceUnavailableError,
+  type ServiceVm,
+} from './vmm/service-vm.js';
 
 // ---- Exploration --------------------------------------------------------
 

@@ -76,6 +76,11 @@ export class FramedConnection {
     });
   }
 
+  /** Why the connection ended (closed, broken, aborted), once it has; undefined while it is open. */
+  get closed(): Error | undefined {
+    return this.closedError;
+  }
+
   /** Sends one request; resolves with its reply's payload. */
   request(type: number, payload: Uint8Array): Promise<Buffer> {
     if (this.closedError) return Promise.reject(this.closedError);

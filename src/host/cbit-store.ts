@@ -28,12 +28,14 @@ import {
 } from '../common/kvm-abi.js';
 import type { StateRange } from '../common/ranges.js';
 import { ChangeLog } from './change-log.js';
+import { type MigrationOutcome, type MigrationRecord, MigrationTable } from './migration-records.js';
 import { PageStateMap } from './page-state-map.js';
 import { recoverVm, type VmRow } from './recovery.js';
 import { migrate } from './schema.js';
 import { advanceSync, type SyncResult, SyncTable } from './syncs.js';
 import { checkRegistration, type HypercallOutcome, newVm, type Vm, type VmInfo, vmInfo } from './vm-state.js';
 
+export type { MigrationOutcome, MigrationRecord } from './migration-records.js';
 export type { SyncResult } from './syncs.js';
 export { type HypercallOutcome, touchedWindows, type VmInfo } from './vm-state.js';
 
@@ -60,6 +62,7 @@ export class CbitStore {
   private readonly vmsById = new Map<number, Vm>();
   private readonly log: ChangeLog;
   private readonly syncs: SyncTable;
+  private readonly migrations: MigrationTable;
   private readonly stmts;
   private readonly checkpointInterval: number;
 
@@ -69,6 +72,7 @@ export class CbitStore {
     this.checkpointInterval = checkpointInterval;
     this.log = new ChangeLog(db, path);
     this.syncs = new SyncTable(db);
+    this.migrations = new MigrationTable(db, db.readonly);
     this.stmts = {
       insertVm: db.prepare(
         'INSERT INTO vms (id, npages, initial_encrypted, migration_control, created_at) VALUES (?, ?, ?, 0, ?)',
@@ -192,6 +196,7 @@ export class CbitStore {
     this.vm(id);
     this.commit();
     this.db.transaction(() => {
+      this.migrations.deleteVm(id);
       for (const table of ['migration_control_log', 'syncs', 'checkpoints', 'change_segments']) {
         this.db.prepare(`DELETE FROM ${table} WHERE vm = ?`).run(id);
       }
@@ -329,10 +334,12 @@ export class CbitStore {
     // smaller, so they ride along without one when nothing else is pending.
     const record = () => {
       this.syncs.record(vm.id, seq);
+      this.migrations.record(vm.id, seq);
       if (takeCheckpoint) this.log.checkpoint(vm.id, seq, vm.state);
     };
     if (this.hasPending) this.commitWith(record);
     else this.withoutFsync(() => this.db.transaction(record)());
+    this.migrations.recorded(vm.id);
     if (takeCheckpoint) vm.checkpointSeq = seq;
     return advanceSync(vm);
   }
@@ -363,6 +370,11 @@ export class CbitStore {
     return this.stateAt(vmId, seq).diff(this.vm(vmId).state);
   }
 
+  /** The current full state (a copy-on-write snapshot) and the seq of the newest change it holds. */
+  snapshot(vmId: number): { state: PageStateMap; seq: number } {
+    return { state: this.state(vmId), seq: this.vm(vmId).lastSeq };
+  }
+
   /** A snapshot of the current full state (copy-on-write, cheap). */
   state(vmId: number): PageStateMap {
     return this.vm(vmId).state.clone();
@@ -380,6 +392,35 @@ export class CbitStore {
 
   migrationControl(vmId: number): bigint {
     return this.vm(vmId).migrationControl;
+  }
+
+  /**
+   * Opens the record of a migration of vm to `destination` (migration-records.ts);
+   * commits pending changes first, so its start seq orders after them. Every
+   * sync of vm until endMigration is recorded against it. Durable on return.
+   */
+  beginMigration(vmId: number, destination: string): number {
+    const vm = this.vm(vmId);
+    this.commit();
+    return this.migrations.begin(vm.id, vm.lastSeq, destination);
+  }
+
+  /** Closes an open migration record with its outcome and message. Durable on return. */
+  endMigration(id: number, outcome: MigrationOutcome, message: string): void {
+    this.commit();
+    this.migrations.end(id, outcome, message);
+  }
+
+  /** The open migration of vm, if any. */
+  openMigration(vmId: number): number | undefined {
+    this.vm(vmId);
+    return this.migrations.openOf(vmId);
+  }
+
+  /** Every migration record of vm, oldest first, with the syncs each took. */
+  migrationRecords(vmId: number): MigrationRecord[] {
+    this.vm(vmId);
+    return this.migrations.of(vmId);
   }
 
   /**

@@ -86,6 +86,29 @@ const MIGRATIONS: readonly (string | ((db: Database.Database) => void))[] = [
       for (const c of ckpts) setCkpt.run(checkpointCrc(id, c.seq, c.state), id, c.seq);
     }
   },
+  // v3: migration records (migration-records.ts, docs/host-protocol.md
+  // MIGRATION_BEGIN / MIGRATION_END): where each migration of a VM went, the
+  // syncs it took and its outcome (NULL while open).
+  `
+  CREATE TABLE migrations (
+    id INTEGER PRIMARY KEY,
+    vm INTEGER NOT NULL REFERENCES vms(id),
+    destination TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    start_seq INTEGER NOT NULL,
+    ended_at TEXT,
+    outcome TEXT,
+    message TEXT
+  );
+  CREATE INDEX migrations_by_vm ON migrations (vm);
+  CREATE TABLE migration_syncs (
+    migration INTEGER NOT NULL REFERENCES migrations(id),
+    n INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (migration, n)
+  ) WITHOUT ROWID;
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

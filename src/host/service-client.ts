@@ -14,12 +14,16 @@ import { BinaryReader, BinaryWriter } from '../common/binary.js';
 import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { FramedConnection, type FramedProtocol } from '../common/framed-connection.js';
 import type { StateRange } from '../common/ranges.js';
+import { CLIENT_OUTCOMES, type MigrationOutcome } from './migration-records.js';
 import { PageStateMap } from './page-state-map.js';
 import {
   HOST_FRAME,
   type HypercallArgs,
+  MAX_QUERY_CHANGES,
+  MAX_QUERY_RANGES,
   MessageType,
   REPLY_FLAG,
+  readChanges,
   readRanges,
   readVmSummary,
   Status,
@@ -125,6 +129,11 @@ export class HostServiceClient extends EventEmitter {
     return this.conn.close();
   }
 
+  /** Why the connection to the service ended (it closed, broke or was aborted); undefined while open. */
+  get lost(): Error | undefined {
+    return this.conn.closed;
+  }
+
   /** Sends one request; resolves with the reply (any status). */
   private async request(type: number, payload: Uint8Array): Promise<Reply> {
     const raw = await this.conn.request(type, payload);
@@ -214,6 +223,18 @@ export class HostServiceClient extends EventEmitter {
     return { ranges: readRanges(body, count), next };
   }
 
+  /** The full state of vm as the service holds it now (QUERY_RANGES, page by page). */
+  async state(vm: number): Promise<PageStateMap> {
+    const ranges: StateRange[] = [];
+    let from = 0;
+    do {
+      const page = await this.queryRanges(vm, from, MAX_QUERY_RANGES);
+      for (const r of page.ranges) ranges.push(r);
+      from = page.next;
+    } while (from !== 0);
+    return stateFromRanges(ranges);
+  }
+
   /** Takes a sync, following its cursor until every page of the delta and the state is in. */
   async sync(vm: number): Promise<SyncReply> {
     const body = await this.call(MessageType.SYNC, new BinaryWriter().u32(vm).finish());
@@ -241,6 +262,27 @@ export class HostServiceClient extends EventEmitter {
     };
   }
 
+  /**
+   * The committed changes of vm with seq in (afterSeq, uptoSeq], in order
+   * (QUERY_CHANGES, page by page; uptoSeq at most the VM's newest change).
+   */
+  async changes(vm: number, afterSeq: number, uptoSeq: number): Promise<(StateRange & { seq: number })[]> {
+    const out: (StateRange & { seq: number })[] = [];
+    let after = afterSeq;
+    for (;;) {
+      const body = await this.call(
+        MessageType.QUERY_CHANGES,
+        new BinaryWriter().u32(vm).u32(MAX_QUERY_CHANGES).u64(after).u64(uptoSeq).finish(),
+      );
+      const count = body.u32('count');
+      body.u32('reserved');
+      const next = body.u64n('next');
+      for (const c of readChanges(body, count)) out.push(c);
+      if (next === 0) return out;
+      after = next;
+    }
+  }
+
   /** Forgets a VM and everything stored about it. */
   async unregisterVm(vm: number): Promise<void> {
     await this.call(MessageType.UNREGISTER_VM, new BinaryWriter().u32(vm).finish());
@@ -254,6 +296,30 @@ export class HostServiceClient extends EventEmitter {
 
   async setMigrationControl(vm: number, value: bigint): Promise<void> {
     await this.call(MessageType.SET_MIGRATION_CONTROL, new BinaryWriter().u32(vm).u32(0).u64(value).finish());
+  }
+
+  /**
+   * Opens the service's record of a migration of vm to `destination` (a
+   * description, e.g. its address); every sync of vm until migrationEnd is
+   * recorded against it. Resolves with the record's id.
+   */
+  async migrationBegin(vm: number, destination: string): Promise<number> {
+    const text = Buffer.from(destination, 'utf8');
+    const body = await this.call(
+      MessageType.MIGRATION_BEGIN,
+      new BinaryWriter().u32(vm).u32(text.length).bytes(text).finish(),
+    );
+    return body.u64n('migration');
+  }
+
+  /** Closes a migration record with what the migration came to (a client outcome) and why. */
+  async migrationEnd(id: number, outcome: MigrationOutcome, message: string): Promise<void> {
+    const code = CLIENT_OUTCOMES.indexOf(outcome) + 1;
+    const text = Buffer.from(message, 'utf8');
+    await this.call(
+      MessageType.MIGRATION_END,
+      new BinaryWriter().u64(id).u32(code).u32(text.length).bytes(text).finish(),
+    );
   }
 
   async listVms(): Promise<number[]> {

@@ -49,6 +49,8 @@ export class Connection {
   readonly decoder = new FrameDecoder(HOST_FRAME);
   private readonly cursors = new Map<number, SyncCursor>();
   private nextCursor = 1;
+  /** Migration records this connection opened and has not ended. */
+  private readonly migrations = new Set<number>();
   /** Replies still waiting for a group commit; the connection is idle when 0. */
   private held = 0;
   private draining = false;
@@ -66,6 +68,7 @@ export class Connection {
     private readonly onIdleWhileDraining: (c: Connection) => void,
   ) {
     socket.on('data', (chunk: Buffer) => this.receive(chunk));
+    socket.on('close', () => this.abandonMigrations());
     socket.on('drain', () => {
       if (this.pausedForReplies) {
         this.pausedForReplies = false;
@@ -244,6 +247,35 @@ export class Connection {
     } catch (err) {
       reply(errorReply(err));
     }
+  }
+
+  migrationBegun(id: number): void {
+    this.migrations.add(id);
+  }
+
+  migrationEnded(id: number): void {
+    this.migrations.delete(id);
+  }
+
+  /**
+   * The client went away without ending the migrations it began: their
+   * records end `abandoned` (the migrating process is gone or cut off, so
+   * nobody will end them), which frees the VM for the next migration.
+   * Idempotent; the service's drain calls it for every connection before
+   * its store closes, whatever order the close events come in.
+   */
+  abandonMigrations(): void {
+    const why = this.draining
+      ? 'the host service shut down while the migration was open'
+      : "the migrating client's connection closed before MIGRATION_END";
+    for (const id of this.migrations) {
+      try {
+        this.store.endMigration(id, 'abandoned', why);
+      } catch (err) {
+        this.log(`cannot end migration ${id} as abandoned: ${(err as Error).message}`);
+      }
+    }
+    this.migrations.clear();
   }
 
   /** Keeps a SYNC cursor (dropping the oldest beyond MAX_CURSORS); returns its id. */

@@ -28,6 +28,8 @@ export const MAX_CURSORS = 16;
 export const MAX_BATCH = 65_536;
 /** Ranges in one QUERY_RANGES reply at most. */
 export const MAX_QUERY_RANGES = 1_000_000;
+/** Changes in one QUERY_CHANGES reply at most (65,536 × 32 bytes = 2 MiB). */
+export const MAX_QUERY_CHANGES = 65_536;
 
 export const MessageType = {
   REGISTER_VM: 1,
@@ -41,6 +43,9 @@ export const MessageType = {
   LIST_VMS: 9,
   UNREGISTER_VM: 10,
   SYNC_NEXT: 11,
+  MIGRATION_BEGIN: 12,
+  MIGRATION_END: 13,
+  QUERY_CHANGES: 14,
 } as const;
 export type MessageTypeCode = (typeof MessageType)[keyof typeof MessageType];
 
@@ -94,6 +99,23 @@ export function writeRanges(w: BinaryWriter, ranges: readonly StateRange[]): voi
       .u64(x.npages)
       .u32(x.encrypted ? 1 : 0)
       .u32(0);
+}
+
+/** A change-log entry on the wire: u64 seq, then a range entry. */
+export function writeChanges(w: BinaryWriter, changes: readonly (StateRange & { seq: number })[]): void {
+  for (const c of changes) {
+    w.u64(c.seq);
+    writeRanges(w, [c]);
+  }
+}
+
+export function readChanges(r: BinaryReader, count: number): (StateRange & { seq: number })[] {
+  const out: (StateRange & { seq: number })[] = [];
+  for (let i = 0; i < count; i++) {
+    const seq = r.u64n('change seq');
+    out.push({ seq, ...readRanges(r, 1)[0] });
+  }
+  return out;
 }
 
 export function readRanges(r: BinaryReader, count: number): StateRange[] {

@@ -9,13 +9,16 @@ import { InvalidArgumentError } from '../common/errors.js';
 import { KVM_EINVAL } from '../common/kvm-abi.js';
 import type { StateRange } from '../common/ranges.js';
 import type { CbitStore } from './cbit-store.js';
+import { CLIENT_OUTCOMES } from './migration-records.js';
 import { MAX_GUEST_PAGES } from './page-state-map.js';
 import {
+  MAX_QUERY_CHANGES,
   MAX_QUERY_RANGES,
   MessageType,
   replyWriter,
   Status,
   SYNC_PAGE_RANGES,
+  writeChanges,
   writeRanges,
   writeVmSummary,
 } from './service-protocol.js';
@@ -47,10 +50,16 @@ export class SyncCursor {
   }
 }
 
-/** What a SYNC needs from the connection: somewhere to keep its cursor. */
+/**
+ * What requests need from their connection: somewhere to keep a SYNC's
+ * cursor, and to know which migration records it opened (a record still
+ * open when its connection closes is ended `abandoned`).
+ */
 export interface CursorHost {
   /** Keeps cursor; returns its id (non-zero). */
   openCursor(cursor: SyncCursor): number;
+  migrationBegun(id: number): void;
+  migrationEnded(id: number): void;
 }
 
 /** Answers one non-hypercall request. Throws for bad input (the caller maps errors to statuses). */
@@ -112,6 +121,31 @@ export function answer(store: CbitStore, type: number, r: BinaryReader, cursors:
       writeRanges(body, ranges);
       return body;
     }
+    case MessageType.QUERY_CHANGES: {
+      const vm = r.u32('vm');
+      const max = r.u32('max changes');
+      const after = r.u64n('after seq');
+      const upto = r.u64n('upto seq');
+      r.end();
+      if (max < 1 || max > MAX_QUERY_CHANGES)
+        throw new InvalidArgumentError(
+          'max changes',
+          `max changes ${max} must be from 1 to ${MAX_QUERY_CHANGES}`,
+        );
+      const last = store.info(vm).lastSeq;
+      if (upto > last || after > upto)
+        throw new InvalidArgumentError(
+          'upto seq',
+          `changes (${after}, ${upto}] must lie within the log (0, ${last}] with after seq <= upto seq`,
+        );
+      const out: (StateRange & { seq: number })[] = [];
+      let next = 0;
+      for (const c of store.changes(vm, after, Math.min(upto, after + max))) out.push(c);
+      if (out.length > 0 && out[out.length - 1].seq < upto) next = out[out.length - 1].seq;
+      const body = replyWriter(0, Status.OK).u32(out.length).u32(0).u64(next);
+      writeChanges(body, out);
+      return body;
+    }
     case MessageType.SYNC: {
       const vm = r.u32('vm');
       r.end();
@@ -140,6 +174,31 @@ export function answer(store: CbitStore, type: number, r: BinaryReader, cursors:
       const value = r.u64('value');
       r.end();
       store.setMigrationControl(vm, value);
+      return replyWriter(0, Status.OK);
+    }
+    case MessageType.MIGRATION_BEGIN: {
+      const vm = r.u32('vm');
+      const length = r.u32('destination length');
+      const destination = r.bytes(length, 'destination').toString('utf8');
+      r.end();
+      const id = store.beginMigration(vm, destination);
+      cursors.migrationBegun(id);
+      return replyWriter(0, Status.OK).u64(id);
+    }
+    case MessageType.MIGRATION_END: {
+      const id = r.u64n('migration');
+      const code = r.u32('outcome');
+      const length = r.u32('message length');
+      const message = r.bytes(length, 'message').toString('utf8');
+      r.end();
+      const outcome = CLIENT_OUTCOMES[code - 1];
+      if (outcome === undefined)
+        throw new InvalidArgumentError(
+          'outcome',
+          `outcome ${code} must be 1 (verified), 2 (resumed-unverified), 3 (verify-failed) or 4 (aborted)`,
+        );
+      store.endMigration(id, outcome, message);
+      cursors.migrationEnded(id);
       return replyWriter(0, Status.OK);
     }
     case MessageType.LIST_VMS: {

@@ -120,7 +120,8 @@ export class HostService {
   private async drain(drainTimeoutMs: number): Promise<void> {
     const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     this.commits.flush();
-    for (const c of this.connections) c.startDrain();
+    const draining = [...this.connections];
+    for (const c of draining) c.startDrain();
     const timer = setTimeout(() => {
       for (const c of this.connections) {
         this.log('drain timeout: closing a connection that is still busy');
@@ -129,6 +130,7 @@ export class HostService {
     }, drainTimeoutMs);
     await listenerClosed;
     clearTimeout(timer);
+    for (const c of draining) c.abandonMigrations();
     this.commits.flush();
   }
 

@@ -6,11 +6,12 @@
  * (src/vmm/sim/read-cost.ts), during which the vCPUs run on.
  */
 import { PageBitmap } from '../common/page-bitmap.js';
-import type { CbitStore, SyncResult } from '../host/cbit-store.js';
+import type { SyncResult } from '../host/cbit-store.js';
 import type { SourceGuest } from '../vmm/backend.js';
 import { DEFAULT_READ_COST_NS_PER_PAGE, modelReadCost } from '../vmm/sim/read-cost.js';
 import type { MigrationLog } from './migration-log.js';
 import type { Protocol } from './stream.js';
+import type { Tracker } from './tracker.js';
 
 export interface RoundReadResult {
   dirty: PageBitmap;
@@ -26,7 +27,7 @@ export class RoundReads {
 
   constructor(
     private readonly guest: SourceGuest,
-    private readonly store: CbitStore,
+    private readonly store: Tracker,
     private readonly vm: number,
     private readonly protocol: Protocol,
     nsPerPage: number | undefined,
@@ -54,7 +55,7 @@ export class RoundReads {
    */
   async sync(round: number): Promise<SyncResult> {
     await this.guest.drainExits();
-    const s = this.store.sync(this.vm);
+    const s = await this.store.sync(this.vm);
     modelReadCost(this.guest.memory.npages, this.nsPerPage);
     this.log?.sync(round, s);
     return s;

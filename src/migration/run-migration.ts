@@ -10,9 +10,8 @@ import { MessageChannel } from 'node:worker_threads';
 import { PeerError } from '../common/errors.js';
 import { startWorker } from '../common/worker-script.js';
 import type { WorkloadName } from '../guest/workloads.js';
-import { CbitStore } from '../host/cbit-store.js';
+import type { CbitStore } from '../host/cbit-store.js';
 import type { SourceGuest } from '../vmm/backend.js';
-import { InProcessBackend } from '../vmm/hypercall-backend.js';
 import { GuestMemory } from '../vmm/sim/guest-memory.js';
 import { DEFAULT_READ_COST_NS_PER_PAGE } from '../vmm/sim/read-cost.js';
 import { ThreadedGuest } from '../vmm/sim/threaded-guest.js';
@@ -33,6 +32,8 @@ import {
 } from './run-destination.js';
 import { MigrationSource, type MigrationSummary, type RoundProgress } from './source.js';
 import { MIGRATION_FRAME, type Protocol, type VerifyMode } from './stream.js';
+import type { Tracker } from './tracker.js';
+import { inProcessHost, type ServiceTarget, type SourceHost, serviceHost } from './tracker-host.js';
 
 export interface MigrateParams {
   memoryBytes: number;
@@ -61,6 +62,10 @@ export interface MigrateParams {
   /** Whether the guest starts with every page private (SEV guests do); false starts all shared. */
   guestEncrypted?: boolean;
   log?: string;
+  /** `--service SOCKET --vm ID`: the guest reports to, and the source syncs from, a running `sevtrack serve`. */
+  service?: ServiceTarget;
+  /** The destination as the service's migration record names it (its address). */
+  destination?: string;
   onRound?: (p: RoundProgress) => void;
   onPages?: (round: number, sent: number, total: number) => void;
 }
@@ -121,17 +126,16 @@ export async function runSource(
     channel?.close(); // the peer learns at once that no migration is coming
     throw err;
   }
-  const dir = mkdtempSync(join(tmpdir(), 'sevtrack-src-'));
-  const store = CbitStore.open(join(dir, 'host.db'), { synchronous: 'NORMAL' });
+  const encrypted = p.guestEncrypted ?? true;
+  let host: SourceHost | undefined;
   let pool: VcpuPool | undefined;
   try {
-    const encrypted = p.guestEncrypted ?? true;
-    store.registerVm(1, npages, { initialEncrypted: encrypted });
+    host = p.service ? await serviceHost(p.service, npages, encrypted) : inProcessHost(npages, encrypted);
     const memory = GuestMemory.create(npages, { encrypted });
     pool = VcpuPool.start({
       memory,
-      backend: new InProcessBackend(store),
-      vm: 1,
+      backend: host.backend,
+      vm: host.vm,
       vcpus: p.vcpus,
       workload: p.workload,
       seed: p.seed,
@@ -141,17 +145,25 @@ export async function runSource(
     await new Promise((r) => setTimeout(r, p.warmupMs));
     channel ??= await (connect as () => Promise<FrameChannel>)();
     const guest = new ThreadedGuest(memory, pool);
-    const summary = await new MigrationSource(sourceOptions(p, guest, store, 1, channel, log)).run();
+    await host.begin(p.destination ?? 'a migration destination');
+    const summary = await new MigrationSource(
+      sourceOptions(p, guest, host.tracker, host.vm, channel, log),
+    ).run();
+    await host.ended(summary);
+    const service = host.record();
+    if (service) summary.service = service;
     log?.close({ ...summary });
     return summary;
   } catch (err) {
-    log?.close({ aborted: (err as Error).message });
-    throw err;
+    // A lost service is named as the cause, with the source guest's state.
+    const reported = (host?.explain(err, pool !== undefined && !pool.paused) ?? err) as Error;
+    await host?.aborted(reported);
+    log?.close({ aborted: reported.message });
+    throw reported;
   } finally {
     await pool?.stop();
     channel?.close();
-    store.close();
-    rmSync(dir, { recursive: true, force: true });
+    await host?.close();
   }
 }
 
@@ -159,7 +171,7 @@ export async function runSource(
 function sourceOptions(
   p: MigrateParams,
   guest: SourceGuest,
-  store: CbitStore,
+  store: Tracker,
   vm: number,
   channel: FrameChannel,
   log?: MigrationLog,
@@ -282,7 +294,11 @@ export async function migrateLocally(
   }
   destination.catch(() => {});
   try {
-    const summary = await runSource(p, srcChannel);
+    const where =
+      p.transport === 'inproc'
+        ? 'in-process destination (worker thread)'
+        : `${p.transport} socket in this process`;
+    const summary = await runSource({ ...p, destination: p.destination ?? where }, srcChannel);
     return { summary, destination: await destination };
   } finally {
     await closeListener();

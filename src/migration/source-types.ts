@@ -1,12 +1,13 @@
 /** The source's options, progress and summary types, and its refusal error. */
 import { RuntimeFailure } from '../common/errors.js';
-import type { CbitStore } from '../host/cbit-store.js';
 import type { SourceGuest } from '../vmm/backend.js';
 import type { FrameChannel } from './channel.js';
 import type { OnNoConvergence } from './convergence.js';
 import type { MigrationLog } from './migration-log.js';
 import type { PspLimits } from './psp.js';
 import type { Protocol, VerifyMode } from './stream.js';
+import type { Tracker } from './tracker.js';
+import type { ServiceRecord } from './tracker-service.js';
 
 /** The guest has not said it reports every c-bit change: the migration does not start. */
 export class MigrationRefusedError extends RuntimeFailure {
@@ -17,7 +18,8 @@ export class MigrationRefusedError extends RuntimeFailure {
 
 export interface SourceOptions {
   guest: SourceGuest;
-  store: CbitStore;
+  /** The c-bit tracker: a CbitStore in this process, or a ServiceTracker (tracker.ts). */
+  store: Tracker;
   vm: number;
   channel: FrameChannel;
   protocol: Protocol;
@@ -81,4 +83,6 @@ export interface MigrationSummary {
   protocol: Protocol;
   verify: VerifyMode;
   message: string;
+  /** With `--service`: what the host service holds about this migration. */
+  service?: ServiceRecord;
 }

@@ -24,8 +24,9 @@ import type { PageBitmap } from '../common/page-bitmap.js';
 import { viewMacs } from '../common/page-crypto.js';
 import type { PageRange, StateRange } from '../common/ranges.js';
 import type { PageStateMap } from '../host/page-state-map.js';
+import type { ConversionTap, TrackedChange } from '../vmm/hypercall-backend.js';
 import { Convergence, type Decision, NotConvergingError } from './convergence.js';
-import { appendGfn } from './migration-log.js';
+import { appendGfn, type MigrationLog } from './migration-log.js';
 import { PageSender } from './page-sender.js';
 import { PspSession } from './psp.js';
 import { type RoundReadResult, RoundReads } from './round-reads.js';
@@ -131,9 +132,24 @@ export class MigrationSource {
     return added;
   }
 
+  /**
+   * Hands every conversion from now on to the log. The tap goes in before
+   * the tracker's snapshot is read and buffers meanwhile; the log's tap then
+   * skips what the snapshot already holds (seq at most the snapshot's), so
+   * no change is missed or counted twice however long the read takes.
+   */
+  private async tapConversions(log: MigrationLog): Promise<void> {
+    const early: (readonly TrackedChange[])[] = [];
+    let tap: ConversionTap = (changes) => early.push(changes);
+    this.o.guest.tapConversions((changes) => tap(changes));
+    const snap = await this.o.store.snapshot(this.o.vm);
+    tap = log.conversionTap(snap.state, snap.seq);
+    for (const changes of early) tap(changes);
+  }
+
   /** Refuses a guest that has not said it reports every c-bit change (docs/design.md §2). */
-  private checkReady(): bigint {
-    const control = this.o.store.migrationControl(this.o.vm);
+  private async checkReady(): Promise<bigint> {
+    const control = await this.o.store.migrationControl(this.o.vm);
     if ((control & KVM_MIGRATION_READY) === 0n && !this.o.forceUnsafe) {
       throw new MigrationRefusedError(
         `the guest has not set KVM_MIGRATION_READY in MSR_KVM_MIGRATION_CONTROL, so it may not report every c-bit change; refusing to migrate (--force-unsafe overrides)`,
@@ -150,15 +166,11 @@ export class MigrationSource {
    */
   async run(): Promise<MigrationSummary> {
     const t0 = performance.now();
-    const control = this.checkReady();
+    const control = await this.checkReady();
     const generationBefore = this.o.guest.generation;
-    // Every conversion from here on, whatever the protocol consumes of it.
-    const log = this.o.log;
-    if (log)
-      this.o.guest.tapConversions(
-        log.conversionTap(this.o.store.state(this.o.vm), this.o.store.info(this.o.vm).lastSeq),
-      );
     try {
+      // Every conversion from here on, whatever the protocol consumes of it.
+      if (this.o.log) await this.tapConversions(this.o.log);
       await this.handshake(control, generationBefore);
       this.startReference();
       await this.bulkRound();
@@ -276,18 +288,18 @@ export class MigrationSource {
   private async another(): Promise<boolean> {
     const { guest, store, vm } = this.o;
     const reference = this.reference!;
-    const pagesLeft = () => {
-      const info = store.info(vm);
+    const pagesLeft = async () => {
+      const info = await store.info(vm);
       return guest.memory.dirty.count() + Math.max(0, info.lastSeq - info.lastSyncSeq);
     };
     // Keep the reference current while the guest runs (pages left stale by a round).
     this.noteRehash(reference.catchUp());
-    let d = this.convergence.decide(this.round, pagesLeft());
+    let d = this.convergence.decide(this.round, await pagesLeft());
     if (!d.another) {
       // About to pause: the reference is caught up; what the guest dirtied
       // meanwhile counts too.
       this.noteRehash(reference.catchUp());
-      const estimatedDowntimeMs = this.convergence.estimate(pagesLeft());
+      const estimatedDowntimeMs = this.convergence.estimate(await pagesLeft());
       const converged = estimatedDowntimeMs <= this.o.maxDowntimeMs;
       const roundsLeft = this.round + 1 < this.o.maxRounds;
       // The destination must not hash the whole guest while paused either:
@@ -402,7 +414,7 @@ export class MigrationSource {
     const stateBytes = finalState.serialize();
     this.o.log?.cbitState(this.round, 'final', stateBytes, finalState);
     await this.o.channel.send(Msg.CBIT_STATE, stateBytes);
-    await this.o.channel.send(Msg.MIGRATION_CONTROL, encodeU64(store.migrationControl(vm)));
+    await this.o.channel.send(Msg.MIGRATION_CONTROL, encodeU64(await store.migrationControl(vm)));
     const vmsaIds = Float64Array.from({ length: guest.vcpus }, (_, i) => i);
     const sealedVmsa = this.psp.sendUpdateVmsa(guest.vcpuState(), vmsaIds);
     await this.o.channel.send(

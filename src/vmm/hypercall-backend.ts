@@ -133,6 +133,8 @@ export class SocketBackend implements HypercallBackend {
   readonly cpuidFeatures = FULL_SUPPORT;
   readonly forwardsHypercalls = true;
   tap: ConversionTap | undefined;
+  /** The newest sequence number the service acknowledged (durable there). */
+  ackedSeq = 0;
 
   constructor(readonly client: HostServiceClient) {}
 
@@ -153,6 +155,7 @@ export class SocketBackend implements HypercallBackend {
     }
     const tracked: TrackedChange[] = [];
     for (const [b, replies] of (await Promise.all(batches)).entries()) {
+      for (const r of replies) if (r.seq !== undefined && r.seq > this.ackedSeq) this.ackedSeq = r.seq;
       const bad = replies.find((r) => r.ret !== 0);
       if (bad)
         throw new RuntimeFailure(
@@ -175,7 +178,9 @@ export class SocketBackend implements HypercallBackend {
   }
 
   async hypercall(vm: number, nr: bigint, a0: bigint, a1: bigint, a2: bigint): Promise<number> {
-    return (await this.client.hypercall(vm, { nr, a0, a1, a2 })).ret;
+    const r = await this.client.hypercall(vm, { nr, a0, a1, a2 });
+    if (r.seq !== undefined && r.seq > this.ackedSeq) this.ackedSeq = r.seq;
+    return r.ret;
   }
 
   setMigrationControl(vm: number, value: bigint): Promise<void> {

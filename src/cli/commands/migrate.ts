@@ -46,7 +46,29 @@ interface MigrateFlags {
   handshakeTimeout: string;
   readCost: string;
   guestRate: string;
+  service?: string;
+  vm?: string;
   json?: boolean;
+}
+
+/** `--service SOCKET --vm ID`: both or neither; the source's tracker (never a destination's). */
+function serviceTarget(f: MigrateFlags, role: string): MigrateParams['service'] {
+  if (f.service === undefined && f.vm === undefined) return undefined;
+  if (f.service === undefined)
+    throw new InvalidArgumentError('--vm', '--vm names a VM of the host service: pass --service SOCKET too');
+  if (f.vm === undefined)
+    throw new InvalidArgumentError(
+      '--service',
+      '--service needs --vm ID: the id the host service tracks this guest under',
+    );
+  if (role === 'destination')
+    throw new InvalidArgumentError(
+      '--service',
+      "--service is the source guest's tracker; use it with --role source or both",
+    );
+  if (f.service.length === 0)
+    throw new InvalidArgumentError('--service', '--service must be the socket path of `sevtrack serve`');
+  return { socket: f.service, vm: parseIntIn(f.vm, '--vm', 0, 0xffff_ffff) };
 }
 
 function toParams(f: MigrateFlags): MigrateParams {
@@ -110,6 +132,10 @@ function printSummary(s: MigrationSummary, memoryBytes: number): void {
     `  verification: ${s.message}`,
     `  generation ${s.generationBefore} -> ${s.generationAfter}`,
   ];
+  if (s.service)
+    lines.push(
+      `  host service ${s.service.socket}: vm ${s.service.vm}${s.service.registered ? ' (registered by this run)' : ''}, migration record ${s.service.migration}, ${s.service.syncs} syncs, final sync seq ${s.service.finalSyncSeq}${s.service.recordError ? `; ${s.service.recordError}` : ''}`,
+    );
   process.stdout.write(`${lines.join('\n')}\n`);
 }
 
@@ -120,7 +146,8 @@ function printSummary(s: MigrationSummary, memoryBytes: number): void {
  */
 function reportSourceAbort(err: unknown, json: boolean | undefined): unknown {
   if (exitCodeFor(err) !== EXIT_ABORTED || !(err instanceof Error)) return err;
-  err.message += '; the source guest was not migrated and keeps running';
+  if (!/source guest/.test(err.message))
+    err.message += '; the source guest was not migrated and keeps running';
   if (json) {
     const code = err instanceof SevtrackError ? err.code : 'ERR_INTERNAL';
     process.stdout.write(
@@ -155,6 +182,7 @@ function jsonSummary(s: MigrationSummary): string {
     protocol: s.protocol,
     verify: s.verify,
     message: s.message,
+    ...(s.service ? { service: s.service } : {}),
   });
 }
 
@@ -219,11 +247,20 @@ export function registerMigrate(program: Command): void {
       'guest load: page operations (writes, conversions) per ms per vCPU (0 = as fast as the vCPU runs)',
       String(d.guestOpsPerMs),
     )
+    .option(
+      '--service <socket>',
+      'source: the guest reports its c-bit changes to this running `sevtrack serve`, and the migration syncs from it; the service records the migration (needs --vm)',
+    )
+    .option(
+      '--vm <id>',
+      "with --service: the VM id the service tracks this guest under. An id it does not track is registered with the guest's size; one registered ahead with the same size and no change is taken over; any other registered id is refused (exit 2)",
+    )
     .option('--json', 'print the summary as one JSON object')
     .action(
       runAction(async (f: MigrateFlags) => {
         const p = toParams(f);
         const role = oneOf(f.role, ['both', 'source', 'destination'] as const, '--role');
+        p.service = serviceTarget(f, role);
         const tty = process.stderr.isTTY && !f.json;
         if (!f.json) {
           // On a TTY: a live bar per round; otherwise one line per round.
@@ -275,7 +312,9 @@ export function registerMigrate(program: Command): void {
             if (!f.connect)
               throw new InvalidArgumentError('--connect', '--role source needs --connect HOST:PORT or PATH');
             const to = parseEndpoint(f.connect, p.transport, '--connect');
-            summary = await runSource(p, () => connectChannel(to, p.peerTimeoutMs));
+            summary = await runSource({ ...p, destination: `${p.transport} ${describeEndpoint(to)}` }, () =>
+              connectChannel(to, p.peerTimeoutMs),
+            );
           } else {
             if (f.listen || f.connect)
               throw new InvalidArgumentError('--role', '--listen/--connect need --role destination/source');

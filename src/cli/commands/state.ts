@@ -71,6 +71,7 @@ export function registerState(program: Command): void {
               ready: (info.migrationControl & KVM_MIGRATION_READY) !== 0n,
               ranges,
               nextGfn,
+              migrations: store.migrationRecords(id),
             };
           });
           if (opts.json) {
@@ -87,6 +88,12 @@ export function registerState(program: Command): void {
               process.stdout.write(`  gfn ${r.gfn} +${r.npages} ${r.encrypted ? 'encrypted' : 'shared'}\n`);
             }
             if (v.nextGfn !== null) process.stdout.write(`  ... more: --from ${v.nextGfn}\n`);
+            for (const m of v.migrations) {
+              const syncs = m.syncs.map((x) => x.seq).join(', ');
+              process.stdout.write(
+                `  migration ${m.id} to ${m.destination}, started ${m.startedAt} at seq ${m.startSeq}: ${m.outcome ?? 'open'}; syncs at seq ${syncs || 'none'}${m.message ? `; ${m.message}` : ''}\n`,
+              );
+            }
           }
           return 0;
         } finally {

@@ -65,6 +65,9 @@ export class VcpuPool {
   private readonly workers: Worker[] = [];
   private running: number;
   private failure: Error | undefined;
+  /** Resolves at the first failure (a vCPU's, or the drainer's: its backend is gone). */
+  private readonly failed: Promise<void>;
+  private onFailed: () => void = () => {};
   private readonly exited: Promise<void>[] = [];
   private readonly drainer: ExitDrainer;
   /** Whether vCPU 0 found the host supports the protocol (known once stopped). */
@@ -73,6 +76,9 @@ export class VcpuPool {
   private constructor(readonly options: VcpuPoolOptions) {
     this.control = new Int32Array(new SharedArrayBuffer(controlBytes(options.vcpus)));
     this.running = options.vcpus;
+    this.failed = new Promise((resolve) => {
+      this.onFailed = resolve;
+    });
     const capacity = options.ringCapacity ?? DEFAULT_RING_CAPACITY;
     if (!Number.isInteger(Math.log2(capacity)))
       throw new RuntimeFailure('ERR_RING', `ringCapacity ${capacity} must be a power of two`);
@@ -121,6 +127,7 @@ export class VcpuPool {
 
   private fail(e: Error): void {
     this.failure ??= e;
+    this.onFailed();
   }
 
   private check(): void {
@@ -198,11 +205,18 @@ export class VcpuPool {
     return this.stats();
   }
 
-  /** Stops and joins every vCPU; returns the final statistics. */
+  /**
+   * Stops and joins every vCPU; returns the final statistics. After a
+   * failure the vCPU threads are terminated: one waiting for room in an exit
+   * ring whose backend is gone (a killed host service) would wait forever.
+   */
   async stop(): Promise<GuestStats> {
     Atomics.store(this.control, CMD, CMD_STOP);
     Atomics.notify(this.control, CMD);
-    await Promise.all(this.exited);
+    const all = Promise.all(this.exited);
+    await Promise.race([all, this.failed]);
+    if (this.failure) await Promise.all(this.workers.map((w) => w.terminate()));
+    await all;
     await this.drainer.stop().catch((e: Error) => this.fail(e));
     return this.stats();
   }
