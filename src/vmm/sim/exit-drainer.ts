@@ -48,6 +48,7 @@ export class ExitDrainer {
       if (w.async) await w.value;
       if (this.stopped) break;
       await this.drain().catch((e: Error) => this.onError(e));
+      if (this.failure) break;
     }
   }
 
@@ -58,6 +59,10 @@ export class ExitDrainer {
    * returns, before the promise settles.
    */
   drain(): Promise<void> {
+    // A backend that failed once holds none of the changes after the failed
+    // batch either: every later drain fails too, and nothing more is taken
+    // or released, so no change is handed back to the vCPUs as held.
+    if (this.failure) return Promise.reject(this.failure);
     const taken = this.rings.take();
     this.drained += taken.changes.length;
     if (taken.changes.length === 0) return this.chain;
@@ -66,15 +71,30 @@ export class ExitDrainer {
       this.rings.release(taken.mark);
       return this.chain;
     }
-    const done = Promise.all([this.chain, held]).then(() => this.rings.release(taken.mark));
+    const done = Promise.all([this.chain, held]).then(
+      () => {
+        if (this.failure) throw this.failure;
+        this.rings.release(taken.mark);
+      },
+      (err: Error) => {
+        this.failure ??= err;
+        throw this.failure;
+      },
+    );
     this.chain = done.catch(() => {});
     return done;
   }
 
+  /** The first error a backend gave; once set, the drainer forwards nothing more. */
+  private failure: Error | undefined;
+
   /** Stops the periodic drains after one last drain of everything published. */
   async stop(): Promise<void> {
-    await this.drain();
-    this.stopped = true;
+    try {
+      await this.drain();
+    } finally {
+      this.stopped = true;
+    }
     // Wake the loop: a pending Atomics.waitAsync does not keep the process alive.
     const { words, index } = this.rings.doorbellWord;
     Atomics.notify(words, index);
