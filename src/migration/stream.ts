@@ -6,6 +6,7 @@
 import { BinaryReader, BinaryWriter } from '../common/binary.js';
 import { FormatError } from '../common/errors.js';
 import type { FrameSpec } from '../common/frames.js';
+import { bitmapWordCount } from '../common/page-bitmap.js';
 import { SEALED_PAGE_BYTES, VIEW_MAC_BYTES } from '../common/page-crypto.js';
 import { PAGE_SIZE } from '../common/ranges.js';
 
@@ -225,6 +226,14 @@ export function decodeDigests(payload: Buffer, npages: number): Digests {
   const n = r.u64n('page count');
   if (n !== npages) throw new FormatError('DIGESTS', 0, `${npages} pages`, `${n}`);
   const words = r.u32('bitmap words');
+  // A short bitmap would silently drop pages from a `defined` verification.
+  if (words !== bitmapWordCount(npages))
+    throw new FormatError(
+      'DIGESTS',
+      8,
+      `${bitmapWordCount(npages)} bitmap words for ${npages} pages`,
+      `${words}`,
+    );
   r.zero32('reserved');
   const macs = r.bytes(n * VIEW_MAC_BYTES, 'view MACs');
   const digests = new Uint8Array(macs.buffer, macs.byteOffset, macs.byteLength);

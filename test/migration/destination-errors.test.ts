@@ -10,6 +10,7 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { FormatError, PeerError, RuntimeFailure } from '../../src/common/errors.js';
+import { bitmapWordCount } from '../../src/common/page-bitmap.js';
 import { PageStateMap } from '../../src/host/page-state-map.js';
 import { type FrameChannel, memoryChannelPair } from '../../src/migration/channel.js';
 import { MigrationDestination } from '../../src/migration/destination.js';
@@ -199,7 +200,10 @@ describe('after the handshake, the destination aborts and discards its partial g
   });
 
   it('DIGESTS before the c-bit and vCPU state: a PeerError, no verdict', async () => {
-    const digests = encodeDigests({ digests: new Uint8Array(NPAGES * 32), defined: new Uint32Array(2) });
+    const digests = encodeDigests({
+      digests: new Uint8Array(NPAGES * 16),
+      defined: new Uint32Array(bitmapWordCount(NPAGES)),
+    });
     const { err, events } = await feed((s) => s.src.send(Msg.DIGESTS, digests));
     expect(err).toBeInstanceOf(PeerError);
     expect(err.message).toBe('DIGESTS arrived before the c-bit state and vCPU state');
@@ -217,7 +221,10 @@ describe('after the handshake, the destination aborts and discards its partial g
       );
       await s.src.send(
         Msg.DIGESTS,
-        encodeDigests({ digests: new Uint8Array(NPAGES * 32), defined: new Uint32Array(2) }),
+        encodeDigests({
+          digests: new Uint8Array(NPAGES * 16),
+          defined: new Uint32Array(bitmapWordCount(NPAGES)),
+        }),
       );
     });
     expect(err).toBeInstanceOf(PeerError);

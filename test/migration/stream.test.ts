@@ -109,6 +109,10 @@ describe('migration stream messages', () => {
     expect(() =>
       decodeDigests(buf(encodeDigests({ digests: new Uint8Array(16), defined: new Uint32Array(2) })), 2),
     ).toThrow(/DIGESTS: expected 2 pages at offset 0, got 1/);
+    // A short "defined" bitmap would silently drop pages from a defined verification.
+    expect(() =>
+      decodeDigests(buf(encodeDigests({ digests: new Uint8Array(32), defined: new Uint32Array(0) })), 2),
+    ).toThrow(/DIGESTS: expected 2 bitmap words for 2 pages at offset 8, got 0/);
   });
 
   it('perspectiveBatches covers every page once, split by the perspective, in batches', () => {
