@@ -7,9 +7,9 @@
  * mapped it would keep reading the old page), never truncate it (a client
  * that mapped it would die of SIGBUS on its next load).
  */
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
-import { FormatError, RuntimeFailure } from '../common/errors.js';
+import { FormatError, InvalidArgumentError, RuntimeFailure } from '../common/errors.js';
 import { nativeAddon, type SysgenidCounterHandle } from '../common/native.js';
 
 export const COUNTER_FILE_BYTES = 4096;
@@ -40,7 +40,9 @@ export function defaultSocketPath(env: NodeJS.ProcessEnv = process.env): string 
 function checkHeader(path: string): void {
   let fd: number;
   try {
-    fd = openSync(path, 'r');
+    // O_NONBLOCK: a FIFO at the path must not hang the open; O_NOFOLLOW: as
+    // the native open, which refuses a symlink.
+    fd = openSync(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK | fsConstants.O_NOFOLLOW);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
     throw err;
@@ -48,6 +50,11 @@ function checkHeader(path: string): void {
   const head = Buffer.alloc(16);
   let n: number;
   try {
+    if (!fstatSync(fd).isFile())
+      throw new InvalidArgumentError(
+        '--counter-file',
+        `${path} is not a regular file; the counter file must be one page of a regular file`,
+      );
     n = readSync(fd, head, 0, head.length, 0);
   } finally {
     closeSync(fd);

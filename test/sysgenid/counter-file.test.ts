@@ -3,7 +3,8 @@
  * where it stood, grown but never shrunk, and a foreign file refused
  * untouched.
  */
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { FormatError } from '../../src/common/errors.js';
@@ -50,6 +51,18 @@ describe('CounterFile', () => {
     writeFileSync(long, Buffer.alloc(8192));
     CounterFile.open(long).close();
     expect(statSync(long).size).toBe(8192);
+  });
+
+  it('refuses a FIFO or a symlink at the path at once, without blocking on the open', () => {
+    const dir = tempDir();
+    const fifo = join(dir, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    expect(() => CounterFile.open(fifo)).toThrow(/is not a regular file/);
+    const target = join(dir, 'real');
+    CounterFile.open(target).close();
+    const link = join(dir, 'link');
+    symlinkSync(target, link);
+    expect(() => CounterFile.open(link)).toThrow();
   });
 
   it('refuses a file that is not a counter file and leaves it untouched', () => {
