@@ -4,7 +4,7 @@
  * state come from the service over HostServiceClient. The service answers a
  * SYNC after committing every change it covers, and the source drained the
  * guest's exit rings into it just before (the VMM forwards them on the same
- * connection, SocketBackend), so the rules of docs/design.md §4 hold as with
+ * connection, SocketBackend), so the rules of docs/design.md §3 hold as with
  * the in-process store.
  */
 import { RuntimeFailure } from '../common/errors.js';

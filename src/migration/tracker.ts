@@ -1,5 +1,5 @@
 /**
- * What the migration source needs of the c-bit tracker (docs/design.md §4
+ * What the migration source needs of the c-bit tracker (docs/design.md §3
  * rules 1 and 4): syncs, the counters that size what is left, and the
  * migration-control (READY) state. Two implementations satisfy it: the
  * in-process CbitStore itself (synchronous answers, no adapter, so the

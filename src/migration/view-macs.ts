@@ -1,6 +1,6 @@
 /**
  * A table of view MACs (page-crypto viewMacs: GMAC of a page's guest view,
- * 16 bytes a page, docs/design.md §4) taken as pages move: the source's
+ * 16 bytes a page, docs/design.md §3) taken as pages move: the source's
  * seal or copy into a frame and the destination's open or copy into guest
  * memory write each page's MAC in the same pass (MacOutput `byGfn`), so no
  * separate hashing pass over the guest is needed.

@@ -1,5 +1,5 @@
 /**
- * The destination's failure paths (docs/design.md §11), driven by a scripted
+ * The destination's failure paths (docs/design.md §9), driven by a scripted
  * source over an in-memory channel: no HELLO, the wrong first message, a
  * guest this machine cannot hold, and after the handshake an unknown
  * message, pages or state that do not fit the guest, the verdict's inputs
