@@ -6,6 +6,13 @@
  * Ordering (docs/design.md, rule 5): the guest's page tables change first, then
  * the host is notified, and the call returns only after the notification
  * returned; callers write the pages under their new c-bit only after that.
+ *
+ * The kernel's c-bit table is the source of truth for the guest's c-bits and
+ * lives in guest memory (kernel-area.ts), private, so it migrates with the
+ * pages. A conversion (1) updates the table in memory under the page-table
+ * lock, (2) flushes the TLB for the range (the SEV model takes each access's
+ * c-bit from it, as a CPU does), (3) notifies the host. A vCPU parks only
+ * between two guest operations, so at a pause table and TLB agree.
  */
 
 import { InvalidArgumentError } from '../common/errors.js';
@@ -24,6 +31,16 @@ import {
 } from '../common/kvm-abi.js';
 import { PAGE_SIZE } from '../common/ranges.js';
 import type { GuestMemoryView } from './guest-memory-view.js';
+import {
+  addHeartbeat,
+  checkHeader,
+  KERNEL_ROOT_GFN,
+  kernelPages,
+  readHeartbeat,
+  setTableBits,
+  tableBitAt,
+  writeHeader,
+} from './kernel-area.js';
 import type { HypercallPort } from './hypercall-port.js';
 
 const PAGES_2M = 512;
@@ -79,6 +96,8 @@ export class GuestKernel {
   rejectedNotifications = 0;
   /** Hypercalls issued. */
   notifications = 0;
+  /** Whether the c-bit table is in guest memory (boot() or resumeMigrated() ran). */
+  private booted = false;
 
   constructor(
     private readonly memory: GuestMemoryView,
@@ -89,6 +108,65 @@ export class GuestKernel {
     this.notifying = ((features >>> KVM_FEATURE_HC_MAP_GPA_RANGE) & 1) === 1;
     this.hasMigrationControl = ((features >>> KVM_FEATURE_MIGRATION_CONTROL) & 1) === 1;
     this.sizeHints = options.sizeHints ?? false;
+  }
+
+  /** Pages of the kernel's own area (c-bit table and heartbeat) from KERNEL_ROOT_GFN. */
+  get areaPages(): number {
+    return kernelPages(this.memory.npages);
+  }
+
+  /**
+   * Boot: makes the kernel area private (notifying the host like any
+   * conversion) and writes the c-bit table from the c-bits the firmware left
+   * (the TLB's view at boot). Call once, before any conversion.
+   */
+  boot(): void {
+    const k = this.areaPages;
+    let shared = false;
+    for (let g = KERNEL_ROOT_GFN; g < KERNEL_ROOT_GFN + k; g++) shared ||= !this.memory.isEncrypted(g);
+    if (shared) {
+      this.memory.setCbits(KERNEL_ROOT_GFN, k, true);
+      this.notify(KERNEL_ROOT_GFN, k, true);
+    }
+    const n = this.memory.npages;
+    for (let i = 0; i < k; i++) {
+      const page = new Uint8Array(PAGE_SIZE);
+      if (i === 0) writeHeader(page, n);
+      for (let g = 0; g < n; g++) {
+        if (this.memory.isEncrypted(g)) setTableBits(page, i, g, 1, true);
+      }
+      this.memory.writePage(KERNEL_ROOT_GFN + i, page);
+    }
+    this.booted = true;
+  }
+
+  /**
+   * After a migration: the kernel finds its table in the memory it woke up
+   * in (throws a FormatError if it is not there) and READY as the migrated
+   * migration-control MSR says.
+   */
+  resumeMigrated(ready: boolean): void {
+    this.attachTable();
+    this.ready = ready && this.notifying && this.hasMigrationControl;
+  }
+
+  /**
+   * Another vCPU's view of a kernel that booted (or resumed) on vCPU 0:
+   * checks the table is in memory and maintains it from now on.
+   */
+  attachTable(): void {
+    checkHeader(this.memory.readPage(KERNEL_ROOT_GFN), this.memory.npages);
+    this.booted = true;
+  }
+
+  /** Adds one to the heartbeat counter in guest memory (vCPU 0, once per workload step). */
+  heartbeat(): void {
+    this.memory.updatePage(KERNEL_ROOT_GFN, addHeartbeat);
+  }
+
+  /** The heartbeat counter as the guest reads it. */
+  readHeartbeat(): bigint {
+    return readHeartbeat(this.memory.readPage(KERNEL_ROOT_GFN));
   }
 
   /** False once the host lacks the hypercall (no CPUID bit, or it answered -KVM_ENOSYS). */
@@ -136,9 +214,28 @@ export class GuestKernel {
         `npages ${npages} at gpa 0x${gpa.toString(16)} must be >= 1 and stay inside guest memory`,
       );
     }
-    // 1. The guest's own page tables.
+    const k = this.areaPages;
+    if (this.booted && gfn < KERNEL_ROOT_GFN + k && gfn + npages > KERNEL_ROOT_GFN)
+      throw new InvalidArgumentError(
+        'gpa',
+        `gpa 0x${gpa.toString(16)} (+${npages} pages) overlaps the kernel's c-bit table (gfns ${KERNEL_ROOT_GFN}-${KERNEL_ROOT_GFN + k - 1}), which stays private`,
+      );
+    // 1. The guest's own page tables, in guest memory, under the page-table lock.
+    if (this.booted) {
+      const last = tableBitAt(gfn + npages - 1).page;
+      for (let i = tableBitAt(gfn).page; i <= last; i++) {
+        this.memory.updatePage(KERNEL_ROOT_GFN + i, (page) => {
+          setTableBits(page, i, gfn, npages, encrypted);
+        });
+      }
+    }
+    // 2. The TLB for the range, so the next access uses the new c-bit.
     this.memory.setCbits(gfn, npages, encrypted);
-    // 2. The host, one call per page-table chunk; returns when all returned.
+    // 3. The host, one call per page-table chunk; returns when all returned.
+    this.notify(gfn, npages, encrypted);
+  }
+
+  private notify(gfn: number, npages: number, encrypted: boolean): void {
     if (!this.notifying) return;
     for (const chunk of pageTableChunks(gfn, npages)) {
       const code = this.sizeHints ? chunk.pageSizeCode : KVM_MAP_GPA_RANGE_PAGE_SZ_4K;

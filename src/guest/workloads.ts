@@ -20,6 +20,7 @@ import { PAGE_SIZE } from '../common/ranges.js';
 import { type Rng, randomInt } from '../common/rng.js';
 import type { GuestKernel } from './guest-kernel.js';
 import type { GuestMemoryView, WorkloadStats } from './guest-memory-view.js';
+import { kernelPages } from './kernel-area.js';
 
 export const WORKLOADS = ['idle', 'boot', 'swiotlb', 'churn', 'write-heavy', 'mixed'] as const;
 export type WorkloadName = (typeof WORKLOADS)[number];
@@ -54,10 +55,12 @@ export interface Layout {
 const POOL_WORKLOADS: ReadonlySet<WorkloadName> = new Set(['swiotlb', 'mixed']);
 
 /**
- * Splits npages of guest memory for `workload` (any npages >= 1, any vcpus >= 1):
+ * Splits npages of guest memory for `workload` (any npages >= 1, any vcpus >= 1),
+ * after the kernel's own area (kernelPages(npages) pages from gfn 0):
  * - the pool is 6% of memory (2 MiB aligned from 512 pages), at the top; a
- *   workload that uses it gets at least one page, so on a one-page guest the
- *   pool is the whole guest and every partition is empty;
+ *   workload that uses it gets at least one page when any is left after the
+ *   kernel area, so on a two-page guest the pool is the page after the
+ *   kernel's and every partition is empty (a one-page guest is all kernel);
  * - the rest is split evenly into disjoint vCPU partitions (a remainder stays
  *   unused); with fewer pages than vCPUs, the first vCPUs get one page each
  *   and the others none. Partitions never overlap, so no two vCPUs ever
@@ -69,16 +72,19 @@ export function layout(npages: number, vcpu: number, vcpus: number, workload?: W
     throw new InvalidArgumentError('npages', `guest size ${npages} pages must be at least 1`);
   if (!Number.isInteger(vcpus) || vcpus < 1 || !Number.isInteger(vcpu) || vcpu < 0 || vcpu >= vcpus)
     throw new InvalidArgumentError('vcpu', `vCPU ${vcpu} of ${vcpus} is not a vCPU of this guest`);
+  // The kernel's own area (its c-bit table, kernel-area.ts) comes first and is never touched.
+  const base = kernelPages(npages);
+  const usable = npages - base;
   const raw = Math.floor(npages * 0.06);
-  const minPool = workload === undefined || POOL_WORKLOADS.has(workload) ? 1 : 0;
-  const poolPages = raw >= 512 ? raw - (raw % 512) : Math.max(minPool, raw);
+  const minPool = usable > 0 && (workload === undefined || POOL_WORKLOADS.has(workload)) ? 1 : 0;
+  const poolPages = Math.min(usable, raw >= 512 ? raw - (raw % 512) : Math.max(minPool, raw));
   const poolGfn = npages - poolPages;
-  const per = Math.floor(poolGfn / vcpus);
+  const per = Math.floor((poolGfn - base) / vcpus);
   const part =
     per > 0
-      ? { gfn: vcpu * per, npages: per }
-      : vcpu < poolGfn
-        ? { gfn: vcpu, npages: 1 }
+      ? { gfn: base + vcpu * per, npages: per }
+      : base + vcpu < poolGfn
+        ? { gfn: base + vcpu, npages: 1 }
         : { gfn: poolGfn, npages: 0 };
   return { pool: { gfn: poolGfn, npages: poolPages }, part };
 }
@@ -112,11 +118,13 @@ function convert(ctx: WorkloadContext, gfn: number, npages: number, encrypted: b
   ctx.stats.converted(1);
 }
 
-/** Up to `count` single-page conversions to shared below the pool (one per 4 pages, at least one). */
+/** Up to `count` single-page conversions to shared between the kernel area and the pool (one per 4 pages, at least one). */
 function bootStorm(ctx: WorkloadContext, l: Layout, count: number): void {
-  const n = l.pool.gfn === 0 ? 0 : Math.min(count, Math.max(1, Math.floor(l.pool.gfn / 4)));
+  const base = kernelPages(ctx.memory.npages);
+  const span = l.pool.gfn - base;
+  const n = span <= 0 ? 0 : Math.min(count, Math.max(1, Math.floor(span / 4)));
   for (let i = 0; i < n; i++) {
-    const gfn = randomInt(ctx.rng, l.pool.gfn);
+    const gfn = base + randomInt(ctx.rng, span);
     convert(ctx, gfn, 1, false);
     writePattern(ctx, gfn);
   }

@@ -1,17 +1,23 @@
 /**
  * MigrationDestination: receives pages (opening sealed ones through the PSP
- * model with its own VM key), the guest's page tables, the host c-bit state,
- * migration control and vCPU state; then verifies that every page's guest
- * view equals the source's at pause (by digest), and only then resumes the
- * guest with a bumped generation (docs/design.md §3 rule 6). On any failure the
- * partial guest is discarded.
+ * model with its own VM key), the host c-bit state, migration control and
+ * vCPU state; refills the guest's TLB from the c-bit table found in the
+ * migrated memory at the page-table root the vCPU state names; then checks
+ * its own tracker (destination-tracker.ts: the perspective each page
+ * arrived with against the final state, the final state against the guest's
+ * table), verifies that every page's guest view equals the source's at
+ * pause (by digest), and only then resumes the guest with a bumped
+ * generation (docs/design.md §3 rule 6). On any failure the partial guest
+ * and its tracker state are discarded.
  */
 import { PeerError, RuntimeFailure } from '../common/errors.js';
 import { PageBitmap } from '../common/page-bitmap.js';
 import { copyFrameToPages, VIEW_MAC_BYTES } from '../common/page-crypto.js';
 import { PageStateMap } from '../host/page-state-map.js';
 import { GuestMemory } from '../vmm/sim/guest-memory.js';
+import { decodeVcpuState, type VcpuRegisters } from '../vmm/sim/vcpu-state.js';
 import type { FrameChannel } from './channel.js';
+import type { DestinationTracker, TrackerCheck } from './destination-tracker.js';
 import type { MigrationLog } from './migration-log.js';
 import { type PspLimits, PspSession, UNLIMITED_PSP } from './psp.js';
 import {
@@ -44,6 +50,8 @@ export interface DestinationOptions {
   allocate?: (npages: number, hello: Hello) => GuestMemory;
   /** The lowest generation the resumed guest may have (sysgenid min). */
   minGeneration?: number;
+  /** The destination's own tracker (a SQLite CbitStore); its VM is discarded if the guest does not resume. */
+  tracker?: DestinationTracker;
 }
 
 export interface DestinationResult extends VerifyResult {
@@ -54,6 +62,8 @@ export interface DestinationResult extends VerifyResult {
   migrationControl: bigint;
   pagesReceived: number;
   vcpuState?: Uint8Array;
+  /** The migrated vCPU registers (resumed guests only). */
+  registers?: VcpuRegisters[];
 }
 
 /** What the destination has received so far (the partial guest until it is verified). */
@@ -64,6 +74,9 @@ interface Incoming {
   cbitState?: PageStateMap;
   migrationControl: bigint;
   vcpuState?: Uint8Array;
+  registers?: VcpuRegisters[];
+  /** The guest's own c-bit table, read from the migrated memory once the vCPU state named its root. */
+  guestTable?: PageBitmap;
   pagesReceived: number;
   /** The view MACs of the pages as they were opened or copied in (view-macs.ts). */
   macs: ViewMacTable;
@@ -86,7 +99,9 @@ export class MigrationDestination {
       return await this.verifyAndResume(inc, source);
     } catch (err) {
       // The partial guest is discarded: nothing returns it, so it goes with
-      // this frame. Tell the source why if it is still there.
+      // this frame; so is the tracker's record of it. Tell the source why if
+      // it is still there.
+      this.o.tracker?.discard();
       this.o.log?.abort(this.o.log.lastRound, (err as Error).message);
       await this.o.channel.send(Msg.ABORT, encodeText((err as Error).message)).catch(() => {});
       // Closing ends the source's wait for frames it lent us (their buffers never come back).
@@ -126,6 +141,7 @@ export class MigrationDestination {
     }
     // The destination guest's page tables arrive with its memory: start clear.
     memory.cbits.clearRange(0, memory.npages);
+    this.o.tracker?.begin(hello.npages);
     const psp = new PspSession(memory.key, this.o.psp ?? UNLIMITED_PSP);
     psp.receiveStart(hello.publicKey);
     await ch.send(Msg.HELLO_ACK, encodeHelloAck(psp.publicKey));
@@ -172,6 +188,7 @@ export class MigrationDestination {
         else copyFrameToPages(payload, b.dataOffset, memory.bytes, b.gfns, inc.macs.output);
         inc.macs.noteMoved(b.gfns, sealed);
         this.o.log?.send(b.round, sealed, b.gfns, b.firstSeq, 'receive');
+        this.o.tracker?.recordArrival(b.gfns, sealed);
         inc.pagesReceived += b.gfns.length;
         return;
       }
@@ -179,12 +196,10 @@ export class MigrationDestination {
         const round = decodeU32(payload, 'ROUND_END');
         // The view MACs are taken as pages arrive: always ready.
         await this.o.channel.send(Msg.ROUND_ACK, encodeRoundAck(round, true));
+        this.o.tracker?.endRound();
         this.o.log?.roundEnd(round, { pagesReceived: inc.pagesReceived });
         return;
       }
-      case Msg.GUEST_PAGE_TABLES:
-        this.applyPageTables(inc, payload);
-        return;
       case Msg.CBIT_STATE:
         inc.cbitState = PageStateMap.deserialize(payload);
         if (inc.cbitState.npages !== memory.npages)
@@ -196,6 +211,7 @@ export class MigrationDestination {
       case Msg.VMSA: {
         const b = decodePages(payload, true);
         inc.vcpuState = inc.psp.receiveUpdateVmsa(b.gfns, b.firstSeq, b.data);
+        this.loadPageTables(inc);
         return;
       }
       case Msg.ABORT:
@@ -206,22 +222,23 @@ export class MigrationDestination {
   }
 
   /**
-   * The guest's page tables: every page is in. Brings the view MACs taken
-   * as pages arrived to the view under these tables (rehashing only pages
-   * that arrived from the other perspective).
+   * The vCPU state is in, after every page: its page-table root names where
+   * the guest's c-bit table is in the migrated memory; the TLB is filled
+   * from it (nothing else tells the destination the guest's c-bits). Then
+   * brings the view MACs taken as pages arrived to the view under that
+   * table (rehashing only pages that arrived from the other perspective).
    */
-  private applyPageTables(inc: Incoming, payload: Buffer): void {
+  private loadPageTables(inc: Incoming): void {
     const memory = inc.memory;
-    if (payload.length !== memory.cbits.words.byteLength) {
+    try {
+      inc.registers = decodeVcpuState(inc.vcpuState!, inc.hello.vcpus);
+      inc.guestTable = memory.loadPageTables(inc.registers[0].pageTableRoot);
+    } catch (err) {
       throw new PeerError(
-        `GUEST_PAGE_TABLES: expected ${memory.cbits.words.byteLength} bytes, got ${payload.length}`,
+        `the guest's vCPU state or c-bit table did not arrive intact: ${(err as Error).message}`,
+        { cause: err },
       );
     }
-    new Uint8Array(
-      memory.cbits.words.buffer,
-      memory.cbits.words.byteOffset,
-      memory.cbits.words.byteLength,
-    ).set(payload);
     inc.ownDigests = inc.macs.finish(memory.cbits).macs;
   }
 
@@ -232,9 +249,15 @@ export class MigrationDestination {
   private async verifyAndResume(inc: Incoming, source: Digests): Promise<DestinationResult> {
     if (!inc.cbitState || inc.vcpuState === undefined)
       throw new PeerError('DIGESTS arrived before the c-bit state and vCPU state');
-    if (!inc.ownDigests) throw new PeerError('DIGESTS arrived before the guest page tables');
-    const { hello, memory, cbitState, migrationControl, pagesReceived, vcpuState } = inc;
-    const verdict = this.verify(memory.npages, inc.ownDigests, source, hello);
+    if (!inc.ownDigests || !inc.guestTable) throw new PeerError('DIGESTS arrived before the vCPU state');
+    const { hello, memory, cbitState, migrationControl, pagesReceived, vcpuState, registers } = inc;
+    const defined = new PageBitmap(memory.npages);
+    defined.words.set(source.defined.subarray(0, defined.words.length));
+    const tracker = this.o.tracker?.check(cbitState, defined, inc.guestTable) ?? {
+      perspectiveMismatchGfns: [],
+      trackerMismatchGfns: [],
+    };
+    const verdict = this.verify(memory.npages, inc.ownDigests, source, hello, tracker);
     const log = this.o.log;
     if (log) {
       log.cbitState(log.lastRound, 'final', cbitState.serialize(), cbitState);
@@ -244,9 +267,11 @@ export class MigrationDestination {
         log.generation(log.lastRound, { before: hello.generation, after: verdict.generationAfter });
       }
     }
+    if (verdict.resumed) this.o.tracker?.applyFinal(cbitState, migrationControl);
+    else this.o.tracker?.discard();
     await this.o.channel.send(Msg.RESULT, encodeResult(verdict));
     if (!verdict.resumed) return { ...verdict, hello, migrationControl, pagesReceived };
-    return { ...verdict, hello, memory, cbitState, migrationControl, pagesReceived, vcpuState };
+    return { ...verdict, hello, memory, cbitState, migrationControl, pagesReceived, vcpuState, registers };
   }
 
   /**
@@ -260,6 +285,7 @@ export class MigrationDestination {
     mine: Uint8Array,
     source: { digests: Uint8Array; defined: Uint32Array },
     hello: Hello,
+    tracker: TrackerCheck,
   ): VerifyResult {
     const defined = new PageBitmap(npages);
     defined.words.set(source.defined.subarray(0, defined.words.length));
@@ -283,14 +309,27 @@ export class MigrationDestination {
       skipped === 0
         ? ''
         : 'content undefined: converted and not written since, or never written (--verify defined)';
-    const resumed = mismatchedGfns.length === 0;
+    const protocolErrors = tracker.perspectiveMismatchGfns.length + tracker.trackerMismatchGfns.length;
+    const resumed = mismatchedGfns.length === 0 && protocolErrors === 0;
     const verified = resumed && compared > 0;
     const generationAfter = resumed
       ? Math.max(this.o.minGeneration ?? 0, hello.generation + 1)
       : hello.generation;
     const skippedText = skipped === 0 ? '' : `, ${skipped} skipped (${skipReason})`;
     let message: string;
-    if (!resumed) {
+    if (protocolErrors > 0) {
+      const parts: string[] = [];
+      const list = (gfns: number[]) => `${gfns.slice(0, 16).join(', ')}${gfns.length > 16 ? ', ...' : ''}`;
+      if (tracker.perspectiveMismatchGfns.length > 0)
+        parts.push(
+          `${tracker.perspectiveMismatchGfns.length} pages written after their last conversion arrived from another perspective than the final c-bit state (gfns ${list(tracker.perspectiveMismatchGfns)})`,
+        );
+      if (tracker.trackerMismatchGfns.length > 0)
+        parts.push(
+          `the final c-bit state differs from the guest's own table on ${tracker.trackerMismatchGfns.length} pages (gfns ${list(tracker.trackerMismatchGfns)})`,
+        );
+      message = `protocol error, not resumed: ${parts.join('; ')}; ${mismatchedGfns.length} of ${compared} compared pages differ from the source's view at pause (${hello.verify})${skippedText}`;
+    } else if (!resumed) {
       const shown = mismatchedGfns.slice(0, 16).join(', ');
       message = `${mismatchedGfns.length} of ${compared} compared pages differ from the source's view at pause (${hello.verify})${skippedText}; gfns ${shown}${mismatchedGfns.length > 16 ? ', ...' : ''}`;
     } else if (!verified) {
@@ -306,6 +345,7 @@ export class MigrationDestination {
       skipReason,
       mismatchedPages: mismatchedGfns.length,
       mismatchedGfns,
+      ...tracker,
       generationAfter,
       message,
     };

@@ -66,6 +66,10 @@ export interface MigrationSummary {
   mismatchedPages: number;
   /** Every mismatched gfn. */
   mismatchedGfns: number[];
+  /** The destination tracker's protocol errors: pages last sent from a stale perspective (destination-tracker.ts). */
+  perspectiveMismatchGfns: number[];
+  /** Pages where the c-bit state sent differs from the guest's own table. */
+  trackerMismatchGfns: number[];
   /** Whether the estimate fitted --max-downtime when the guest was paused. */
   converged: boolean;
   estimatedDowntimeMs: number;

@@ -401,16 +401,12 @@ export class MigrationSource {
   }
 
   /**
-   * The guest's own page tables travel as guest memory; the host's c-bit
-   * state, migration control and vCPU state (SEND_UPDATE_VMSA) follow.
+   * The host's c-bit state, migration control and vCPU state
+   * (SEND_UPDATE_VMSA). The guest's own c-bit table is not sent: it is in
+   * guest memory, which went over in the rounds; the vCPU state names its root.
    */
   private async sendState(finalState: PageStateMap): Promise<void> {
     const { guest, store, vm } = this.o;
-    const words = guest.memory.cbits.words;
-    await this.o.channel.send(
-      Msg.GUEST_PAGE_TABLES,
-      new Uint8Array(words.buffer.slice(words.byteOffset, words.byteOffset + words.byteLength)),
-    );
     const stateBytes = finalState.serialize();
     this.o.log?.cbitState(this.round, 'final', stateBytes, finalState);
     await this.o.channel.send(Msg.CBIT_STATE, stateBytes);
@@ -461,6 +457,8 @@ export class MigrationSource {
       skipReason: result.skipReason,
       mismatchedPages: result.mismatchedPages,
       mismatchedGfns: result.mismatchedGfns,
+      perspectiveMismatchGfns: result.perspectiveMismatchGfns,
+      trackerMismatchGfns: result.trackerMismatchGfns,
       converged: this.decision?.converged ?? true,
       estimatedDowntimeMs: this.decision?.estimatedDowntimeMs ?? 0,
       rounds: this.round + 1,

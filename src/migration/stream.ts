@@ -23,6 +23,7 @@ export const Msg = {
   PAGES_SEALED: 3,
   PAGES_RAW: 4,
   ROUND_END: 5,
+  /** Retired: the guest's c-bit table travels in its own memory (src/guest/kernel-area.ts). */
   GUEST_PAGE_TABLES: 6,
   CBIT_STATE: 7,
   MIGRATION_CONTROL: 8,
@@ -259,6 +260,14 @@ export interface VerifyResult {
   mismatchedPages: number;
   /** Every mismatched gfn, ascending. */
   mismatchedGfns: number[];
+  /**
+   * The destination tracker's protocol errors (destination-tracker.ts):
+   * pages written after their last conversion that last arrived from
+   * another perspective than the final c-bit state's, ascending.
+   */
+  perspectiveMismatchGfns: number[];
+  /** Pages whose final c-bit state differs from the guest's own table, ascending. */
+  trackerMismatchGfns: number[];
   generationAfter: number;
   message: string;
 }
@@ -275,7 +284,12 @@ export function encodeResult(r: VerifyResult): Uint8Array {
   for (const g of r.mismatchedGfns) w.u64(g);
   const reason = Buffer.from(r.skipReason);
   const text = Buffer.from(r.message);
-  return w.u32(reason.length).bytes(reason).u32(text.length).bytes(text).finish();
+  w.u32(reason.length).bytes(reason).u32(text.length).bytes(text);
+  for (const list of [r.perspectiveMismatchGfns, r.trackerMismatchGfns]) {
+    w.u64(list.length);
+    for (const g of list) w.u64(g);
+  }
+  return w.finish();
 }
 
 export function decodeResult(payload: Buffer): VerifyResult {
@@ -292,6 +306,14 @@ export function decodeResult(payload: Buffer): VerifyResult {
   const mismatchedGfns = Array.from({ length: n }, () => r.u64n('gfn'));
   const skipReason = r.bytes(r.u32('skip reason length'), 'skip reason').toString();
   const message = r.bytes(r.u32('message length'), 'message').toString();
+  const gfnList = (what: string): number[] => {
+    const count = r.u64n(`${what} count`);
+    if (count > payload.length / 8)
+      throw new FormatError('RESULT', 0, `at most ${Math.floor(payload.length / 8)} ${what} gfns`, `${count}`);
+    return Array.from({ length: count }, () => r.u64n(`${what} gfn`));
+  };
+  const perspectiveMismatchGfns = gfnList('perspective mismatch');
+  const trackerMismatchGfns = gfnList('tracker mismatch');
   r.end();
   if (verified && (!resumed || comparedPages === 0))
     throw new FormatError('RESULT', 1, 'verified only with resumed and compared pages', 'verified');
@@ -303,6 +325,8 @@ export function decodeResult(payload: Buffer): VerifyResult {
     skipReason,
     mismatchedPages: n,
     mismatchedGfns,
+    perspectiveMismatchGfns,
+    trackerMismatchGfns,
     generationAfter,
     message,
   };

@@ -3,6 +3,7 @@ import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { seededRandom } from '../../src/common/rng.js';
 import { GuestKernel } from '../../src/guest/guest-kernel.js';
+import { kernelPages } from '../../src/guest/kernel-area.js';
 import { layout, WORKLOADS, type WorkloadContext, workloads } from '../../src/guest/workloads.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
 import { DirectPort } from '../../src/vmm/direct-port.js';
@@ -21,11 +22,14 @@ describe('layout', () => {
           const parts = Array.from({ length: vcpus }, (_, v) => layout(npages, v, vcpus, workload));
           const { pool } = parts[0];
           expect(pool.gfn + pool.npages).toBe(npages);
-          expect(pool.npages).toBeGreaterThanOrEqual(workload === 'swiotlb' || workload === 'mixed' ? 1 : 0);
+          const base = kernelPages(npages);
+          const poolWorkload = workload === 'swiotlb' || workload === 'mixed';
+          expect(pool.npages).toBeGreaterThanOrEqual(poolWorkload && npages > base ? 1 : 0);
+          expect(pool.gfn).toBeGreaterThanOrEqual(base); // the kernel's c-bit table is never given out
           let used = 0;
           for (const [v, l] of parts.entries()) {
             expect(l.pool).toEqual(pool); // every vCPU derives the same pool
-            expect(l.part.gfn).toBeGreaterThanOrEqual(0);
+            if (l.part.npages > 0) expect(l.part.gfn).toBeGreaterThanOrEqual(base);
             expect(l.part.npages).toBeGreaterThanOrEqual(0);
             expect(l.part.gfn + l.part.npages).toBeLessThanOrEqual(pool.gfn);
             used += l.part.npages;
@@ -38,7 +42,7 @@ describe('layout', () => {
             expect(prev.gfn + prev.npages).toBeLessThanOrEqual(starts[i]);
           }
           // Below the pool, pages stay unused only as the remainder of an even split.
-          expect(pool.gfn - used).toBeLessThan(vcpus);
+          expect(pool.gfn - base - used).toBeLessThan(vcpus);
         },
       ),
     );
@@ -55,12 +59,13 @@ describe('layout', () => {
     );
   });
 
-  it('gives a one-page guest to the pool or to vCPU 0, and empty partitions to the others', () => {
-    expect(layout(1, 0, 1, 'churn')).toEqual({ pool: { gfn: 1, npages: 0 }, part: { gfn: 0, npages: 1 } });
-    expect(layout(1, 0, 1, 'swiotlb')).toEqual({ pool: { gfn: 0, npages: 1 }, part: { gfn: 0, npages: 0 } });
-    expect(layout(1, 63, 64, 'write-heavy').part.npages).toBe(0);
-    expect(layout(8, 7, 64, 'churn').part).toEqual({ gfn: 7, npages: 1 });
-    expect(layout(8, 8, 64, 'churn').part.npages).toBe(0);
+  it('keeps a one-page guest for the kernel, gives the page after it to the pool or to vCPU 0, and empty partitions to the others', () => {
+    expect(layout(1, 0, 1, 'churn')).toEqual({ pool: { gfn: 1, npages: 0 }, part: { gfn: 1, npages: 0 } });
+    expect(layout(2, 0, 1, 'churn')).toEqual({ pool: { gfn: 2, npages: 0 }, part: { gfn: 1, npages: 1 } });
+    expect(layout(2, 0, 1, 'swiotlb')).toEqual({ pool: { gfn: 1, npages: 1 }, part: { gfn: 1, npages: 0 } });
+    expect(layout(2, 63, 64, 'write-heavy').part.npages).toBe(0);
+    expect(layout(9, 7, 64, 'churn').part).toEqual({ gfn: 8, npages: 1 });
+    expect(layout(9, 8, 64, 'churn').part.npages).toBe(0);
   });
 
   it('rejects a guest without pages and a vCPU outside the guest', () => {
@@ -97,6 +102,8 @@ describe('workloads on tiny guests', () => {
       stats,
       counters,
     }));
+    ctxs[0].kernel.boot();
+    for (const c of ctxs.slice(1)) c.kernel.attachTable();
     expect(ctxs[0].kernel.enableMigration()).toBe(true);
     const layouts = ctxs.map((c) => layout(npages, c.vcpu, vcpus, workload));
     workloads[workload].setup?.(ctxs[0], layouts[0]);
@@ -108,10 +115,10 @@ describe('workloads on tiny guests', () => {
   }
 
   for (const workload of WORKLOADS) {
-    it(`${workload}: runs on one page and on 64 vCPUs over 16 pages, reporting every change`, () => {
+    it(`${workload}: runs on two pages (one the kernel's) and on 64 vCPUs over 16 pages, reporting every change`, () => {
       for (const [npages, vcpus] of [
-        [1, 1],
-        [1, 8],
+        [2, 1],
+        [2, 8],
         [16, 64],
         [64, 64],
         [300, 7],
@@ -120,6 +127,8 @@ describe('workloads on tiny guests', () => {
         for (const c of ctxs) expect(c.kernel.rejectedNotifications).toBe(0);
         // The host's state is the guest's own page tables: every conversion was reported.
         for (let g = 0; g < npages; g++) expect(host.state(1).isEncrypted(g)).toBe(memory.isEncrypted(g));
+        // The kernel's table in guest memory is the TLB's source: they agree after every operation.
+        expect(memory.readPageTables(0).words).toEqual(memory.cbits.words);
         // Every write landed in memory the layout gives out.
         const owned = new Set<number>();
         for (const l of layouts) {

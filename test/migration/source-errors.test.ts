@@ -227,7 +227,7 @@ describe('a failure after the pause resumes the source guest (rule 6)', () => {
     let pausedAtState = false;
     const { error, abortSent } = await migrateTo(
       s,
-      cooperativeBut(Msg.GUEST_PAGE_TABLES, async (ch) => {
+      cooperativeBut(Msg.CBIT_STATE, async (ch) => {
         pausedAtState = s.guest.paused;
         await ch.send(Msg.ABORT, encodeText('RECEIVE_UPDATE_DATA failed'));
         return false;

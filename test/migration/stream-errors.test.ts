@@ -48,6 +48,8 @@ const RESULT: VerifyResult = {
   skipReason: 'content undefined',
   mismatchedPages: 2,
   mismatchedGfns: [3, 9],
+  perspectiveMismatchGfns: [4],
+  trackerMismatchGfns: [],
   generationAfter: 7,
   message: '2 of 10 compared pages differ',
 };

@@ -45,6 +45,8 @@ describe('migration stream messages', () => {
       skipReason: 'why',
       mismatchedPages: 3,
       mismatchedGfns: [1, 2, 2 ** 33],
+      perspectiveMismatchGfns: [4, 2 ** 40],
+      trackerMismatchGfns: [9],
       generationAfter: 0,
       message: 'x',
     };

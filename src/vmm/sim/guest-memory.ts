@@ -1,9 +1,17 @@
 /**
  * The SEV memory model (docs/design.md §4) for the simulated backend.
  *
- * Guest memory is a SharedArrayBuffer the host reads raw. The guest's own
- * page tables carry the c-bit (`cbits`, 1 = encrypted/private), separate from
- * anything the host tracks. A guest write to a page whose c-bit is set stores
+ * Guest memory is a SharedArrayBuffer the host reads raw. The guest's
+ * c-bits have one source of truth: the guest kernel's c-bit table, which
+ * lives IN guest memory, private (src/guest/kernel-area.ts), and so travels
+ * with the pages. `cbits` (1 = encrypted/private) is the vCPUs' TLB: the
+ * cached c-bit of every page, from which the model takes each access's
+ * c-bit as a CPU takes it from its TLB. The kernel updates its table first
+ * and then flushes the TLB for the range (setCbits), so at every clean point
+ * (a pause) the two agree; a destination that received the pages refills the
+ * TLB from the migrated table (loadPageTables), never from anything sent out
+ * of band. One TLB serves all vCPUs: the converting vCPU's flush is the
+ * shootdown, done before its notification returns. A guest write to a page whose c-bit is set stores
  * AES-XTS(VM key, tweak = GPA) of the data; a write to a shared page stores it
  * as is. Reads decrypt according to the guest's c-bit. Every write sets the
  * page's bit in the dirty log AFTER the data is stored, so a harvest that
@@ -16,6 +24,10 @@ import { InvalidArgumentError } from '../../common/errors.js';
 import { PageBitmap } from '../../common/page-bitmap.js';
 import { newMemoryKey, xtsDecryptPages, xtsEncryptPages } from '../../common/page-crypto.js';
 import { PAGE_SIZE } from '../../common/ranges.js';
+import { checkHeader, kernelPages, tableToWords } from '../../guest/kernel-area.js';
+
+/** Lock words for guest page read-modify-writes (striped by gfn). */
+const PAGE_LOCKS = 64;
 
 /** What a worker thread needs to attach to the same guest memory. */
 export interface GuestMemoryDescriptor {
@@ -24,6 +36,7 @@ export interface GuestMemoryDescriptor {
   cbits: SharedArrayBuffer;
   dirty: SharedArrayBuffer;
   written: SharedArrayBuffer;
+  locks: SharedArrayBuffer;
   key: Uint8Array;
 }
 
@@ -42,6 +55,12 @@ export class GuestMemory {
   readonly written: PageBitmap;
   /** The VM's memory encryption key (never leaves the "hardware" but for the PSP model). */
   readonly key: Uint8Array;
+  /**
+   * The guest's page-table lock words (updatePage). A lock is held only
+   * inside one guest operation, never at a clean point, so it is always
+   * free when the guest is paused and needs no migration.
+   */
+  private readonly locks: Int32Array;
 
   private constructor(d: GuestMemoryDescriptor) {
     this.npages = d.npages;
@@ -50,6 +69,7 @@ export class GuestMemory {
     this.dirty = new PageBitmap(d.npages, { buffer: d.dirty });
     this.written = new PageBitmap(d.npages, { buffer: d.written });
     this.key = d.key;
+    this.locks = new Int32Array(d.locks);
   }
 
   /**
@@ -68,6 +88,7 @@ export class GuestMemory {
       cbits: new SharedArrayBuffer(words),
       dirty: new SharedArrayBuffer(words),
       written: new SharedArrayBuffer(words),
+      locks: new SharedArrayBuffer(PAGE_LOCKS * 4),
       key: options.key ?? newMemoryKey(),
     });
     if (options.encrypted ?? true) mem.cbits.setRange(0, npages);
@@ -97,6 +118,7 @@ export class GuestMemory {
       cbits: this.cbits.buffer as SharedArrayBuffer,
       dirty: this.dirty.buffer as SharedArrayBuffer,
       written: this.written.buffer as SharedArrayBuffer,
+      locks: this.locks.buffer as SharedArrayBuffer,
       key: this.key,
     };
   }
@@ -113,7 +135,7 @@ export class GuestMemory {
     return this.bytes.subarray(gfn * PAGE_SIZE, (gfn + 1) * PAGE_SIZE);
   }
 
-  /** Whether the guest's page tables map gfn encrypted. */
+  /** Whether the guest's TLB maps gfn encrypted (the c-bit the next access uses). */
   isEncrypted(gfn: number): boolean {
     return this.cbits.test(gfn);
   }
@@ -160,5 +182,54 @@ export class GuestMemory {
     if (encrypted) this.cbits.setRangeAtomic(gfn, npages);
     else this.cbits.clearRangeAtomic(gfn, npages);
     this.written.clearRangeAtomic(gfn, npages);
+  }
+
+  /**
+   * A locked read-modify-write of one guest page under its c-bit (the
+   * guest's page-table lock): no other updatePage of a page sharing the
+   * lock word runs between the read and the write.
+   */
+  updatePage(gfn: number, update: (plain: Uint8Array) => void): void {
+    const lock = gfn % PAGE_LOCKS;
+    while (Atomics.compareExchange(this.locks, lock, 0, 1) !== 0) Atomics.wait(this.locks, lock, 1, 1);
+    try {
+      const page = this.readPage(gfn);
+      update(page);
+      this.writePage(gfn, page);
+    } finally {
+      Atomics.store(this.locks, lock, 0);
+      Atomics.notify(this.locks, lock, 1);
+    }
+  }
+
+  /**
+   * The guest's c-bit table as it stands in guest memory at `root` (the
+   * page-table root from the vCPU state), decrypted as the private pages it
+   * is. Throws a FormatError when the header is not there.
+   */
+  readPageTables(root: number): PageBitmap {
+    const k = kernelPages(this.npages);
+    if (!Number.isInteger(root) || root < 0 || root + k > this.npages)
+      throw new InvalidArgumentError(
+        'root',
+        `page-table root gfn ${root} (+${k} pages) is outside guest memory (${this.npages} pages)`,
+      );
+    const pages = new Uint8Array(k * PAGE_SIZE);
+    for (let i = 0; i < k; i++) this.readPageAs(root + i, true, pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+    checkHeader(pages, this.npages);
+    const table = new PageBitmap(this.npages);
+    tableToWords(pages, this.npages, table.words);
+    return table;
+  }
+
+  /**
+   * Fills the TLB from the guest's table in memory (a destination after
+   * every page arrived, before the guest runs): the guest's c-bits come
+   * from the pages that migrated, nothing else. Returns the table.
+   */
+  loadPageTables(root: number): PageBitmap {
+    const table = this.readPageTables(root);
+    this.cbits.words.set(table.words);
+    return table;
   }
 }

@@ -10,17 +10,19 @@ import { PAGE_SIZE } from '../../common/ranges.js';
 import { type Rng, randomInt, seededRandom } from '../../common/rng.js';
 import { GuestKernel } from '../../guest/guest-kernel.js';
 import type { CbitStore } from '../../host/cbit-store.js';
-import { type InterleavingPoint, type SourceGuest, syntheticVmsa } from '../backend.js';
+import { KERNEL_ROOT_GFN } from '../../guest/kernel-area.js';
+import type { InterleavingPoint, SourceGuest } from '../backend.js';
 import { DirectPort } from '../direct-port.js';
 import type { ConversionTap } from '../hypercall-backend.js';
 import type { GuestMemory } from './guest-memory.js';
+import { encodeVcpuState } from './vcpu-state.js';
 
 export interface ScriptedGuestOptions {
   /** Operations per interleaving point. */
   opsPerTick?: number;
   /** Probability that a converted buffer is rewritten (the rest stay undefined). */
   rewriteProbability?: number;
-  /** Pages (from 0) the script converts and writes in; defaults to all. */
+  /** Pages (from the first after the kernel's area) the script converts and writes in; defaults to all. */
   workingSet?: number;
 }
 
@@ -44,6 +46,7 @@ export class ScriptedGuest implements SourceGuest {
   ) {
     this.port = new DirectPort(store, vm);
     this.kernel = new GuestKernel(memory, this.port);
+    this.kernel.boot();
     this.kernel.enableMigration();
     this.rng = seededRandom(seed);
   }
@@ -56,8 +59,10 @@ export class ScriptedGuest implements SourceGuest {
 
   /** One seeded guest operation. */
   step(): void {
-    const set = this.options.workingSet ?? this.memory.npages;
-    const gfn = randomInt(this.rng, set);
+    // Past the kernel's own area (its c-bit table), which stays private.
+    const base = this.kernel.areaPages;
+    const set = Math.min(this.options.workingSet ?? this.memory.npages, this.memory.npages - base);
+    const gfn = base + randomInt(this.rng, set);
     const r = this.rng();
     this.operations++;
     if (r < 0.5) {
@@ -96,6 +101,16 @@ export class ScriptedGuest implements SourceGuest {
   }
 
   vcpuState(): Uint8Array {
-    return syntheticVmsa(1, [this.operations]);
+    return encodeVcpuState([
+      {
+        vcpu: 0,
+        pageTableRoot: KERNEL_ROOT_GFN,
+        workload: 'churn',
+        seed: 0,
+        steps: this.operations,
+        writes: this.counter,
+        conversions: this.kernel.notifications,
+      },
+    ]);
   }
 }

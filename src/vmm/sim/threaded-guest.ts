@@ -2,10 +2,12 @@
  * The `sim` backend's running guest: vCPUs are worker threads (VcpuPool)
  * running a workload over shared guest memory.
  */
-import { type SourceGuest, syntheticVmsa } from '../backend.js';
+import { KERNEL_ROOT_GFN } from '../../guest/kernel-area.js';
+import type { SourceGuest } from '../backend.js';
 import type { ConversionTap } from '../hypercall-backend.js';
 import type { GuestMemory } from './guest-memory.js';
 import type { VcpuPool } from './vcpu-pool.js';
+import { encodeVcpuState } from './vcpu-state.js';
 
 /** A guest whose vCPUs are worker threads running a workload (the sim backend). */
 export class ThreadedGuest implements SourceGuest {
@@ -45,8 +47,17 @@ export class ThreadedGuest implements SourceGuest {
     this.pool.options.backend.tap = tap;
   }
 
+  /** The vCPUs' registers (vcpu-state.ts); read while paused, they are what the vCPUs resume from. */
   vcpuState(): Uint8Array {
-    const s = this.pool.stats();
-    return syntheticVmsa(this.vcpus, [s.writes, s.conversions, s.steps]);
+    const { workload, seed } = this.pool.options;
+    return encodeVcpuState(
+      Array.from({ length: this.vcpus }, (_, vcpu) => ({
+        vcpu,
+        pageTableRoot: KERNEL_ROOT_GFN,
+        workload,
+        seed,
+        ...this.pool.vcpuStats(vcpu),
+      })),
+    );
   }
 }

@@ -16,6 +16,7 @@ import { ExitDrainer } from './exit-drainer.js';
 import { createExitRings, DEFAULT_RING_CAPACITY, RingConsumer } from './exit-rings.js';
 import type { GuestMemory } from './guest-memory.js';
 import {
+  bump,
   CMD,
   CMD_PAUSE,
   CMD_RUN,
@@ -31,6 +32,7 @@ import {
   STATS_PER_VCPU,
 } from './vcpu-control.js';
 import { EXIT_SLOT_BYTES, serveExits } from './vcpu-exit.js';
+import type { VcpuRegisters } from './vcpu-state.js';
 import type { VcpuWorkerData } from './vcpu-worker.js';
 
 export interface VcpuPoolOptions {
@@ -49,6 +51,11 @@ export interface VcpuPoolOptions {
   counters?: SharedArrayBuffer;
   /** Entries per vCPU exit ring (a power of two; default 4096). */
   ringCapacity?: number;
+  /**
+   * A destination's resumed guest: the vCPUs continue from these migrated
+   * registers (one per vCPU) over migrated memory; READY as migrated.
+   */
+  resume?: { registers: readonly VcpuRegisters[]; migrationReady: boolean };
 }
 
 export interface GuestStats {
@@ -85,6 +92,17 @@ export class VcpuPool {
     const rings = createExitRings(options.vcpus, capacity);
     this.drainer = new ExitDrainer(new RingConsumer(rings), options.backend, options.vm, (e) => this.fail(e));
     const drain = () => this.drainer.drain();
+    const resume = options.resume;
+    if (resume && resume.registers.length !== options.vcpus)
+      throw new RuntimeFailure(
+        'ERR_VCPU',
+        `${resume.registers.length} migrated vCPU states for a guest of ${options.vcpus} vCPUs`,
+      );
+    for (const r of resume?.registers ?? []) {
+      bump(this.control, r.vcpu, STAT_STEPS, r.steps);
+      bump(this.control, r.vcpu, STAT_WRITES, r.writes);
+      bump(this.control, r.vcpu, STAT_CONVERSIONS, r.conversions);
+    }
     for (let vcpu = 0; vcpu < options.vcpus; vcpu++) {
       const slot = new SharedArrayBuffer(EXIT_SLOT_BYTES);
       const workerData: VcpuWorkerData = {
@@ -102,6 +120,9 @@ export class VcpuPool {
         opsPerMs: options.opsPerMs ?? 32,
         maxSteps: options.maxSteps ?? 0,
         counters: options.counters,
+        resumed: resume
+          ? { steps: resume.registers[vcpu].steps, migrationReady: resume.migrationReady }
+          : undefined,
       };
       const worker = startWorker(import.meta.url, './vcpu-worker.js', { workerData });
       serveExits(worker, slot, options.backend, options.vm, drain, (e) => this.fail(e));
@@ -183,6 +204,16 @@ export class VcpuPool {
     return (
       Atomics.load(this.control, CMD) === CMD_PAUSE && Atomics.load(this.control, PARKED) >= this.running
     );
+  }
+
+  /** One vCPU's counters (its registers' share of the statistics). */
+  vcpuStats(vcpu: number): { writes: number; conversions: number; steps: number } {
+    const at = STATS_BASE + vcpu * STATS_PER_VCPU;
+    return {
+      writes: Atomics.load(this.control, at + STAT_WRITES),
+      conversions: Atomics.load(this.control, at + STAT_CONVERSIONS),
+      steps: Atomics.load(this.control, at + STAT_STEPS),
+    };
   }
 
   stats(): GuestStats {

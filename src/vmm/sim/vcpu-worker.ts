@@ -43,6 +43,12 @@ export interface VcpuWorkerData {
   /** Stop after this many steps (0 = run until stopped): makes a run's final state deterministic. */
   maxSteps: number;
   counters?: SharedArrayBuffer;
+  /**
+   * Set on a destination: the guest resumes from migrated memory (its
+   * kernel's table already there) and this vCPU's migrated step count; no
+   * boot, no setup. READY is as the migrated migration-control MSR says.
+   */
+  resumed?: { steps: number; migrationReady: boolean };
 }
 
 const data = workerData as VcpuWorkerData;
@@ -62,7 +68,10 @@ const kernel = new GuestKernel(memory, port, { sizeHints: data.sizeHints });
 const ctx: WorkloadContext = {
   memory,
   kernel,
-  rng: seededRandom((data.seed * 1_000_003 + data.vcpu * 7919) >>> 0),
+  // A resumed vCPU continues a sequence derived from its migrated registers.
+  rng: seededRandom(
+    (data.seed * 1_000_003 + data.vcpu * 7919 + Math.imul(data.resumed?.steps ?? 0, 2654435761)) >>> 0,
+  ),
   vcpu: data.vcpu,
   vcpus: data.vcpus,
   stats: {
@@ -87,22 +96,37 @@ function checkpoint(): boolean {
   }
 }
 
+/** Waits for vCPU 0's boot (or resume); false when told to stop first. */
+function waitForVcpu0(): boolean {
+  while (Atomics.load(control, SETUP_DONE) === 0) {
+    if (Atomics.load(control, CMD) === CMD_STOP) return false;
+    Atomics.wait(control, SETUP_DONE, 0, 5);
+  }
+  return true;
+}
+
 function run(): void {
   if (data.vcpu === 0) {
-    // Boot: the kernel reports every change from here on, so it may say READY.
-    kernel.enableMigration();
-    if (checkpoint()) workload.setup?.(ctx, l);
+    if (data.resumed) {
+      // The kernel wakes up in migrated memory: its table is there, READY migrated.
+      kernel.resumeMigrated(data.resumed.migrationReady);
+    } else {
+      // Boot: the kernel writes its c-bit table into guest memory, then
+      // reports every change from here on, so it may say READY.
+      kernel.boot();
+      kernel.enableMigration();
+      if (checkpoint()) workload.setup?.(ctx, l);
+    }
     Atomics.store(control, SETUP_DONE, 1);
     Atomics.notify(control, SETUP_DONE);
-  } else {
-    while (Atomics.load(control, SETUP_DONE) === 0 && Atomics.load(control, CMD) !== CMD_STOP) {
-      Atomics.wait(control, SETUP_DONE, 0, 5);
-    }
+  } else if (waitForVcpu0()) {
+    kernel.attachTable();
   }
   let budget = data.opsPerMs;
   let steps = 0;
   while (checkpoint() && (data.maxSteps === 0 || steps++ < data.maxSteps)) {
     const ops = workload.step(ctx, l, {});
+    if (data.vcpu === 0) kernel.heartbeat();
     bump(control, data.vcpu, STAT_STEPS);
     budget -= ops;
     if (ops === 0 || (data.opsPerMs > 0 && budget <= 0)) {

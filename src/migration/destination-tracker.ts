@@ -1,0 +1,129 @@
+/**
+ * The destination's own tracker (docs/design.md, "the guest runs on after
+ * resume"): a CbitStore (SQLite) holding the migrated VM. While pages
+ * arrive it records the perspective each arrived with (sealed through the
+ * PSP = private, raw = shared) as changes of the VM's state, committed once
+ * per round; at the end it applies the final c-bit state the source sends
+ * and checks, before the guest may resume:
+ *
+ * - every page the guest wrote after its last conversion (the source's
+ *   `defined` bitmap: such a page was dirtied after the conversion, so it was
+ *   sent after it) arrived last from the perspective the final state gives
+ *   it; a page that did not was sent from a stale c-bit, a protocol error;
+ * - the final state equals the guest's own c-bit table, found in the
+ *   migrated memory (the guest reported every change before pausing).
+ *
+ * After resume its database is the authoritative state of the VM: the
+ * resumed guest's exits go into it, and a migration onward reads it.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { InvalidArgumentError } from '../common/errors.js';
+import { PageBitmap } from '../common/page-bitmap.js';
+import { CbitStore } from '../host/cbit-store.js';
+import type { PageStateMap } from '../host/page-state-map.js';
+
+/** The migrated VM's id in the destination's database. */
+export const DESTINATION_VM = 1;
+
+export interface TrackerCheck {
+  /** Pages written after their last conversion whose last arrival's perspective differs from the final state. */
+  perspectiveMismatchGfns: number[];
+  /** Pages whose final c-bit state differs from the guest's own table. */
+  trackerMismatchGfns: number[];
+}
+
+export class DestinationTracker {
+  /** The perspective each page last arrived with (1 = sealed, private). */
+  private arrived: PageBitmap | undefined;
+  private npages = 0;
+
+  private constructor(
+    readonly store: CbitStore,
+    private readonly ownedDir: string | undefined,
+  ) {}
+
+  /**
+   * Opens the tracker's database: `path` (created if missing; it must not
+   * hold the VM already) or a temporary one removed by close().
+   */
+  static open(path?: string): DestinationTracker {
+    const ownedDir = path === undefined ? mkdtempSync(join(tmpdir(), 'sevtrack-dst-')) : undefined;
+    const store = CbitStore.open(path ?? join(ownedDir as string, 'destination.db'), {
+      synchronous: 'NORMAL',
+    });
+    if (store.hasVm(DESTINATION_VM)) {
+      store.close();
+      throw new InvalidArgumentError(
+        '--db',
+        `${path} already holds vm ${DESTINATION_VM} (a guest migrated here before); choose a new --db file`,
+      );
+    }
+    return new DestinationTracker(store, ownedDir);
+  }
+
+  /** HELLO: registers the VM (npages, every page private until a page says otherwise). */
+  begin(npages: number): void {
+    this.store.registerVm(DESTINATION_VM, npages);
+    this.arrived = new PageBitmap(npages);
+    this.arrived.setRange(0, npages);
+    this.npages = npages;
+  }
+
+  /** A batch of pages arrived from one perspective; consecutive gfns become one change. */
+  recordArrival(gfns: Float64Array, encrypted: boolean): void {
+    const arrived = this.arrived!;
+    let i = 0;
+    while (i < gfns.length) {
+      let j = i + 1;
+      while (j < gfns.length && gfns[j] === gfns[j - 1] + 1) j++;
+      const gfn = gfns[i];
+      if (encrypted) arrived.setRange(gfn, j - i);
+      else arrived.clearRange(gfn, j - i);
+      this.store.applyChange(DESTINATION_VM, { gfn, npages: j - i, encrypted });
+      i = j;
+    }
+  }
+
+  /** A round ended: what arrived in it is durable. */
+  endRound(): void {
+    this.store.commit();
+  }
+
+  /**
+   * Compares what arrived with the final state and the guest's own table
+   * (see the header); changes nothing.
+   */
+  check(final: PageStateMap, defined: PageBitmap, guestTable: PageBitmap): TrackerCheck {
+    const finalBits = new PageBitmap(this.npages);
+    for (const r of final.ranges()) if (r.encrypted) finalBits.setRange(r.gfn, r.npages);
+    const perspectiveMismatchGfns: number[] = [];
+    for (const run of this.arrived!.clone().xor(finalBits).runs())
+      for (let g = run.gfn; g < run.gfn + run.npages; g++) if (defined.test(g)) perspectiveMismatchGfns.push(g);
+    const trackerMismatchGfns: number[] = [];
+    for (const run of finalBits.xor(guestTable).runs())
+      for (let g = run.gfn; g < run.gfn + run.npages; g++) trackerMismatchGfns.push(g);
+    return { perspectiveMismatchGfns, trackerMismatchGfns };
+  }
+
+  /**
+   * Applies the final c-bit state and the migrated migration-control MSR:
+   * from here the database holds exactly the state the source's tracker had.
+   */
+  applyFinal(final: PageStateMap, migrationControl: bigint): void {
+    for (const d of this.store.state(DESTINATION_VM).diff(final)) this.store.applyChange(DESTINATION_VM, d);
+    this.store.commit();
+    this.store.setMigrationControl(DESTINATION_VM, migrationControl);
+  }
+
+  /** The migration failed before resume: the VM is forgotten (its partial state discarded). */
+  discard(): void {
+    if (this.store.hasVm(DESTINATION_VM)) this.store.unregisterVm(DESTINATION_VM);
+  }
+
+  close(): void {
+    this.store.close();
+    if (this.ownedDir) rmSync(this.ownedDir, { recursive: true, force: true });
+  }
+}
