@@ -1,7 +1,7 @@
 /**
  * The destination of a one-process migration, on its own worker thread: it
- * receives frames through a MessagePort and answers with its verdict (the
- * guest it built stays in this thread and is dropped with it).
+ * receives frames through a MessagePort, resumes the guest it verified (it
+ * runs until its heartbeat moved), and answers with its verdict.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { portChannel } from './port-channel.js';
@@ -9,7 +9,6 @@ import {
   type DestinationWorkerData,
   type DestinationWorkerResult,
   runDestination,
-  verdictOf,
 } from './run-destination.js';
 import { MIGRATION_FRAME } from './stream.js';
 
@@ -21,10 +20,11 @@ runDestination(
     handshakeTimeoutMs: data.handshakeTimeoutMs,
     psp: data.psp,
     log: undefined,
+    guestOpsPerMs: data.guestOpsPerMs,
   },
   channel,
 ).then(
-  (r) => parentPort!.postMessage({ ok: true, ...verdictOf(r) } satisfies DestinationWorkerResult),
+  (r) => parentPort!.postMessage({ ok: true, ...r } satisfies DestinationWorkerResult),
   (err: Error) =>
     parentPort!.postMessage({ ok: false, error: err.message } satisfies DestinationWorkerResult),
 );

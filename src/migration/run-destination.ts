@@ -1,29 +1,63 @@
 /**
  * The destination side of a migration over a frame channel: it allocates the
- * guest the source announces, receives, verifies and resumes it. Used by a
- * two-process destination, by the one-process run's destination thread
- * (destination-worker.ts) and over local sockets.
+ * guest the source announces, receives, verifies and resumes it, its own
+ * tracker (a SQLite database, `--db`, else a temporary one) holding the VM;
+ * the resumed guest runs on (destination-resume.ts). Used by a two-process
+ * destination, by the one-process run's destination thread
+ * (destination-worker.ts), over local sockets, and by chains.
  */
 import type { MessagePort } from 'node:worker_threads';
 import { PAGE_SIZE } from '../common/ranges.js';
+import { GuestSysgenid } from '../sysgenid/guest-sysgenid.js';
 import { GuestMemory } from '../vmm/sim/guest-memory.js';
 import type { FrameChannel } from './channel.js';
 import { type DestinationResult, MigrationDestination } from './destination.js';
+import { type ResumeReport, type RunningGuest, resumeGuest } from './destination-resume.js';
+import { DestinationTracker } from './destination-tracker.js';
 import { guestPagesFor } from './guest-size.js';
 import { MigrationLog } from './migration-log.js';
 import type { PspLimits } from './psp.js';
 
-/** The destination side over `channel`. */
-export async function runDestination(
-  p: { peerTimeoutMs: number; handshakeTimeoutMs?: number; psp: PspLimits; log?: string },
+export interface DestinationParams {
+  peerTimeoutMs: number;
+  handshakeTimeoutMs?: number;
+  psp: PspLimits;
+  log?: string;
+  /** The destination tracker's database (default: a temporary one, removed at the end). */
+  db?: string;
+  /** The resumed guest's load (page operations per ms per vCPU; default 32). */
+  guestOpsPerMs?: number;
+  /** Tracked sysgenid watchers in the resumed guest (0 = no sysgenid), how many never acknowledge, and their timeout. */
+  watchers?: number;
+  stuckWatchers?: number;
+  watcherTimeoutMs?: number;
+}
+
+/** What receiving a guest gave: the verdict, and the running guest when it resumed. */
+export interface Received {
+  result: DestinationResult;
+  running?: RunningGuest;
+  report?: ResumeReport;
+}
+
+/**
+ * Receives a guest over `channel` and, when verified, resumes it (its
+ * generation bumped through `sysgenid` when given). The caller stops the
+ * running guest (or migrates it onward).
+ */
+export async function receiveGuest(
+  p: DestinationParams,
   channel: FrameChannel,
-): Promise<DestinationResult> {
+  sysgenid?: GuestSysgenid,
+): Promise<Received> {
   let log: MigrationLog | undefined;
+  const tracker = DestinationTracker.open(p.db);
   const dest = new MigrationDestination({
     channel,
     peerTimeoutMs: p.peerTimeoutMs,
     handshakeTimeoutMs: p.handshakeTimeoutMs,
     psp: p.psp,
+    tracker,
     allocate: (npages, hello) => {
       // A two-process destination holds one guest: refuse what this machine cannot hold.
       guestPagesFor(npages * PAGE_SIZE, { guests: 1 });
@@ -42,39 +76,97 @@ export async function runDestination(
       return log;
     },
   });
+  let result: DestinationResult;
   try {
-    const r = await dest.run();
-    log?.close({ verified: r.verified, resumed: r.resumed, mismatched: r.mismatchedPages });
-    return r;
+    result = await dest.run();
+    log?.close({ verified: result.verified, resumed: result.resumed, mismatched: result.mismatchedPages });
   } catch (err) {
     log?.close({ aborted: (err as Error).message });
+    tracker.close();
     throw err;
   } finally {
     channel.close();
   }
+  if (!result.resumed) {
+    tracker.close();
+    return { result };
+  }
+  const { running, report } = await resumeGuest(result, tracker, {
+    guestOpsPerMs: p.guestOpsPerMs ?? 32,
+    sysgenid,
+    watcherTimeoutMs: p.watcherTimeoutMs ?? 0,
+  });
+  return { result, running, report };
 }
 
-/** The destination's side of a one-process run: its verdict (the guest it built is dropped). */
+/** Starts the guest's sysgenid when watchers are asked for. */
+export function startGuestSysgenid(p: {
+  watchers?: number;
+  stuckWatchers?: number;
+}): Promise<GuestSysgenid | undefined> {
+  if (!p.watchers) return Promise.resolve(undefined);
+  return GuestSysgenid.start({ watchers: p.watchers, stuck: p.stuckWatchers ?? 0 });
+}
+
+/**
+ * The destination side over `channel`: receive, verify, resume; the guest
+ * shows it runs (its heartbeat moves, its watchers acknowledge) and is then
+ * stopped, or handed to `then` (a migration onward) first.
+ */
+export async function runDestination(
+  p: DestinationParams,
+  channel: FrameChannel,
+  then?: (running: RunningGuest) => Promise<void>,
+): Promise<DestinationOutcome> {
+  const sysgenid = await startGuestSysgenid(p);
+  try {
+    const { result, running, report } = await receiveGuest(p, channel, sysgenid);
+    try {
+      if (running && then) await then(running);
+    } finally {
+      await running?.stop();
+    }
+    return { ...verdictOf(result), resume: report };
+  } finally {
+    await sysgenid?.close();
+  }
+}
+
+/** The destination's side of a run: its verdict (the guest it built is dropped) and how it resumed. */
 export type DestinationVerdict = Omit<
   DestinationResult,
-  'hello' | 'memory' | 'cbitState' | 'migrationControl' | 'vcpuState'
+  'hello' | 'memory' | 'cbitState' | 'migrationControl' | 'vcpuState' | 'registers'
 >;
+
+export interface DestinationOutcome extends DestinationVerdict {
+  /** How the guest resumed (undefined when it did not). */
+  resume?: ResumeReport;
+}
 
 export interface DestinationWorkerData {
   port: MessagePort;
   peerTimeoutMs: number;
   handshakeTimeoutMs: number;
   psp: PspLimits;
+  guestOpsPerMs: number;
 }
 
 /** What the worker reports back: the verdict, without the guest. */
-export interface DestinationWorkerResult extends Partial<DestinationVerdict> {
+export interface DestinationWorkerResult extends Partial<DestinationOutcome> {
   ok: boolean;
   error?: string;
 }
 
 /** The verdict part of a destination result (what crosses a thread). */
 export function verdictOf(r: DestinationResult): DestinationVerdict {
-  const { hello: _h, memory: _m, cbitState: _c, migrationControl: _mc, vcpuState: _v, ...verdict } = r;
+  const {
+    hello: _h,
+    memory: _m,
+    cbitState: _c,
+    migrationControl: _mc,
+    vcpuState: _v,
+    registers: _r,
+    ...verdict
+  } = r;
   return verdict;
 }

@@ -19,6 +19,7 @@ import { VcpuPool } from '../vmm/sim/vcpu-pool.js';
 import { type FrameChannel, memoryChannelPair } from './channel.js';
 import type { OnNoConvergence } from './convergence.js';
 import { type DestinationResult, MigrationDestination } from './destination.js';
+import type { DestinationTracker } from './destination-tracker.js';
 import { connectChannel, type Endpoint, listenChannel, type Transport } from './endpoints.js';
 import { guestPagesFor } from './guest-size.js';
 import { MigrationLog } from './migration-log.js';
@@ -66,6 +67,14 @@ export interface MigrateParams {
   service?: ServiceTarget;
   /** The destination as the service's migration record names it (its address). */
   destination?: string;
+  /** Migrations of the one running guest, one after the other (A → B → C …). */
+  hops: number;
+  /** The (last) destination's tracker database; default a temporary one. */
+  db?: string;
+  /** Tracked sysgenid watchers in the guest, how many never acknowledge, and how long the overseer waits. */
+  watchers: number;
+  stuckWatchers: number;
+  watcherTimeoutMs: number;
   onRound?: (p: RoundProgress) => void;
   onPages?: (round: number, sent: number, total: number) => void;
 }
@@ -89,6 +98,10 @@ export const DEFAULT_PARAMS: MigrateParams = {
   warmupMs: 300,
   batchPages: 256,
   readCostNsPerPage: DEFAULT_READ_COST_NS_PER_PAGE,
+  hops: 1,
+  watchers: 0,
+  stuckWatchers: 0,
+  watcherTimeoutMs: 5000,
 };
 
 /** The guest's page count; throws (naming the limit) unless `guests` guests of this size fit in this process. */
@@ -167,8 +180,45 @@ export async function runSource(
   }
 }
 
+/** A guest booted on this side, its host tracker in a temporary database. */
+export interface BootedGuest {
+  guest: ThreadedGuest;
+  store: Tracker;
+  vm: number;
+  stop(): Promise<void>;
+}
+
+/** Boots a simulated guest in this process (setup done, warmed up for p.warmupMs), its tracker a temporary CbitStore. */
+export async function bootGuest(p: MigrateParams, npages: number): Promise<BootedGuest> {
+  const encrypted = p.guestEncrypted ?? true;
+  const host = inProcessHost(npages, encrypted);
+  let pool: VcpuPool | undefined;
+  const stop = async () => {
+    await pool?.stop();
+    await host.close();
+  };
+  try {
+    const memory = GuestMemory.create(npages, { encrypted });
+    pool = VcpuPool.start({
+      memory,
+      backend: host.backend,
+      vm: host.vm,
+      vcpus: p.vcpus,
+      workload: p.workload,
+      seed: p.seed,
+      opsPerMs: p.guestOpsPerMs,
+    });
+    await pool.waitSetup();
+    await new Promise((r) => setTimeout(r, p.warmupMs));
+    return { guest: new ThreadedGuest(memory, pool), store: host.tracker, vm: host.vm, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
 /** Options of a source built around an existing guest. */
-function sourceOptions(
+export function sourceOptions(
   p: MigrateParams,
   guest: SourceGuest,
   store: Tracker,
@@ -206,7 +256,7 @@ export async function migrateGuest(
   guest: SourceGuest,
   store: CbitStore,
   vm: number,
-  options: { allocate?: (npages: number) => GuestMemory } = {},
+  options: { allocate?: (npages: number) => GuestMemory; tracker?: DestinationTracker } = {},
 ): Promise<{ summary: MigrationSummary; destination: DestinationResult }> {
   const [a, b] = memoryChannelPair(MIGRATION_FRAME);
   const dest = new MigrationDestination({
@@ -215,6 +265,7 @@ export async function migrateGuest(
     handshakeTimeoutMs: p.handshakeTimeoutMs,
     psp: p.psp,
     allocate: options.allocate,
+    tracker: options.tracker,
   });
   const destination = dest.run();
   destination.catch(() => {});
@@ -239,6 +290,8 @@ function destinationOnWorker(p: MigrateParams): {
     // The source is this process: it says HELLO after booting its guest, or closes the channel.
     handshakeTimeoutMs: 0,
     psp: p.psp,
+    guestOpsPerMs: p.guestOpsPerMs,
+    db: p.db,
   };
   const worker = startWorker(import.meta.url, './destination-worker.js', {
     workerData,

@@ -4,6 +4,7 @@ import { InvalidArgumentError, SevtrackError } from '../../common/errors.js';
 import { formatBytes, parseIntIn, parseSize } from '../../common/units.js';
 import { parseWorkload, WORKLOADS } from '../../guest/workloads.js';
 import { ON_NO_CONVERGENCE, type OnNoConvergence } from '../../migration/convergence.js';
+import type { ResumeReport } from '../../migration/destination-resume.js';
 import {
   connectChannel,
   describeEndpoint,
@@ -11,7 +12,14 @@ import {
   parseEndpoint,
   type Transport,
 } from '../../migration/endpoints.js';
-import { runDestination } from '../../migration/run-destination.js';
+import {
+  type ChainSummary,
+  chainOf,
+  type HopSummary,
+  migrateChain,
+  runRelay,
+} from '../../migration/run-chain.js';
+import { type DestinationOutcome, runDestination } from '../../migration/run-destination.js';
 import {
   DEFAULT_PARAMS,
   type MigrateParams,
@@ -46,6 +54,12 @@ interface MigrateFlags {
   handshakeTimeout: string;
   readCost: string;
   guestRate: string;
+  hops: string;
+  db?: string;
+  thenConnect?: string;
+  watchers: string;
+  stuckWatchers: string;
+  watcherTimeout: string;
   service?: string;
   vm?: string;
   json?: boolean;
@@ -101,7 +115,47 @@ function toParams(f: MigrateFlags): MigrateParams {
     readCostNsPerPage: parseIntIn(f.readCost, '--read-cost', 0, 1_000_000),
     guestOpsPerMs: parseIntIn(f.guestRate, '--guest-rate', 0, 1_000_000),
     log: f.log,
+    hops: parseIntIn(f.hops, '--hops', 1, 1000),
+    db: f.db,
+    watchers: parseIntIn(f.watchers, '--watchers', 0, 10_000),
+    stuckWatchers: parseIntIn(f.stuckWatchers, '--stuck-watchers', 0, 10_000),
+    watcherTimeoutMs: parseIntIn(f.watcherTimeout, '--watcher-timeout', 0, 3_600_000),
   };
+}
+
+/** Checks the flags that only some roles take; throws naming the flag. */
+function checkRoleFlags(f: MigrateFlags, p: MigrateParams, role: string): void {
+  if (p.stuckWatchers > p.watchers)
+    throw new InvalidArgumentError(
+      '--stuck-watchers',
+      `--stuck-watchers ${p.stuckWatchers} is more than --watchers ${p.watchers}; at most all of them can be stuck`,
+    );
+  if (p.hops > 1 && role !== 'both')
+    throw new InvalidArgumentError(
+      '--hops',
+      '--hops runs every hop in this process (--role both); across processes chain destinations with --then-connect',
+    );
+  if ((p.hops > 1 || p.watchers > 0) && p.log && role === 'both')
+    throw new InvalidArgumentError(
+      '--log',
+      '--log records a migration whose destination runs apart; in one process it cannot be combined with --hops or --watchers (run the destination as its own process with --role)',
+    );
+  if (p.hops > 1 || (p.watchers > 0 && role === 'both')) {
+    if (p.transport !== 'inproc')
+      throw new InvalidArgumentError(
+        '--transport',
+        '--hops and --watchers in one process migrate over an in-process channel; use --role source/destination for unix or tcp',
+      );
+  }
+  if (f.thenConnect && role !== 'destination')
+    throw new InvalidArgumentError('--then-connect', '--then-connect is for --role destination');
+  if (p.service && (p.hops > 1 || p.watchers > 0) && role === 'both')
+    throw new InvalidArgumentError(
+      '--service',
+      '--service tracks one source guest; in one process it cannot be combined with --hops or --watchers',
+    );
+  if (f.db && role === 'source')
+    throw new InvalidArgumentError('--db', '--db names the destination tracker; the source has none to name');
 }
 
 function progressLine(p: RoundProgress): string {
@@ -122,7 +176,7 @@ function verdictLine(s: MigrationSummary): string {
   return 'FAILED verification';
 }
 
-function printSummary(s: MigrationSummary, memoryBytes: number): void {
+function summaryLines(s: MigrationSummary, memoryBytes: number): string[] {
   const lines = [
     `migration ${verdictLine(s)} (${s.protocol}, ${s.verify}): ${formatBytes(memoryBytes)} guest`,
     `  pages compared ${s.comparedPages}, skipped ${s.skippedPages}${s.skippedPages > 0 ? ` (${s.skipReason})` : ''}, mismatched ${s.mismatchedPages}`,
@@ -136,6 +190,30 @@ function printSummary(s: MigrationSummary, memoryBytes: number): void {
     lines.push(
       `  host service ${s.service.socket}: vm ${s.service.vm}${s.service.registered ? ' (registered by this run)' : ''}, migration record ${s.service.migration}, ${s.service.syncs} syncs, final sync seq ${s.service.finalSyncSeq}${s.service.recordError ? `; ${s.service.recordError}` : ''}`,
     );
+  return lines;
+}
+
+function resumeLines(r: ResumeReport | undefined, trackerMatchesGuest: boolean): string[] {
+  if (!r) return [];
+  return [
+    `  destination tracker ${trackerMatchesGuest ? 'equals' : 'DIFFERS from'} the guest's own c-bit table`,
+    `  the guest runs on: heartbeat ${r.heartbeatAtResume} at resume -> ${r.heartbeatAfter}`,
+    `  watchers: ${r.watchersAcked} acked, ${r.watchersTimedOut} timed out; available ${r.timeToAvailableMs.toFixed(1)} ms after the bump`,
+  ];
+}
+
+function printChain(c: ChainSummary, memoryBytes: number): void {
+  const lines: string[] = [];
+  for (const h of c.hops) {
+    if (c.hops.length > 1) lines.push(`hop ${h.hop}:`);
+    lines.push(...summaryLines(h, memoryBytes), ...resumeLines(h.resume, h.trackerMatchesGuest));
+  }
+  if (c.hops.length > 1) {
+    const t = chainTotal(c);
+    lines.push(
+      `chain ${c.verified ? 'verified' : 'FAILED'}: ${t.verifiedHops} of ${t.hops} hops verified, ${t.pagesSent} pages sent, downtime ${t.downtimeMs.toFixed(1)} ms in all, total ${c.totalMs.toFixed(0)} ms, generation ${c.generationBefore} -> ${c.generationAfter}`,
+    );
+  }
   process.stdout.write(`${lines.join('\n')}\n`);
 }
 
@@ -157,8 +235,31 @@ function reportSourceAbort(err: unknown, json: boolean | undefined): unknown {
   return err;
 }
 
-function jsonSummary(s: MigrationSummary): string {
-  return JSON.stringify({
+function chainTotal(c: ChainSummary) {
+  return {
+    hops: c.hops.length,
+    verifiedHops: c.hops.filter((h) => h.verified).length,
+    pagesSent: c.hops.reduce((a, h) => a + h.pagesSent, 0),
+    bytes: c.hops.reduce((a, h) => a + h.bytes, 0),
+    downtimeMs: c.hops.reduce((a, h) => a + h.downtimeMs, 0),
+    totalMs: c.totalMs,
+    generationBefore: c.generationBefore,
+    generationAfter: c.generationAfter,
+  };
+}
+
+function resumeJson(r: ResumeReport | undefined) {
+  return {
+    heartbeatAtResume: r?.heartbeatAtResume ?? null,
+    heartbeatAfter: r?.heartbeatAfter ?? null,
+    watchersAcked: r?.watchersAcked ?? 0,
+    watchersTimedOut: r?.watchersTimedOut ?? 0,
+    timeToAvailableMs: r?.timeToAvailableMs ?? 0,
+  };
+}
+
+function jsonSummary(s: MigrationSummary) {
+  return {
     verified: s.verified,
     resumed: s.resumed,
     comparedPages: s.comparedPages,
@@ -166,6 +267,8 @@ function jsonSummary(s: MigrationSummary): string {
     skipReason: s.skipReason,
     mismatchedPages: s.mismatchedPages,
     mismatchedGfns: s.mismatchedGfns,
+    perspectiveMismatchGfns: s.perspectiveMismatchGfns,
+    trackerMismatchGfns: s.trackerMismatchGfns,
     converged: s.converged,
     estimatedDowntimeMs: s.estimatedDowntimeMs,
     downtimeMs: s.downtimeMs,
@@ -183,6 +286,46 @@ function jsonSummary(s: MigrationSummary): string {
     verify: s.verify,
     message: s.message,
     ...(s.service ? { service: s.service } : {}),
+  };
+}
+
+function hopJson(h: HopSummary) {
+  return {
+    hop: h.hop,
+    ...jsonSummary(h),
+    trackerMatchesGuest: h.trackerMatchesGuest,
+    ...resumeJson(h.resume),
+  };
+}
+
+/** The last hop's fields at the top (as a one-hop run has always printed), the chain's verdict and generations, every hop, the totals. */
+function jsonChain(c: ChainSummary): string {
+  const last = c.hops[c.hops.length - 1];
+  return JSON.stringify({
+    ...hopJson(last),
+    verified: c.verified,
+    generationBefore: c.generationBefore,
+    generationAfter: c.generationAfter,
+    hops: c.hops.map(hopJson),
+    total: chainTotal(c),
+  });
+}
+
+function destinationJson(r: DestinationOutcome, onward?: MigrationSummary): string {
+  return JSON.stringify({
+    verified: r.verified,
+    resumed: r.resumed,
+    comparedPages: r.comparedPages,
+    skippedPages: r.skippedPages,
+    skipReason: r.skipReason,
+    mismatchedPages: r.mismatchedPages,
+    mismatchedGfns: r.mismatchedGfns,
+    perspectiveMismatchGfns: r.perspectiveMismatchGfns,
+    trackerMismatchGfns: r.trackerMismatchGfns,
+    pagesReceived: r.pagesReceived,
+    generationAfter: r.resume?.generation ?? r.generationAfter,
+    ...resumeJson(r.resume),
+    ...(onward ? { onward: jsonSummary(onward) } : {}),
   });
 }
 
@@ -248,6 +391,26 @@ export function registerMigrate(program: Command): void {
       String(d.guestOpsPerMs),
     )
     .option(
+      '--hops <n>',
+      'migrate the one running guest this many times in this process (A -> B -> C ...), each hop verified',
+      '1',
+    )
+    .option(
+      '--db <file>',
+      "destination: its tracker's SQLite database, the migrated VM's authoritative state after resume (default: a temporary one; with --hops, the last hop's)",
+    )
+    .option(
+      '--then-connect <address>',
+      'destination: once the guest resumed, migrate it onward to HOST:PORT (tcp) or PATH (unix)',
+    )
+    .option('--watchers <n>', 'tracked sysgenid watchers inside the guest, following it from hop to hop', '0')
+    .option('--stuck-watchers <n>', 'how many of the watchers never acknowledge a new generation', '0')
+    .option(
+      '--watcher-timeout <ms>',
+      'after the generation bump, keep the VM quiesced until every tracked watcher acknowledged or this passed (0 = wait forever)',
+      String(d.watcherTimeoutMs),
+    )
+    .option(
       '--service <socket>',
       'source: the guest reports its c-bit changes to this running `sevtrack serve`, and the migration syncs from it; the service records the migration (needs --vm)',
     )
@@ -261,6 +424,7 @@ export function registerMigrate(program: Command): void {
         const p = toParams(f);
         const role = oneOf(f.role, ['both', 'source', 'destination'] as const, '--role');
         p.service = serviceTarget(f, role);
+        checkRoleFlags(f, p, role);
         const tty = process.stderr.isTTY && !f.json;
         if (!f.json) {
           // On a TTY: a live bar per round; otherwise one line per round.
@@ -283,50 +447,72 @@ export function registerMigrate(program: Command): void {
           process.stderr.write(`destination listening on ${describeEndpoint(listener.endpoint)}
 `);
           try {
-            const r = await runDestination(p, await listener.accept());
-            const out = {
-              verified: r.verified,
-              resumed: r.resumed,
-              comparedPages: r.comparedPages,
-              skippedPages: r.skippedPages,
-              skipReason: r.skipReason,
-              mismatchedPages: r.mismatchedPages,
-              mismatchedGfns: r.mismatchedGfns,
-              pagesReceived: r.pagesReceived,
-              generationAfter: r.generationAfter,
-            };
-            process.stdout.write(
-              f.json
-                ? `${JSON.stringify(out)}\n`
-                : `destination: ${r.message}; ${r.pagesReceived} pages received; generation ${r.generationAfter}\n`,
-            );
+            const channel = await listener.accept();
+            let r: DestinationOutcome;
+            let onward: MigrationSummary | undefined;
+            if (f.thenConnect) {
+              const to = parseEndpoint(f.thenConnect, p.transport, '--then-connect');
+              ({ destination: r, onward } = await runRelay(p, channel, () =>
+                connectChannel(to, p.peerTimeoutMs),
+              ));
+            } else {
+              r = await runDestination(p, channel);
+            }
+            if (f.json) process.stdout.write(`${destinationJson(r, onward)}\n`);
+            else {
+              const lines = [
+                `destination: ${r.message}; ${r.pagesReceived} pages received; generation ${r.resume?.generation ?? r.generationAfter}`,
+                ...resumeLines(r.resume, r.resumed && r.trackerMismatchGfns.length === 0),
+              ];
+              if (onward) lines.push('onward:', ...summaryLines(onward, p.memoryBytes));
+              process.stdout.write(`${lines.join('\n')}\n`);
+            }
             if (!r.verified) throw new CheckFailedError(r.message);
+            if (onward && !onward.verified) throw new CheckFailedError(`onward: ${onward.message}`);
             return 0;
           } finally {
             listener.close();
           }
         }
-        let summary: MigrationSummary;
         try {
           if (role === 'source') {
             if (!f.connect)
               throw new InvalidArgumentError('--connect', '--role source needs --connect HOST:PORT or PATH');
             const to = parseEndpoint(f.connect, p.transport, '--connect');
-            summary = await runSource({ ...p, destination: `${p.transport} ${describeEndpoint(to)}` }, () =>
-              connectChannel(to, p.peerTimeoutMs),
+            const summary = await runSource(
+              { ...p, destination: `${p.transport} ${describeEndpoint(to)}` },
+              () => connectChannel(to, p.peerTimeoutMs),
             );
-          } else {
-            if (f.listen || f.connect)
-              throw new InvalidArgumentError('--role', '--listen/--connect need --role destination/source');
-            summary = (await migrateLocally(p)).summary;
+            if (f.json) process.stdout.write(`${JSON.stringify(jsonSummary(summary))}\n`);
+            else process.stdout.write(`${summaryLines(summary, p.memoryBytes).join('\n')}\n`);
+            if (!summary.verified) throw new CheckFailedError(summary.message);
+            return 0;
           }
+          if (f.listen || f.connect)
+            throw new InvalidArgumentError('--role', '--listen/--connect need --role destination/source');
+          // A chain, or a guest with sysgenid watchers (they follow the guest),
+          // runs every side in this thread; a plain run puts its destination on
+          // a worker thread, or behind a local socket.
+          let chain: ChainSummary;
+          if (p.hops > 1 || p.watchers > 0) chain = await migrateChain(p);
+          else {
+            const { summary, destination } = await migrateLocally(p);
+            chain = chainOf(summary, destination);
+          }
+          if (f.json) process.stdout.write(`${jsonChain(chain)}\n`);
+          else printChain(chain, p.memoryBytes);
+          const failed = chain.hops.find((h) => !h.verified);
+          if (failed || !chain.verified)
+            throw new CheckFailedError(
+              failed
+                ? `hop ${failed.hop}: ${failed.message}`
+                : `only ${chain.hops.length} of ${p.hops} hops ran`,
+            );
+          return 0;
         } catch (err) {
+          // An aborted source (exit 3) left its guest running: say so.
           throw reportSourceAbort(err, f.json);
         }
-        if (f.json) process.stdout.write(`${jsonSummary(summary)}\n`);
-        else printSummary(summary, p.memoryBytes);
-        if (!summary.verified) throw new CheckFailedError(summary.message);
-        return 0;
       }),
     );
 }

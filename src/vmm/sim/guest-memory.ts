@@ -190,12 +190,23 @@ export class GuestMemory {
    * lock word runs between the read and the write.
    */
   updatePage(gfn: number, update: (plain: Uint8Array) => void): void {
-    const lock = gfn % PAGE_LOCKS;
-    while (Atomics.compareExchange(this.locks, lock, 0, 1) !== 0) Atomics.wait(this.locks, lock, 1, 1);
-    try {
+    this.locked(gfn, () => {
       const page = this.readPage(gfn);
       update(page);
       this.writePage(gfn, page);
+    });
+  }
+
+  /** A guest read of one page that no updatePage tears (an observer's view of a kernel page). */
+  readPageLocked(gfn: number): Uint8Array {
+    return this.locked(gfn, () => this.readPage(gfn));
+  }
+
+  private locked<T>(gfn: number, fn: () => T): T {
+    const lock = gfn % PAGE_LOCKS;
+    while (Atomics.compareExchange(this.locks, lock, 0, 1) !== 0) Atomics.wait(this.locks, lock, 1, 1);
+    try {
+      return fn();
     } finally {
       Atomics.store(this.locks, lock, 0);
       Atomics.notify(this.locks, lock, 1);

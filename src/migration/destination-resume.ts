@@ -1,0 +1,134 @@
+/**
+ * The guest runs on (docs/design.md, "the guest runs on after resume"): a
+ * verified destination starts vCPUs over the migrated memory, continuing
+ * from the migrated vCPU registers, their exits going into the
+ * destination's own tracker, which is from now on the VM's authoritative
+ * state. Then the guest's generation is bumped through its sysgenid and the
+ * overseer keeps the VM quiesced (not declared available) until every
+ * tracked watcher acknowledged or the watcher timeout passed.
+ *
+ * Ordering: the vCPUs run before the bump (the watchers live in the guest
+ * and need it running to acknowledge); the VM counts as available only
+ * once the overseer returns.
+ */
+import { RuntimeFailure } from '../common/errors.js';
+import { KVM_MIGRATION_READY } from '../common/kvm-abi.js';
+import { KERNEL_ROOT_GFN, readHeartbeat } from '../guest/kernel-area.js';
+import type { GuestSysgenid } from '../sysgenid/guest-sysgenid.js';
+import { InProcessBackend } from '../vmm/hypercall-backend.js';
+import { ThreadedGuest } from '../vmm/sim/threaded-guest.js';
+import { VcpuPool } from '../vmm/sim/vcpu-pool.js';
+import type { DestinationResult } from './destination.js';
+import { DESTINATION_VM, type DestinationTracker } from './destination-tracker.js';
+
+/** How long a resumed guest gets to show its heartbeat moving. */
+const HEARTBEAT_WAIT_MS = 10_000;
+
+/** A guest running on this side, its tracker holding its state. */
+export interface RunningGuest {
+  guest: ThreadedGuest;
+  tracker: DestinationTracker;
+  vm: number;
+  /** Stops the vCPUs and closes the tracker (a temporary database is removed). */
+  stop(): Promise<void>;
+}
+
+/** What resuming showed: the guest runs, its generation, its watchers. */
+export interface ResumeReport {
+  generation: number;
+  /** The heartbeat counter in guest memory as it arrived, and once it had moved on. */
+  heartbeatAtResume: number;
+  heartbeatAfter: number;
+  watchersAcked: number;
+  watchersTimedOut: number;
+  /** From the bump until the VM was declared available (0 without watchers). */
+  timeToAvailableMs: number;
+}
+
+export interface ResumeOptions {
+  guestOpsPerMs: number;
+  /** The guest's sysgenid (its service and watchers); without it the generation is the verdict's. */
+  sysgenid?: GuestSysgenid;
+  watcherTimeoutMs: number;
+}
+
+/** The heartbeat counter the guest keeps in its memory, read through the SEV model. */
+export function guestHeartbeat(guest: ThreadedGuest): number {
+  return Number(readHeartbeat(guest.memory.readPageLocked(KERNEL_ROOT_GFN)));
+}
+
+/**
+ * Resumes a verified destination guest (`result` with its memory and
+ * registers; its tracker has applied the final state). Resolves once the
+ * vCPUs run, the heartbeat moved and the VM was declared available.
+ */
+export async function resumeGuest(
+  result: DestinationResult,
+  tracker: DestinationTracker,
+  o: ResumeOptions,
+): Promise<{ running: RunningGuest; report: ResumeReport }> {
+  if (!result.memory || !result.registers)
+    throw new RuntimeFailure('ERR_NOT_RESUMED', 'only a verified destination guest can resume');
+  const registers = result.registers;
+  const pool = VcpuPool.start({
+    memory: result.memory,
+    backend: new InProcessBackend(tracker.store),
+    vm: DESTINATION_VM,
+    vcpus: registers.length,
+    workload: registers[0].workload,
+    seed: registers[0].seed,
+    opsPerMs: o.guestOpsPerMs,
+    resume: { registers, migrationReady: (result.migrationControl & KVM_MIGRATION_READY) !== 0n },
+  });
+  const guest = new ThreadedGuest(result.memory, pool);
+  guest.generation = result.generationAfter;
+  const running: RunningGuest = {
+    guest,
+    tracker,
+    vm: DESTINATION_VM,
+    stop: async () => {
+      await pool.stop();
+      tracker.close();
+    },
+  };
+  try {
+    const heartbeatAtResume = guestHeartbeat(guest);
+    await pool.waitSetup();
+    let watchers = { watchersAcked: 0, watchersTimedOut: 0, timeToAvailableMs: 0 };
+    if (o.sysgenid) {
+      const r = await o.sysgenid.resume({ watcherTimeoutMs: o.watcherTimeoutMs, min: result.generationAfter });
+      guest.generation = r.generation;
+      watchers = r;
+    }
+    const heartbeatAfter = await heartbeatPast(guest, heartbeatAtResume);
+    return {
+      running,
+      report: {
+        generation: guest.generation,
+        heartbeatAtResume,
+        heartbeatAfter,
+        watchersAcked: watchers.watchersAcked,
+        watchersTimedOut: watchers.watchersTimedOut,
+        timeToAvailableMs: watchers.timeToAvailableMs,
+      },
+    };
+  } catch (err) {
+    await running.stop();
+    throw err;
+  }
+}
+
+/** Resolves with the heartbeat once it is past `from` (the guest runs); throws if it stalls. */
+async function heartbeatPast(guest: ThreadedGuest, from: number): Promise<number> {
+  const deadline = performance.now() + HEARTBEAT_WAIT_MS;
+  for (;;) {
+    const now = guestHeartbeat(guest);
+    if (now > from) return now;
+    if (performance.now() > deadline)
+      throw new RuntimeFailure(
+        'ERR_GUEST_STALLED',
+        `the resumed guest's heartbeat stayed at ${from} for ${HEARTBEAT_WAIT_MS} ms: its vCPUs do not run`,
+      );
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
