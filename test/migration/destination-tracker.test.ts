@@ -6,6 +6,7 @@
  */
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import { KVM_MIGRATION_READY } from '../../src/common/kvm-abi.js';
 import { PageBitmap } from '../../src/common/page-bitmap.js';
@@ -72,7 +73,7 @@ describe('DestinationTracker', () => {
     t.begin(8);
     t.applyFinal(new PageStateMap(8), 0n);
     t.close();
-    expect(() => DestinationTracker.open(path)).toThrow(/--db.*already holds vm 1.*choose a new --db file/);
+    expect(() => DestinationTracker.open(path)).toThrow(/already holds vm 1.*choose a new --db file/);
     const store = CbitStore.open(path, { readonly: true });
     expect(store.vmIds()).toEqual([1]);
     store.close();
@@ -97,6 +98,7 @@ async function migrateScripted(protocol: Protocol, seed: number) {
   const memory = GuestMemory.create(512);
   const guest = new ScriptedGuest(memory, store, 1, seed, { opsPerTick: 4, workingSet: 96 });
   for (let i = 0; i < 200; i++) guest.step();
+  const startSeq = store.info(1).lastSeq;
   const tracker = DestinationTracker.open(join(tempDir(), 'dst.db'));
   const { summary, destination } = await migrateGuest(
     { ...DEFAULT_PARAMS, protocol, maxDowntimeMs: 0, onNoConvergence: 'pause', maxRounds: 6, batchPages: 64 },
@@ -105,7 +107,7 @@ async function migrateScripted(protocol: Protocol, seed: number) {
     1,
     { tracker },
   );
-  return { summary, destination, tracker, store, memory };
+  return { summary, destination, tracker, store, memory, startSeq };
 }
 
 describe('the destination tracker in a migration', () => {
@@ -126,22 +128,41 @@ describe('the destination tracker in a migration', () => {
     }
   });
 
-  it('naive: every written page sent from the start-of-migration perspective is named, before resume; nothing is kept', async () => {
-    const { summary, tracker, store, memory } = await migrateScripted('naive', 1);
+  it('naive: the state it sends is the one from the start of the migration, not the guest table; the tracker names exactly those pages and keeps nothing', async () => {
+    const { summary, tracker, store, memory, startSeq } = await migrateScripted('naive', 1);
     expect(summary.resumed).toBe(false);
     expect(summary.verified).toBe(false);
-    // naive sends every page as the state at migration start says (all private here):
-    // the written pages the guest made shared are exactly the protocol errors.
+    // naive sends every page, and the final state, as they were at the migration's first sync.
+    const db = new Database(store.path, { readonly: true });
+    const first = db.prepare('SELECT min(seq) AS seq FROM syncs WHERE vm = 1 AND seq >= ?').get(startSeq) as {
+      seq: number;
+    };
+    db.close();
+    const atStart = store.stateAt(1, first.seq);
     const expected: number[] = [];
     for (let g = 0; g < memory.npages; g++)
-      if (memory.written.test(g) && !memory.cbits.test(g)) expected.push(g);
+      if (atStart.isEncrypted(g) !== memory.cbits.test(g)) expected.push(g);
     expect(expected.length).toBeGreaterThan(0);
-    expect(summary.perspectiveMismatchGfns).toEqual(expected);
-    // naive also sends the start-of-migration state as final: not the guest's own table.
-    expect(summary.trackerMismatchGfns.length).toBeGreaterThan(0);
-    expect(summary.message).toMatch(/protocol error, not resumed/);
+    expect(summary.trackerMismatchGfns).toEqual(expected);
+    expect(summary.message).toMatch(/protocol error, not resumed.*differs from the guest's own table/);
     expect(tracker.store.hasVm(DESTINATION_VM)).toBe(false);
     tracker.close();
     store.close();
+  });
+
+  it('cbit-first: a written page sent from the c-bit read before the harvest is a perspective error, and one the digests find corrupted too', async () => {
+    let found = false;
+    for (let seed = 1; seed <= 16 && !found; seed++) {
+      const { summary, tracker, store } = await migrateScripted('cbit-first', seed);
+      tracker.close();
+      store.close();
+      if (summary.perspectiveMismatchGfns.length === 0) continue;
+      found = true;
+      expect(summary.resumed).toBe(false);
+      // An independent check agrees: each such page differs from the source's view at pause.
+      for (const g of summary.perspectiveMismatchGfns) expect(summary.mismatchedGfns).toContain(g);
+      expect(summary.message).toMatch(/arrived from another perspective than the final c-bit state/);
+    }
+    expect(found).toBe(true);
   });
 });
