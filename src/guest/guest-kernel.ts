@@ -31,6 +31,7 @@ import {
 } from '../common/kvm-abi.js';
 import { PAGE_SIZE } from '../common/ranges.js';
 import type { GuestMemoryView } from './guest-memory-view.js';
+import type { HypercallPort } from './hypercall-port.js';
 import {
   addHeartbeat,
   checkHeader,
@@ -41,7 +42,6 @@ import {
   tableBitAt,
   writeHeader,
 } from './kernel-area.js';
-import type { HypercallPort } from './hypercall-port.js';
 
 const PAGES_2M = 512;
 const PAGES_1G = 512 * 512;

@@ -96,7 +96,10 @@ export async function resumeGuest(
     await pool.waitSetup();
     let watchers = { watchersAcked: 0, watchersTimedOut: 0, timeToAvailableMs: 0 };
     if (o.sysgenid) {
-      const r = await o.sysgenid.resume({ watcherTimeoutMs: o.watcherTimeoutMs, min: result.generationAfter });
+      const r = await o.sysgenid.resume({
+        watcherTimeoutMs: o.watcherTimeoutMs,
+        min: result.generationAfter,
+      });
       guest.generation = r.generation;
       watchers = r;
     }

@@ -100,7 +100,8 @@ export class DestinationTracker {
     for (const r of final.ranges()) if (r.encrypted) finalBits.setRange(r.gfn, r.npages);
     const perspectiveMismatchGfns: number[] = [];
     for (const run of this.arrived!.clone().xor(finalBits).runs())
-      for (let g = run.gfn; g < run.gfn + run.npages; g++) if (defined.test(g)) perspectiveMismatchGfns.push(g);
+      for (let g = run.gfn; g < run.gfn + run.npages; g++)
+        if (defined.test(g)) perspectiveMismatchGfns.push(g);
     const trackerMismatchGfns: number[] = [];
     for (const run of finalBits.xor(guestTable).runs())
       for (let g = run.gfn; g < run.gfn + run.npages; g++) trackerMismatchGfns.push(g);

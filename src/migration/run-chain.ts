@@ -15,13 +15,19 @@
 import type { GuestSysgenid } from '../sysgenid/guest-sysgenid.js';
 import { type FrameChannel, memoryChannelPair } from './channel.js';
 import type { ResumeReport, RunningGuest } from './destination-resume.js';
-import { type BootedGuest, bootGuest, guestPages, type MigrateParams, sourceOptions } from './run-migration.js';
 import {
   type DestinationOutcome,
   receiveGuest,
   runDestination,
   startGuestSysgenid,
 } from './run-destination.js';
+import {
+  type BootedGuest,
+  bootGuest,
+  guestPages,
+  type MigrateParams,
+  sourceOptions,
+} from './run-migration.js';
 import { MigrationSource, type MigrationSummary } from './source.js';
 import { MIGRATION_FRAME } from './stream.js';
 

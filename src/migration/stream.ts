@@ -309,7 +309,12 @@ export function decodeResult(payload: Buffer): VerifyResult {
   const gfnList = (what: string): number[] => {
     const count = r.u64n(`${what} count`);
     if (count > payload.length / 8)
-      throw new FormatError('RESULT', 0, `at most ${Math.floor(payload.length / 8)} ${what} gfns`, `${count}`);
+      throw new FormatError(
+        'RESULT',
+        0,
+        `at most ${Math.floor(payload.length / 8)} ${what} gfns`,
+        `${count}`,
+      );
     return Array.from({ length: count }, () => r.u64n(`${what} gfn`));
   };
   const perspectiveMismatchGfns = gfnList('perspective mismatch');

@@ -6,9 +6,9 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { KVM_MIGRATION_READY } from '../../src/common/kvm-abi.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
-import { describe, expect, it } from 'vitest';
 import { runCli, startCli, waitForStderr } from '../support/cli.js';
 import { tempDir } from '../support/tmp.js';
 

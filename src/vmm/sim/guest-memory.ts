@@ -226,7 +226,8 @@ export class GuestMemory {
         `page-table root gfn ${root} (+${k} pages) is outside guest memory (${this.npages} pages)`,
       );
     const pages = new Uint8Array(k * PAGE_SIZE);
-    for (let i = 0; i < k; i++) this.readPageAs(root + i, true, pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+    for (let i = 0; i < k; i++)
+      this.readPageAs(root + i, true, pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
     checkHeader(pages, this.npages);
     const table = new PageBitmap(this.npages);
     tableToWords(pages, this.npages, table.words);

@@ -9,8 +9,8 @@
 import { PAGE_SIZE } from '../../common/ranges.js';
 import { type Rng, randomInt, seededRandom } from '../../common/rng.js';
 import { GuestKernel } from '../../guest/guest-kernel.js';
-import type { CbitStore } from '../../host/cbit-store.js';
 import { KERNEL_ROOT_GFN } from '../../guest/kernel-area.js';
+import type { CbitStore } from '../../host/cbit-store.js';
 import type { InterleavingPoint, SourceGuest } from '../backend.js';
 import { DirectPort } from '../direct-port.js';
 import type { ConversionTap } from '../hypercall-backend.js';

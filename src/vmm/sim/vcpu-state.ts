@@ -56,7 +56,12 @@ export function encodeVcpuState(regs: readonly VcpuRegisters[]): Uint8Array {
 /** Decodes the pages of `vcpus` vCPUs; throws a FormatError naming the field and offset. */
 export function decodeVcpuState(bytes: Uint8Array, vcpus: number): VcpuRegisters[] {
   if (bytes.byteLength !== vcpus * PAGE_SIZE)
-    throw new FormatError('vCPU state', 0, `${vcpus * PAGE_SIZE} bytes (${vcpus} vCPUs)`, `${bytes.byteLength}`);
+    throw new FormatError(
+      'vCPU state',
+      0,
+      `${vcpus * PAGE_SIZE} bytes (${vcpus} vCPUs)`,
+      `${bytes.byteLength}`,
+    );
   const out: VcpuRegisters[] = [];
   for (let i = 0; i < vcpus; i++) {
     const at = i * PAGE_SIZE;
