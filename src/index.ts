@@ -191,6 +191,8 @@ export { type GuestStats, VcpuPool, type VcpuPoolOptions } from './vmm/sim/vcpu-
 
 // ---- Migration ----------------------------------------------------------
 
+/** The guest kernel's own area in guest memory: its c-bit table and heartbeat (docs/migration-stream.md). */
+export { KERNEL_ROOT_GFN, kernelPages } from './guest/kernel-area.js';
 /** Frame channels: an in-memory pair, or a unix/tcp socket (`listenChannel` / `connectChannel`). */
 export { type FrameChannel, memoryChannelPair } from './migration/channel.js';
 /**
@@ -209,6 +211,23 @@ export {
   type DestinationResult,
   MigrationDestination,
 } from './migration/destination.js';
+/** A verified destination guest runs on: vCPUs from the migrated registers, the generation bumped, watchers waited for. */
+export {
+  guestHeartbeat,
+  type ResumeReport,
+  type RunningGuest,
+  resumeGuest,
+} from './migration/destination-resume.js';
+/**
+ * The destination's own tracker: a SQLite CbitStore recording the
+ * perspective each page arrived with, the final state, and the checks that
+ * make a disagreement a protocol error before resume.
+ */
+export {
+  DESTINATION_VM,
+  DestinationTracker,
+  type TrackerCheck,
+} from './migration/destination-tracker.js';
 export {
   connectChannel,
   type Endpoint,
@@ -235,8 +254,28 @@ export {
 } from './migration/migration-log.js';
 /** The PSP model's limits (`rate` pages/s, 0 = unlimited; `batch` pages per command). */
 export { type PspLimits, UNLIMITED_PSP } from './migration/psp.js';
-/** The destination side over a channel (a two-process destination). */
-export { runDestination } from './migration/run-destination.js';
+/**
+ * Chains: `migrateChain` migrates one running guest `hops` times in this
+ * process; `runRelay` is a destination that migrates the guest it resumed
+ * onward (`--then-connect`).
+ */
+export {
+  type ChainSummary,
+  chainOf,
+  type HopSummary,
+  migrateChain,
+  runRelay,
+} from './migration/run-chain.js';
+/**
+ * The destination side over a channel (a two-process destination): receive,
+ * verify, resume; `receiveGuest` hands back the running guest.
+ */
+export {
+  type DestinationOutcome,
+  type DestinationParams,
+  receiveGuest,
+  runDestination,
+} from './migration/run-destination.js';
 /**
  * The main job as a call: `migrateLocally(params)` builds a simulated guest,
  * runs it, and migrates it to a destination in this process; it resolves
@@ -244,6 +283,8 @@ export { runDestination } from './migration/run-destination.js';
  * migrates a guest you built yourself.
  */
 export {
+  type BootedGuest,
+  bootGuest,
   DEFAULT_PARAMS,
   type MigrateParams,
   migrateGuest,
@@ -294,6 +335,8 @@ export {
   ServiceUnavailableError,
   type ServiceVm,
 } from './vmm/service-vm.js';
+/** The simulated vCPUs' registers, as they travel in the VMSA. */
+export { decodeVcpuState, encodeVcpuState, type VcpuRegisters } from './vmm/sim/vcpu-state.js';
 
 // ---- Exploration --------------------------------------------------------
 
