@@ -21,6 +21,7 @@ runDestination(
     psp: data.psp,
     log: undefined,
     guestOpsPerMs: data.guestOpsPerMs,
+    db: data.db,
   },
   channel,
 ).then(

@@ -143,7 +143,7 @@ export interface DestinationOutcome extends DestinationVerdict {
   resume?: ResumeReport;
 }
 
-export interface DestinationWorkerData {
+export interface DestinationWorkerData extends Pick<DestinationParams, 'db'> {
   port: MessagePort;
   peerTimeoutMs: number;
   handshakeTimeoutMs: number;

@@ -73,33 +73,22 @@ describe('a chain across processes', () => {
     const bSock = join(dir, 'b.sock');
     const cSock = join(dir, 'c.sock');
     const cDb = join(dir, 'c.db');
-    const c = startCli([
-      'migrate',
-      ...SMALL,
-      '--role',
-      'destination',
-      '--transport',
-      'unix',
-      '--listen',
-      cSock,
-      '--db',
-      cDb,
-      '--json',
-    ]);
+    const destination = (listen: string, ...extra: string[]) =>
+      startCli([
+        'migrate',
+        ...SMALL,
+        '--role',
+        'destination',
+        '--transport',
+        'unix',
+        '--listen',
+        listen,
+        '--json',
+        ...extra,
+      ]);
+    const c = destination(cSock, '--db', cDb);
     await waitForStderr(c, /destination listening on/);
-    const b = startCli([
-      'migrate',
-      ...SMALL,
-      '--role',
-      'destination',
-      '--transport',
-      'unix',
-      '--listen',
-      bSock,
-      '--then-connect',
-      cSock,
-      '--json',
-    ]);
+    const b = destination(bSock, '--then-connect', cSock);
     await waitForStderr(b, /destination listening on/);
     const a = await runCli([
       'migrate',
