@@ -108,13 +108,12 @@ describe('sevtrack migrate', () => {
     expect(r.stderr).toMatch(/\d+ of \d+ compared pages differ from the source's view at pause/);
   });
 
-  it('never says verified when nothing was compared (defined, idle guest)', async () => {
+  it('under defined compares only what the guest wrote: an idle guest has only its kernel area (c-bit table, heartbeat)', async () => {
+    // Every booted guest writes its kernel's own area, so a verdict always has
+    // pages to compare; one over nothing is never "verified" (stream.test.ts).
     const r = await runCli(['migrate', '--memory', '16M', '--workload', 'idle', '--verify', 'defined']);
-    expect(r.code).toBe(1);
-    expect(r.stdout).not.toMatch(/migration verified/);
-    expect(r.stdout).toMatch(/NOT verified \(nothing compared\)/);
-    expect(r.stdout).toMatch(/pages compared 0, skipped 4096 \(content undefined/);
-    expect(r.stderr).toMatch(/use --verify strict/);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/pages compared 1, skipped 4095 \(content undefined/);
     const j = await runCli([
       'migrate',
       '--memory',
