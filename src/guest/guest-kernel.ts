@@ -34,6 +34,7 @@ import type { GuestMemoryView } from './guest-memory-view.js';
 import type { HypercallPort } from './hypercall-port.js';
 import {
   addHeartbeat,
+  areaPageGfns,
   checkHeader,
   KERNEL_ROOT_GFN,
   kernelPages,
@@ -132,7 +133,8 @@ export class GuestKernel {
     for (let i = 0; i < k; i++) {
       const page = new Uint8Array(PAGE_SIZE);
       if (i === 0) writeHeader(page, n);
-      for (let g = 0; g < n; g++) {
+      const { first, end } = areaPageGfns(i, n);
+      for (let g = first; g < end; g++) {
         if (this.memory.isEncrypted(g)) setTableBits(page, i, g, 1, true);
       }
       this.memory.writePage(KERNEL_ROOT_GFN + i, page);

@@ -104,6 +104,15 @@ export function wordsToTable(words: Uint32Array, npages: number, pages: Uint8Arr
   pages.set(bytes.subarray(0, Math.ceil(npages / 8)), HEADER_BYTES);
 }
 
+/** The gfns [first, end) whose table bits live in area page `areaPage` of an npages guest. */
+export function areaPageGfns(areaPage: number, npages: number): { first: number; end: number } {
+  const bitsBefore = areaPage * PAGE_SIZE * 8 - HEADER_BYTES * 8;
+  return {
+    first: Math.max(0, bitsBefore),
+    end: Math.min(npages, bitsBefore + PAGE_SIZE * 8),
+  };
+}
+
 /**
  * Sets or clears the table bits of (gfn, npages) that fall inside area page
  * `areaPage` of the plaintext `page`; returns whether any did.
@@ -115,8 +124,9 @@ export function setTableBits(
   npages: number,
   encrypted: boolean,
 ): boolean {
-  const first = Math.max(gfn, areaPage * PAGE_SIZE * 8 - HEADER_BYTES * 8);
-  const end = Math.min(gfn + npages, (areaPage + 1) * PAGE_SIZE * 8 - HEADER_BYTES * 8);
+  const span = areaPageGfns(areaPage, gfn + npages);
+  const first = Math.max(gfn, span.first);
+  const end = span.end;
   for (let g = first; g < end; g++) {
     const at = tableBitAt(g);
     if (encrypted) page[at.byte] |= 1 << at.bit;
