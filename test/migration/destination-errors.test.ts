@@ -210,7 +210,7 @@ describe('after the handshake, the destination aborts and discards its partial g
     expect(events.some((e) => e.kind === 'verification')).toBe(false);
   });
 
-  it('DIGESTS before the guest page tables: a PeerError, no verdict', async () => {
+  it('a VMSA that holds no vCPU registers: a PeerError naming the vCPU state, before any verdict', async () => {
     const { err } = await feed(async (s) => {
       await s.src.send(Msg.CBIT_STATE, new PageStateMap(NPAGES).serialize());
       const ids = new Float64Array([0]);
@@ -228,7 +228,9 @@ describe('after the handshake, the destination aborts and discards its partial g
       );
     });
     expect(err).toBeInstanceOf(PeerError);
-    expect(err.message).toBe('DIGESTS arrived before the guest page tables');
+    expect(err.message).toBe(
+      "the guest's vCPU state or c-bit table did not arrive intact: vCPU state: expected magic VCPU at offset 0, got 0x9e3779b0",
+    );
   });
 
   it('a source silent after the handshake: --peer-timeout aborts, naming the flag', async () => {
