@@ -2,13 +2,20 @@
  * The guest helper's flat binary (native/guest/helper.c), built at install
  * time by native/guest/build.mjs into build/guest/helper.bin.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { KvmUnavailableError } from '../../common/errors.js';
 
-/** Relative to src/vmm/kvm or dist/vmm/kvm: both sit three levels below the root. */
+/**
+ * Relative to src/vmm/kvm or dist/vmm/kvm (three levels below the root), or
+ * to build/bench/src/vmm/kvm, where `npm run bench` compiles the benchmarks.
+ * The first that exists; the first when none does (for the error message).
+ */
 export function guestImagePath(): string {
-  return fileURLToPath(new URL('../../../build/guest/helper.bin', import.meta.url));
+  const candidates = ['../../../build/guest/helper.bin', '../../../../../build/guest/helper.bin'].map((rel) =>
+    fileURLToPath(new URL(rel, import.meta.url)),
+  );
+  return candidates.find((path) => existsSync(path)) ?? candidates[0];
 }
 
 let image: Uint8Array | undefined;
