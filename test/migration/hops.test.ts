@@ -85,6 +85,9 @@ describe('the guest runs on after resume', () => {
   it('a guest whose table is not in its memory is refused before resume, naming the table', async () => {
     const booted = await bootGuest(P, 1024);
     // The host scribbles over the kernel's page: the guest's own table is gone.
+    // The vCPUs are parked first: a running guest rewrites its table page
+    // from what it holds, which would repair the damage before it is sent.
+    await booted.guest.pause();
     booted.guest.memory.hostView(0).fill(0);
     const [a, b] = memoryChannelPair(MIGRATION_FRAME);
     const received = receiveGuest({ peerTimeoutMs: 30_000, psp: P.psp }, b);
