@@ -12,6 +12,7 @@ import { startWorker } from '../common/worker-script.js';
 import type { WorkloadName } from '../guest/workloads.js';
 import type { CbitStore } from '../host/cbit-store.js';
 import type { SourceGuest } from '../vmm/backend.js';
+import type { HypercallBackend } from '../vmm/hypercall-backend.js';
 import { GuestMemory } from '../vmm/sim/guest-memory.js';
 import { DEFAULT_READ_COST_NS_PER_PAGE } from '../vmm/sim/read-cost.js';
 import { ThreadedGuest } from '../vmm/sim/threaded-guest.js';
@@ -145,17 +146,7 @@ export async function runSource(
   try {
     host = p.service ? await serviceHost(p.service, npages, encrypted) : inProcessHost(npages, encrypted);
     const memory = GuestMemory.create(npages, { encrypted });
-    pool = VcpuPool.start({
-      memory,
-      backend: host.backend,
-      vm: host.vm,
-      vcpus: p.vcpus,
-      workload: p.workload,
-      seed: p.seed,
-      opsPerMs: p.guestOpsPerMs,
-    });
-    await pool.waitSetup();
-    await new Promise((r) => setTimeout(r, p.warmupMs));
+    pool = await startVcpus(p, memory, host);
     channel ??= await (connect as () => Promise<FrameChannel>)();
     const guest = new ThreadedGuest(memory, pool);
     await host.begin(p.destination ?? 'a migration destination');
@@ -180,6 +171,35 @@ export async function runSource(
   }
 }
 
+/**
+ * Starts the guest's vCPUs over `memory`, their exits going to `host`, and
+ * resolves once setup is done and the guest ran for p.warmupMs. A failure
+ * before that stops the vCPUs, so the caller has nothing to clean up.
+ */
+async function startVcpus(
+  p: MigrateParams,
+  memory: GuestMemory,
+  host: { backend: HypercallBackend; vm: number },
+): Promise<VcpuPool> {
+  const pool = VcpuPool.start({
+    memory,
+    backend: host.backend,
+    vm: host.vm,
+    vcpus: p.vcpus,
+    workload: p.workload,
+    seed: p.seed,
+    opsPerMs: p.guestOpsPerMs,
+  });
+  try {
+    await pool.waitSetup();
+    await new Promise((r) => setTimeout(r, p.warmupMs));
+    return pool;
+  } catch (err) {
+    await pool.stop().catch(() => {});
+    throw err;
+  }
+}
+
 /** A guest booted on this side, its host tracker in a temporary database. */
 export interface BootedGuest {
   guest: ThreadedGuest;
@@ -199,17 +219,7 @@ export async function bootGuest(p: MigrateParams, npages: number): Promise<Boote
   };
   try {
     const memory = GuestMemory.create(npages, { encrypted });
-    pool = VcpuPool.start({
-      memory,
-      backend: host.backend,
-      vm: host.vm,
-      vcpus: p.vcpus,
-      workload: p.workload,
-      seed: p.seed,
-      opsPerMs: p.guestOpsPerMs,
-    });
-    await pool.waitSetup();
-    await new Promise((r) => setTimeout(r, p.warmupMs));
+    pool = await startVcpus(p, memory, host);
     return { guest: new ThreadedGuest(memory, pool), store: host.tracker, vm: host.vm, stop };
   } catch (err) {
     await stop();

@@ -45,22 +45,7 @@ export async function startServe(
   extra: string[] = [],
   as: SpawnAs = {},
 ): Promise<ServeProcess> {
-  const child = spawn(
-    process.execPath,
-    tsNodeArgs(CLI_MAIN, ['serve', '--db', db, '--socket', socket, ...extra]),
-    {
-      cwd: ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-      ...as,
-    },
-  );
-  let err = '';
-  child.stderr?.on('data', (d) => {
-    err += d;
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on('exit', (code, signal) => resolve({ code, signal })),
-  );
+  const served = spawnServe(['--db', db, '--socket', socket, ...extra], as);
   const deadline = Date.now() + 30_000;
   for (;;) {
     try {
@@ -68,13 +53,13 @@ export async function startServe(
       await probe.close();
       break;
     } catch {
-      if (child.exitCode !== null || Date.now() > deadline) {
-        throw new Error(`sevtrack serve did not come up: ${err}`);
+      if (served.child.exitCode !== null || Date.now() > deadline) {
+        throw new Error(`sevtrack serve did not come up: ${served.stderr()}`);
       }
       await new Promise((r) => setTimeout(r, 50));
     }
   }
-  return { child, stderr: () => err, exited };
+  return served;
 }
 
 /** Runs fn with a client of a fresh `sevtrack serve`, then stops the service (SIGTERM) whatever happens. */
