@@ -144,7 +144,16 @@ export class GenerationRegistry {
     }
     const wait: PendingWait = { done, timer: undefined };
     if (timeoutMs > 0) {
-      wait.timer = setTimeout(() => {
+      // libuv's timers run on a loop clock cached at millisecond grain, so a
+      // timer can fire a fraction of a millisecond before timeoutMs has really
+      // passed; re-arm for the rest so the timeout is never cut short.
+      const deadline = performance.now() + timeoutMs;
+      const expire = (): void => {
+        const left = deadline - performance.now();
+        if (left > 0) {
+          wait.timer = setTimeout(expire, Math.ceil(left));
+          return;
+        }
         w.waits.delete(wait);
         done(
           sysgenidError(
@@ -152,7 +161,8 @@ export class GenerationRegistry {
             `${this.outdatedTracked} tracked watcher(s) still outdated after ${timeoutMs} ms at generation ${this.current}`,
           ),
         );
-      }, timeoutMs);
+      };
+      wait.timer = setTimeout(expire, timeoutMs);
     }
     w.waits.add(wait);
   }
