@@ -20,7 +20,8 @@
         "native/kvm/vcpu.cc",
         "native/kvm/vcpu_state.cc",
         "native/kvm/vm.cc",
-        "native/lock_binding.cc"
+        "native/lock_binding.cc",
+        "native/memory_advice.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

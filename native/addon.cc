@@ -41,6 +41,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   sevtrack::InitPipelineLimit(env, exports);
   sevtrack::InitKvm(env, exports);
   sevtrack::InitLock(env, exports);
+  sevtrack::InitMemoryAdvice(env, exports);
   return exports;
 }
 

@@ -24,5 +24,6 @@ void InitPipeline(Napi::Env env, Napi::Object exports);
 void InitPipelineLimit(Napi::Env env, Napi::Object exports);
 void InitKvm(Napi::Env env, Napi::Object exports);
 void InitLock(Napi::Env env, Napi::Object exports);
+void InitMemoryAdvice(Napi::Env env, Napi::Object exports);
 
 }  // namespace sevtrack

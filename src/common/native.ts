@@ -94,6 +94,11 @@ export interface NativeAddon {
    * and back (its own inverse). firstGpa and bytes.length are multiples of 8.
    */
   kvmKeystreamXor(key: Uint8Array, bytes: Uint8Array, firstGpa: number): void;
+  /**
+   * madvise(MADV_HUGEPAGE) on the 2 MiB-aligned interior of guest memory;
+   * advisedBytes 0 where the kernel's THP mode is "never" (mode says which).
+   */
+  adviseHugePages(memory: Uint8Array): { advisedBytes: number; mode: string };
   /** SEV platform status from /dev/sev (SEV_PLATFORM_STATUS); `present` false where there is no /dev/sev. */
   sevPlatformStatus(): SevPlatformStatus;
   /** SHA-256 of the guest view of pages (firstGfn, npages): decrypted where cbits has the bit set. */

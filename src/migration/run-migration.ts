@@ -145,7 +145,7 @@ export async function runSource(
   let pool: VcpuPool | undefined;
   try {
     host = p.service ? await serviceHost(p.service, npages, encrypted) : inProcessHost(npages, encrypted);
-    const memory = GuestMemory.create(npages, { encrypted });
+    const memory = GuestMemory.create(npages, { encrypted, hugePages: true });
     pool = await startVcpus(p, memory, host);
     channel ??= await (connect as () => Promise<FrameChannel>)();
     const guest = new ThreadedGuest(memory, pool);
@@ -218,7 +218,7 @@ export async function bootGuest(p: MigrateParams, npages: number): Promise<Boote
     await host.close();
   };
   try {
-    const memory = GuestMemory.create(npages, { encrypted });
+    const memory = GuestMemory.create(npages, { encrypted, hugePages: true });
     pool = await startVcpus(p, memory, host);
     return { guest: new ThreadedGuest(memory, pool), store: host.tracker, vm: host.vm, stop };
   } catch (err) {

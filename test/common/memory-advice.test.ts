@@ -1,0 +1,69 @@
+/**
+ * Guest memory is advised for transparent huge pages (native/memory_advice.cc):
+ * the 2 MiB-aligned interior of the buffer gets MADV_HUGEPAGE, which the
+ * kernel records on the mapping (the `hg` flag in /proc/self/smaps).
+ */
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { nativeAddon } from '../../src/common/native.js';
+import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
+
+const MIB = 2 ** 20;
+/** Keeps every buffer of this file alive, so no mapping is freed between two readings of smaps. */
+const keep: unknown[] = [];
+
+/** Bytes of this process's mappings carrying the MADV_HUGEPAGE flag (adjacent ones may be merged). */
+function hugeAdvisedBytes(): number {
+  let total = 0;
+  let size = 0;
+  for (const line of readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+    const m = /^Size:\s+(\d+) kB/.exec(line);
+    if (m) size = Number(m[1]) * 1024;
+    if (line.startsWith('VmFlags:') && line.split(/\s+/).includes('hg')) total += size;
+  }
+  return total;
+}
+
+describe('adviseHugePages', () => {
+  it('advises the whole 2 MiB-aligned interior of a buffer, as the kernel records it', () => {
+    const bytes = new Uint8Array(new SharedArrayBuffer(16 * MIB));
+    keep.push(bytes);
+    const before = hugeAdvisedBytes();
+    const r = nativeAddon().adviseHugePages(bytes);
+    expect(['always', 'madvise', 'never', 'unavailable']).toContain(r.mode);
+    if (r.mode === 'never' || r.mode === 'unavailable') {
+      expect(r.advisedBytes).toBe(0);
+      return;
+    }
+    expect(r.advisedBytes % (2 * MIB)).toBe(0);
+    // At most one partial huge page is lost at each end.
+    expect(r.advisedBytes).toBeGreaterThanOrEqual(12 * MIB);
+    expect(r.advisedBytes).toBeLessThanOrEqual(16 * MIB);
+    expect(hugeAdvisedBytes() - before).toBe(r.advisedBytes);
+    bytes.fill(7); // still ordinary memory
+    expect(bytes[16 * MIB - 1]).toBe(7);
+  });
+
+  it('advises nothing in a buffer smaller than a huge page', () => {
+    const r = nativeAddon().adviseHugePages(new Uint8Array(new SharedArrayBuffer(64 * 1024)));
+    expect(r.advisedBytes).toBe(0);
+  });
+
+  it('refuses what is not a Uint8Array, naming the argument', () => {
+    const addon = nativeAddon() as unknown as { adviseHugePages(x: unknown): unknown };
+    expect(() => addon.adviseHugePages(new Uint32Array(4))).toThrow(/memory must be a Uint8Array/);
+    expect(() => addon.adviseHugePages(undefined)).toThrow(/memory must be a Uint8Array/);
+  });
+
+  it('is applied to a sim guest created with hugePages, and only then', () => {
+    const plain = hugeAdvisedBytes();
+    keep.push(GuestMemory.create(4096)); // 16 MiB
+    expect(hugeAdvisedBytes()).toBe(plain);
+    const before = hugeAdvisedBytes();
+    keep.push(GuestMemory.create(4096, { hugePages: true }));
+    const mode = nativeAddon().adviseHugePages(new Uint8Array(0)).mode;
+    const advised = hugeAdvisedBytes() - before;
+    if (mode === 'always' || mode === 'madvise') expect(advised).toBeGreaterThanOrEqual(12 * MIB);
+    else expect(advised).toBe(0);
+  });
+});
