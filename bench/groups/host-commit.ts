@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { encodeAttributes, KVM_HC_MAP_GPA_RANGE } from '../../src/common/kvm-abi.js';
+import { mapGpaRangeCall } from '../../src/common/kvm-abi.js';
 import { HostServiceClient } from '../../src/host/service-client.js';
 import { startServe } from '../../test/support/serve.js';
 import type { BenchGroup } from '../harness.js';
@@ -56,12 +56,7 @@ export const hostCommitGroup: BenchGroup = {
           await Promise.all(
             conns.map(async (c, k) => {
               for (let i = 0; Date.now() < stopAt; i++) {
-                await c.hypercall(1, {
-                  nr: BigInt(KVM_HC_MAP_GPA_RANGE),
-                  a0: BigInt(k * 65_536 + (i % 65_536)) << 12n,
-                  a1: 1n,
-                  a2: encodeAttributes(i % 2 === 0),
-                });
+                await c.hypercall(1, mapGpaRangeCall(k * 65_536 + (i % 65_536), 1, i % 2 === 0));
                 acked++;
               }
             }),

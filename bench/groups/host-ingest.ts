@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { encodeAttributes, KVM_HC_MAP_GPA_RANGE } from '../../src/common/kvm-abi.js';
+import { mapGpaRangeCall } from '../../src/common/kvm-abi.js';
 import type { StateRange } from '../../src/common/ranges.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
 import type { HypercallArgs } from '../../src/host/service-protocol.js';
@@ -31,12 +31,7 @@ export function realisticChanges(count: number, seed: number, npagesTotal = GUES
 }
 
 function toHypercall(c: StateRange): HypercallArgs {
-  return {
-    nr: BigInt(KVM_HC_MAP_GPA_RANGE),
-    a0: BigInt(c.gfn) << 12n,
-    a1: BigInt(c.npages),
-    a2: encodeAttributes(c.encrypted),
-  };
+  return mapGpaRangeCall(c.gfn, c.npages, c.encrypted);
 }
 
 function seconds(start: bigint): number {

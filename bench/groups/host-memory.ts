@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BinaryWriter } from '../../src/common/binary.js';
-import { encodeAttributes, KVM_HC_MAP_GPA_RANGE } from '../../src/common/kvm-abi.js';
+import { mapGpaRangeCall } from '../../src/common/kvm-abi.js';
 import { HostServiceClient } from '../../src/host/service-client.js';
 import { MessageType } from '../../src/host/service-protocol.js';
 import { RawConnection, startServe } from '../../test/support/serve.js';
@@ -41,12 +41,9 @@ export const hostMemoryGroup: BenchGroup = {
         let sent = 0;
         let at2M = 0;
         for (let seed = 1; sent < 20_000_000; seed++) {
-          const calls = realisticChanges(BATCH, seed, NPAGES).map((x) => ({
-            nr: BigInt(KVM_HC_MAP_GPA_RANGE),
-            a0: BigInt(x.gfn) << 12n,
-            a1: BigInt(x.npages),
-            a2: encodeAttributes(x.encrypted),
-          }));
+          const calls = realisticChanges(BATCH, seed, NPAGES).map((x) =>
+            mapGpaRangeCall(x.gfn, x.npages, x.encrypted),
+          );
           await c.hypercallBatch(1, calls);
           sent += BATCH;
           if (at2M === 0 && sent >= 2_000_000) at2M = peakMiB(pid);

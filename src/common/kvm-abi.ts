@@ -149,6 +149,24 @@ export function encodeAttributes(encrypted: boolean, pageSizeCode = KVM_MAP_GPA_
   return (encrypted ? KVM_MAP_GPA_RANGE_ENCRYPTED : KVM_MAP_GPA_RANGE_DECRYPTED) | BigInt(pageSizeCode);
 }
 
+/** One hypercall's registers as a guest loads them (struct kvm_run.hypercall: nr, args[0..2]). */
+export interface HypercallRegisters {
+  nr: bigint;
+  a0: bigint;
+  a1: bigint;
+  a2: bigint;
+}
+
+/** The MAP_GPA_RANGE call that converts pages [gfn, gfn + npages) to encrypted or shared, 4K size hint. */
+export function mapGpaRangeCall(gfn: number, npages: number, encrypted: boolean): HypercallRegisters {
+  return {
+    nr: BigInt(KVM_HC_MAP_GPA_RANGE),
+    a0: BigInt(gfn) << BigInt(PAGE_SHIFT),
+    a1: BigInt(npages),
+    a2: encodeAttributes(encrypted),
+  };
+}
+
 const TWO32 = 2 ** 32;
 
 /**

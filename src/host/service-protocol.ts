@@ -6,6 +6,7 @@
  */
 import { type BinaryReader, BinaryWriter } from '../common/binary.js';
 import type { FrameSpec } from '../common/frames.js';
+import type { HypercallRegisters } from '../common/kvm-abi.js';
 import type { StateRange } from '../common/ranges.js';
 
 export const HOST_FRAME: FrameSpec = {
@@ -68,12 +69,7 @@ export function statusName(code: number): string {
 }
 
 /** One hypercall as a VMM sees it in struct kvm_run.hypercall. */
-export interface HypercallArgs {
-  nr: bigint;
-  a0: bigint;
-  a1: bigint;
-  a2: bigint;
-}
+export type HypercallArgs = HypercallRegisters;
 
 export interface VmSummary {
   npages: number;

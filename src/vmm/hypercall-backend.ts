@@ -16,13 +16,11 @@
  */
 import { RuntimeFailure } from '../common/errors.js';
 import {
-  encodeAttributes,
   KVM_ENOSYS,
   KVM_FEATURE_HC_MAP_GPA_RANGE,
   KVM_FEATURE_MIGRATION_CONTROL,
-  KVM_HC_MAP_GPA_RANGE,
+  mapGpaRangeCall,
 } from '../common/kvm-abi.js';
-import { PAGE_SIZE } from '../common/ranges.js';
 import type { CbitStore } from '../host/cbit-store.js';
 import { GroupCommit } from '../host/group-commit.js';
 import type { HostServiceClient } from '../host/service-client.js';
@@ -145,12 +143,9 @@ export class SocketBackend implements HypercallBackend {
   async applyValidated(vm: number, changes: readonly ValidatedChange[]): Promise<void> {
     const batches: Promise<{ ret: number; seq?: number }[]>[] = [];
     for (let i = 0; i < changes.length; i += FORWARD_BATCH) {
-      const calls = changes.slice(i, i + FORWARD_BATCH).map((c) => ({
-        nr: BigInt(KVM_HC_MAP_GPA_RANGE),
-        a0: BigInt(c.gfn) * BigInt(PAGE_SIZE),
-        a1: BigInt(c.npages),
-        a2: encodeAttributes(c.encrypted),
-      }));
+      const calls = changes
+        .slice(i, i + FORWARD_BATCH)
+        .map((c) => mapGpaRangeCall(c.gfn, c.npages, c.encrypted));
       batches.push(this.client.hypercallBatch(vm, calls));
     }
     const tracked: TrackedChange[] = [];

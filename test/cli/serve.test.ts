@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { encodeAttributes, KVM_HC_MAP_GPA_RANGE } from '../../src/common/kvm-abi.js';
+import { mapGpaRangeCall } from '../../src/common/kvm-abi.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
 import { HostServiceClient } from '../../src/host/service-client.js';
 import { runCli } from '../support/cli.js';
@@ -16,12 +16,7 @@ describe('sevtrack serve', () => {
     const serve = await startServe(db, socket);
     const c = await HostServiceClient.connect(socket);
     await c.registerVm(1, 4096);
-    const call = (gfn: number) => ({
-      nr: BigInt(KVM_HC_MAP_GPA_RANGE),
-      a0: BigInt(gfn) << 12n,
-      a1: 1n,
-      a2: encodeAttributes(false),
-    });
+    const call = (gfn: number) => mapGpaRangeCall(gfn, 1, false);
     const pending = Array.from({ length: 20 }, (_, i) => c.hypercallBatch(1, [call(i * 2), call(i * 2 + 1)]));
     await pending[0];
     serve.child.kill('SIGTERM');

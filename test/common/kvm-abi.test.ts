@@ -6,6 +6,7 @@ import {
   KVM_ENOSYS,
   KVM_HC_MAP_GPA_RANGE,
   KVM_MAP_GPA_RANGE_ENCRYPTED,
+  mapGpaRangeCall,
 } from '../../src/common/kvm-abi.js';
 
 const GUEST_PAGES = 2 ** 28; // 1 TiB
@@ -141,5 +142,26 @@ describe('decodeHypercallAt (the wire fast path) equals decodeHypercall', () => 
       ok: true,
       change: { gfn: 5, npages: 2, encrypted: true, pageSizeCode: 0 },
     });
+  });
+});
+
+describe('mapGpaRangeCall', () => {
+  it('builds the call a guest makes, which decodes back to the same change', async () => {
+    const fc = (await import('fast-check')).default;
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: GUEST_PAGES - 1 }),
+        fc.integer({ min: 1, max: 4096 }),
+        fc.boolean(),
+        (gfn, n, encrypted) => {
+          const npages = Math.min(n, GUEST_PAGES - gfn);
+          const c = mapGpaRangeCall(gfn, npages, encrypted);
+          expect(c.nr).toBe(BigInt(NR));
+          expect(c.a0).toBe(BigInt(gfn) * 4096n);
+          const r = decodeHypercall(c.nr, c.a0, c.a1, c.a2, GUEST_PAGES);
+          expect(r).toEqual({ ok: true, change: { gfn, npages, encrypted, pageSizeCode: 0 } });
+        },
+      ),
+    );
   });
 });

@@ -10,7 +10,7 @@ import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BinaryWriter } from '../../src/common/binary.js';
 import { encodeFrame } from '../../src/common/frames.js';
-import { encodeAttributes, KVM_HC_MAP_GPA_RANGE } from '../../src/common/kvm-abi.js';
+import { encodeAttributes, KVM_HC_MAP_GPA_RANGE, mapGpaRangeCall } from '../../src/common/kvm-abi.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
 import { HostServiceClient, ServiceFailedError } from '../../src/host/service-client.js';
 import { HOST_FRAME, MessageType, Status } from '../../src/host/service-protocol.js';
@@ -131,12 +131,7 @@ describe('no OK precedes its commit', () => {
     );
     const c = await HostServiceClient.connect(socketPath);
     cleanup.push(() => c.close());
-    const hc = (i: number) => ({
-      nr: BigInt(KVM_HC_MAP_GPA_RANGE),
-      a0: BigInt(i) << 12n,
-      a1: 1n,
-      a2: encodeAttributes(false),
-    });
+    const hc = (i: number) => mapGpaRangeCall(i, 1, false);
     const out = await Promise.all(
       Array.from({ length: 5 }, (_, i) => c.hypercall(1, hc(i)).catch((e: Error) => e)),
     );

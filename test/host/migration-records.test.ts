@@ -1,19 +1,14 @@
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BinaryWriter } from '../../src/common/binary.js';
-import { encodeAttributes, KVM_HC_MAP_GPA_RANGE } from '../../src/common/kvm-abi.js';
+import { mapGpaRangeCall } from '../../src/common/kvm-abi.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
 import { HostServiceClient, ServiceRejectedError } from '../../src/host/service-client.js';
 import { MessageType, Status } from '../../src/host/service-protocol.js';
 import { HostService } from '../../src/host/service-server.js';
 import { tempDir } from '../support/tmp.js';
 
-const call = (gfn: number, encrypted: boolean) => ({
-  nr: BigInt(KVM_HC_MAP_GPA_RANGE),
-  a0: BigInt(gfn) << 12n,
-  a1: 1n,
-  a2: encodeAttributes(encrypted),
-});
+const call = (gfn: number, encrypted: boolean) => mapGpaRangeCall(gfn, 1, encrypted);
 
 const running: { service: HostService; store: CbitStore; clients: HostServiceClient[] }[] = [];
 

@@ -6,10 +6,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { BinaryWriter } from '../../src/common/binary.js';
 import { encodeFrame, FRAME_HEADER_BYTES } from '../../src/common/frames.js';
 import {
-  encodeAttributes,
   KVM_EINVAL,
   KVM_HC_MAP_GPA_RANGE,
   KVM_MIGRATION_READY,
+  mapGpaRangeCall,
 } from '../../src/common/kvm-abi.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
 import { HostServiceClient, ServiceRejectedError } from '../../src/host/service-client.js';
@@ -18,12 +18,7 @@ import { HostService } from '../../src/host/service-server.js';
 import { tempDir } from '../support/tmp.js';
 
 const NR = BigInt(KVM_HC_MAP_GPA_RANGE);
-const call = (gfn: number, npages: number, encrypted: boolean) => ({
-  nr: NR,
-  a0: BigInt(gfn) << 12n,
-  a1: BigInt(npages),
-  a2: encodeAttributes(encrypted),
-});
+const call = mapGpaRangeCall;
 
 const open: { service: HostService; store: CbitStore; clients: HostServiceClient[] }[] = [];
 

@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { encodeAttributes, KVM_HC_MAP_GPA_RANGE } from '../../src/common/kvm-abi.js';
+import { mapGpaRangeCall } from '../../src/common/kvm-abi.js';
 import type { StateRange } from '../../src/common/ranges.js';
 import { PageStateMap } from '../../src/host/page-state-map.js';
 import { HostServiceClient } from '../../src/host/service-client.js';
@@ -53,12 +53,7 @@ describe('sevtrack serve survives kill -9 with exactly the acknowledged state', 
       const p: Promise<void> = client
         .hypercallBatch(
           1,
-          batch.map((c) => ({
-            nr: BigInt(KVM_HC_MAP_GPA_RANGE),
-            a0: BigInt(c.gfn) << 12n,
-            a1: BigInt(c.npages),
-            a2: encodeAttributes(c.encrypted),
-          })),
+          batch.map((c) => mapGpaRangeCall(c.gfn, c.npages, c.encrypted)),
         )
         .then(
           (replies) => {

@@ -8,7 +8,7 @@ import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
 import { BinaryReader, BinaryWriter } from '../../src/common/binary.js';
 import { FRAME_HEADER_BYTES } from '../../src/common/frames.js';
-import { encodeAttributes, KVM_HC_MAP_GPA_RANGE } from '../../src/common/kvm-abi.js';
+import { mapGpaRangeCall } from '../../src/common/kvm-abi.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
 import { PageStateMap } from '../../src/host/page-state-map.js';
 import { HostServiceClient, type HypercallReply, ServiceFailedError } from '../../src/host/service-client.js';
@@ -24,13 +24,7 @@ import {
 import { RawConnection, startServe } from '../support/serve.js';
 import { tempDir } from '../support/tmp.js';
 
-const NR = BigInt(KVM_HC_MAP_GPA_RANGE);
-const call = (gfn: number, npages: number, encrypted: boolean) => ({
-  nr: NR,
-  a0: BigInt(gfn) << 12n,
-  a1: BigInt(npages),
-  a2: encodeAttributes(encrypted),
-});
+const call = mapGpaRangeCall;
 const queryVm = (vm: number) => new BinaryWriter().u32(vm).finish();
 
 function vmRssKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {

@@ -8,20 +8,14 @@
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
-import { encodeAttributes, KVM_HC_MAP_GPA_RANGE } from '../../src/common/kvm-abi.js';
+import { mapGpaRangeCall } from '../../src/common/kvm-abi.js';
 import type { StateRange } from '../../src/common/ranges.js';
 import { HostServiceClient } from '../../src/host/service-client.js';
 import { runCli } from '../support/cli.js';
 import { spawnServe, startServe } from '../support/serve.js';
 import { tempDir } from '../support/tmp.js';
 
-const NR = BigInt(KVM_HC_MAP_GPA_RANGE);
-const call = (gfn: number, npages: number, encrypted: boolean) => ({
-  nr: NR,
-  a0: BigInt(gfn) << 12n,
-  a1: BigInt(npages),
-  a2: encodeAttributes(encrypted),
-});
+const call = mapGpaRangeCall;
 
 /** A database of vm 1 with ten committed segments of ten changes (seq 1..100); stopped by kill -9 or SIGTERM. */
 async function tenSegments(stop: 'SIGKILL' | 'SIGTERM'): Promise<{ db: string; dir: string }> {

@@ -8,7 +8,7 @@
  */
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { encodeAttributes, KVM_HC_MAP_GPA_RANGE } from '../../src/common/kvm-abi.js';
+import { mapGpaRangeCall } from '../../src/common/kvm-abi.js';
 import { randomInt, seededRandom } from '../../src/common/rng.js';
 import { CbitStore } from '../../src/host/cbit-store.js';
 import { checkDatabase } from '../../src/host/integrity.js';
@@ -19,7 +19,6 @@ import { tempDir } from '../support/tmp.js';
 const SECONDS = Math.min(60, Number(process.env.SEVTRACK_SOAK_SECONDS ?? 20));
 const CLIENTS = 4;
 const NPAGES = 1 << 16;
-const NR = BigInt(KVM_HC_MAP_GPA_RANGE);
 
 interface Change {
   gfn: number;
@@ -47,12 +46,7 @@ describe('soak: random kills and restarts under several clients', () => {
       const npages = 1 + randomInt(rng, 8);
       return { gfn: randomInt(rng, NPAGES - npages), npages, encrypted: rng() < 0.5 };
     };
-    const toCall = (c: Change) => ({
-      nr: NR,
-      a0: BigInt(c.gfn) << 12n,
-      a1: BigInt(c.npages),
-      a2: encodeAttributes(c.encrypted),
-    });
+    const toCall = (c: Change) => mapGpaRangeCall(c.gfn, c.npages, c.encrypted);
 
     /** One client's stream until its connection dies. */
     async function stream(client: HostServiceClient): Promise<void> {
