@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "guest/abi.h"
+
 namespace sevtrack {
 
 namespace {
@@ -68,12 +70,34 @@ void PageSha256::Page(const uint8_t* page, uint8_t* out32) {
   Check(EVP_DigestFinal_ex(ctx_.get(), out32, &len), "SHA-256 final");
 }
 
-Sealer::Sealer(const uint8_t* xts_key32, const uint8_t* gcm_key32)
-    : xts_(NewCipher(EVP_aes_128_xts(), xts_key32, 0, "AES-128-XTS init (the two key halves must differ)")),
-      gcm_(NewCipher(EVP_aes_256_gcm(), gcm_key32, 1, "AES-256-GCM init")) {}
+size_t MemoryKeyBytes(MemoryCipher cipher) { return cipher == MemoryCipher::kXts ? 32 : 16; }
+
+MemoryCodec::MemoryCodec(MemoryCipher cipher, const uint8_t* key, int encrypt) : cipher_(cipher) {
+  if (cipher == MemoryCipher::kXts)
+    xts_ = NewCipher(EVP_aes_128_xts(), key, encrypt, "AES-128-XTS init (the two key halves must differ)");
+  else
+    std::memcpy(stream_key_, key, sizeof stream_key_);
+}
+
+void MemoryCodec::Page(uint64_t gpa, const uint8_t* in, uint8_t* out) {
+  if (cipher_ == MemoryCipher::kXts) {
+    Xts(xts_.get(), gpa, in, out);
+    return;
+  }
+  // The keystream is its own inverse: encrypt and decrypt are the same XOR.
+  for (size_t off = 0; off < kPage; off += 8) {
+    uint64_t w;
+    std::memcpy(&w, in + off, 8);
+    w ^= svt_keystream(stream_key_, gpa + off);
+    std::memcpy(out + off, &w, 8);
+  }
+}
+
+Sealer::Sealer(const uint8_t* memory_key, const uint8_t* gcm_key32, MemoryCipher cipher)
+    : memory_(cipher, memory_key, 0), gcm_(NewCipher(EVP_aes_256_gcm(), gcm_key32, 1, "AES-256-GCM init")) {}
 
 void Sealer::Page(uint64_t gpa, uint64_t seq, const uint8_t* guest_page, uint8_t* plain, uint8_t* out) {
-  Xts(xts_.get(), gpa, guest_page, plain);
+  memory_.Page(gpa, guest_page, plain);
   uint8_t nonce[12], aad[16];
   SealNonceAndAad(seq, gpa, nonce, aad);
   int outl = 0;
@@ -84,9 +108,8 @@ void Sealer::Page(uint64_t gpa, uint64_t seq, const uint8_t* guest_page, uint8_t
   Check(EVP_CIPHER_CTX_ctrl(gcm_.get(), EVP_CTRL_GCM_GET_TAG, kTag, out + kPage), "AES-256-GCM tag");
 }
 
-Opener::Opener(const uint8_t* gcm_key32, const uint8_t* xts_key32)
-    : gcm_(NewCipher(EVP_aes_256_gcm(), gcm_key32, 0, "AES-256-GCM init")),
-      xts_(NewCipher(EVP_aes_128_xts(), xts_key32, 1, "AES-128-XTS init (the two key halves must differ)")) {}
+Opener::Opener(const uint8_t* gcm_key32, const uint8_t* memory_key, MemoryCipher cipher)
+    : gcm_(NewCipher(EVP_aes_256_gcm(), gcm_key32, 0, "AES-256-GCM init")), memory_(cipher, memory_key, 1) {}
 
 bool Opener::Page(uint64_t gpa, uint64_t seq, const uint8_t* sealed, uint8_t* plain, uint8_t* guest_page) {
   uint8_t nonce[12], aad[16], tag[kTag];
@@ -98,7 +121,7 @@ bool Opener::Page(uint64_t gpa, uint64_t seq, const uint8_t* sealed, uint8_t* pl
   Check(EVP_DecryptUpdate(gcm_.get(), plain, &outl, sealed, static_cast<int>(kPage)), "AES-256-GCM open");
   Check(EVP_CIPHER_CTX_ctrl(gcm_.get(), EVP_CTRL_GCM_SET_TAG, kTag, tag), "AES-256-GCM open");
   if (EVP_DecryptFinal_ex(gcm_.get(), tag, &outl) != 1) return false;
-  Xts(xts_.get(), gpa, plain, guest_page);
+  memory_.Page(gpa, plain, guest_page);
   return true;
 }
 

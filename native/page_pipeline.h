@@ -51,28 +51,55 @@ class PageSha256 {
   std::unique_ptr<EVP_MD_CTX, MdDeleter> ctx_;
 };
 
-// SEND_UPDATE_DATA for one page: XTS-decrypt the guest page (tweak = gpa) into
-// `plain`, then AES-256-GCM seal it into out (4096 bytes, 16-byte tag) with
-// nonce = seq and AAD = gpa || seq, as gcmSealPages does.
+// The memory-encryption model of a guest's RAM, chosen per guest by its
+// backend: the sim backend's AES-128-XTS (32-byte key, one data unit per
+// page, tweak = GPA; docs/design.md §4) or the kvm backend's keystream
+// (16-byte key, every 64-bit word XOR svt_keystream(key, its GPA);
+// docs/kvm.md). The one place the pipeline differs between backends.
+enum class MemoryCipher { kXts = 0, kKeystream = 1 };
+
+// Key bytes of a memory cipher.
+size_t MemoryKeyBytes(MemoryCipher cipher);
+
+// One guest page through the memory model: decrypt (encrypt = 0: raw bytes
+// to the guest's view) or encrypt (1: view to raw bytes). in and out may alias
+// only for the keystream.
+class MemoryCodec {
+ public:
+  MemoryCodec(MemoryCipher cipher, const uint8_t* key, int encrypt);
+  void Page(uint64_t gpa, const uint8_t* in, uint8_t* out);
+
+ private:
+  MemoryCipher cipher_;
+  CipherCtx xts_;
+  uint64_t stream_key_[2] = {0, 0};
+};
+
+// SEND_UPDATE_DATA for one page: decrypt the guest page under the memory
+// model (XTS: tweak = gpa) into `plain`, then AES-256-GCM seal it into out
+// (4096 bytes, 16-byte tag) with nonce = seq and AAD = gpa || seq, as
+// gcmSealPages does.
 class Sealer {
  public:
-  Sealer(const uint8_t* xts_key32, const uint8_t* gcm_key32);
+  Sealer(const uint8_t* memory_key, const uint8_t* gcm_key32, MemoryCipher cipher = MemoryCipher::kXts);
   void Page(uint64_t gpa, uint64_t seq, const uint8_t* guest_page, uint8_t* plain, uint8_t* out);
 
  private:
-  CipherCtx xts_, gcm_;
+  MemoryCodec memory_;
+  CipherCtx gcm_;
 };
 
 // RECEIVE_UPDATE_DATA for one page: open the sealed page into `plain`; only if
-// its tag verifies, XTS-encrypt it into the guest page. Returns false (guest
-// page untouched) when the tag does not verify.
+// its tag verifies, encrypt it under the memory model into the guest page.
+// Returns false (guest page untouched) when the tag does not verify.
 class Opener {
  public:
-  Opener(const uint8_t* gcm_key32, const uint8_t* xts_key32);
+  Opener(const uint8_t* gcm_key32, const uint8_t* memory_key, MemoryCipher cipher = MemoryCipher::kXts);
   bool Page(uint64_t gpa, uint64_t seq, const uint8_t* sealed, uint8_t* plain, uint8_t* guest_page);
 
  private:
-  CipherCtx gcm_, xts_;
+  CipherCtx gcm_;
+  MemoryCodec memory_;
 };
 
 // The GCM nonce and associated data of a sealed page (docs/design.md §4).

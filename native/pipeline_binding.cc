@@ -24,6 +24,17 @@ Napi::Uint8Array Key(const Napi::CallbackInfo& info, size_t index, const char* n
   return key;
 }
 
+// The optional memory cipher at `index` (undefined: 0), as page-crypto.ts
+// numbers it: 0 AES-128-XTS (the sim backend), 1 the keystream (the kvm backend).
+MemoryCipher CipherArg(const Napi::CallbackInfo& info, size_t index) {
+  if (info.Length() <= index || info[index].IsUndefined()) return MemoryCipher::kXts;
+  if (!info[index].IsNumber()) throw Napi::TypeError::New(info.Env(), "cipher must be 0 (xts) or 1 (keystream)");
+  double c = info[index].As<Napi::Number>().DoubleValue();
+  if (c == 0) return MemoryCipher::kXts;
+  if (c == 1) return MemoryCipher::kKeystream;
+  throw Napi::RangeError::New(info.Env(), "cipher must be 0 (xts) or 1 (keystream), got " + std::to_string(c));
+}
+
 // One plaintext scratch page per thread, reused by every call (faulted in
 // once) and wiped at the end of each call: plaintext never outlives a call.
 uint8_t* Scratch() {
@@ -90,12 +101,14 @@ Napi::Value Guard(Napi::Env env, F f) {
   }
 }
 
-// viewMacs(xtsKey32, macKey16, memory, cbits, firstGfn, npages, out): the view
-// MAC of the guest's view of each page (XTS-decrypted where cbits has its bit)
-// into out at i * 16. The cheap replacement of viewDigests' SHA-256.
+// viewMacs(memoryKey, macKey16, memory, cbits, firstGfn, npages, out
+// [, cipher]): the view MAC of the guest's view of each page (decrypted under
+// the memory cipher where cbits has its bit) into out at i * 16. The cheap
+// replacement of viewDigests' SHA-256.
 Napi::Value ViewMacs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto xts_key = Key(info, 0, "xtsKey", 32);
+  MemoryCipher cipher = CipherArg(info, 7);
+  auto memory_key = Key(info, 0, "memoryKey", MemoryKeyBytes(cipher));
   auto mac_key = Key(info, 1, "macKey", kMac);
   auto memory = GetBytes(info, 2, "memory");
   WordsArg cbits = GetWords(info, 3, "cbits");
@@ -113,13 +126,13 @@ Napi::Value ViewMacs(const Napi::CallbackInfo& info) {
   return Guard(env, [&] {
     ScratchWipe wipe;
     ViewMac mac(mac_key.Data());
-    CipherCtx xts = XtsContext(env, xts_key.Data(), false);
+    MemoryCodec decrypt(cipher, memory_key.Data(), 0);
     uint8_t* plain = Scratch();
     for (uint64_t i = 0; i < npages; ++i) {
       uint64_t gfn = first + i;
       const uint8_t* page = memory.Data() + gfn * kPage;
       if ((cbits.words[gfn / 64] >> (gfn % 64)) & 1) {
-        XtsPage(env, xts.get(), gfn * kPage, page, plain);
+        decrypt.Page(gfn * kPage, page, plain);
         page = plain;
       }
       mac.Page(gfn * kPage, page, out.Data() + i * kMac);
@@ -128,13 +141,15 @@ Napi::Value ViewMacs(const Napi::CallbackInfo& info) {
   });
 }
 
-// sealPagesToFrame(xtsKey32, gcmKey32, memory, gfns, firstSeq, frame, offset
-// [, macKey16, macs, byGfn]): SEND_UPDATE_DATA of guest pages gfns[i], sealed into
-// frame at offset + i * 4112 with sequence firstSeq + i; with macKey, the view
-// MAC of each plaintext into macs at i * 16 in the same pass.
+// sealPagesToFrame(memoryKey, gcmKey32, memory, gfns, firstSeq, frame, offset
+// [, macKey16, macs, byGfn, cipher]): SEND_UPDATE_DATA of guest pages gfns[i],
+// decrypted under the memory cipher and sealed into frame at offset + i * 4112
+// with sequence firstSeq + i; with macKey, the view MAC of each plaintext into
+// macs at i * 16 in the same pass.
 Napi::Value SealPagesToFrame(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto xts_key = Key(info, 0, "xtsKey", 32);
+  MemoryCipher cipher = CipherArg(info, 10);
+  auto memory_key = Key(info, 0, "memoryKey", MemoryKeyBytes(cipher));
   auto gcm_key = Key(info, 1, "gcmKey", 32);
   auto memory = GetBytes(info, 2, "memory");
   auto gfns = GetFloat64s(info, 3, "gfns");
@@ -147,7 +162,7 @@ Napi::Value SealPagesToFrame(const Napi::CallbackInfo& info) {
   MacOut macs = GetMacOut(info, 7, n, mem_pages);
   return Guard(env, [&] {
     ScratchWipe wipe;
-    Sealer sealer(xts_key.Data(), gcm_key.Data());
+    Sealer sealer(memory_key.Data(), gcm_key.Data(), cipher);
     uint8_t* plain = Scratch();
     for (size_t i = 0; i < n; ++i) {
       uint64_t gfn = IndexAt(env, gfns, i, mem_pages, "gfns");
@@ -158,15 +173,17 @@ Napi::Value SealPagesToFrame(const Napi::CallbackInfo& info) {
   });
 }
 
-// openFrameToPages(gcmKey32, xtsKey32, frame, offset, gfns, firstSeq, memory
-// [, macKey16, macs, byGfn]): RECEIVE_UPDATE_DATA straight into guest memory. Returns
+// openFrameToPages(gcmKey32, memoryKey, frame, offset, gfns, firstSeq, memory
+// [, macKey16, macs, byGfn, cipher]): RECEIVE_UPDATE_DATA straight into guest
+// memory, each page encrypted under the memory cipher. Returns
 // the index of the first page whose tag fails (that page and those after it
 // are not written; those before it are), or -1 when all verify. Every gfn is
 // checked before any page is written.
 Napi::Value OpenFrameToPages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  MemoryCipher cipher = CipherArg(info, 10);
   auto gcm_key = Key(info, 0, "gcmKey", 32);
-  auto xts_key = Key(info, 1, "xtsKey", 32);
+  auto memory_key = Key(info, 1, "memoryKey", MemoryKeyBytes(cipher));
   auto frame = GetBytes(info, 2, "frame");
   uint64_t offset = GetIndex(info, 3, "offset");
   auto gfns = GetFloat64s(info, 4, "gfns");
@@ -179,7 +196,7 @@ Napi::Value OpenFrameToPages(const Napi::CallbackInfo& info) {
   std::vector<uint64_t> checked = CheckedGfns(env, gfns, mem_pages);
   return Guard(env, [&] {
     ScratchWipe wipe;
-    Opener opener(gcm_key.Data(), xts_key.Data());
+    Opener opener(gcm_key.Data(), memory_key.Data(), cipher);
     uint8_t* plain = Scratch();
     for (size_t i = 0; i < n; ++i) {
       uint64_t gfn = checked[i];

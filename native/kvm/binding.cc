@@ -94,10 +94,21 @@ class KvmVmWrap : public Napi::ObjectWrap<KvmVmWrap> {
     }
     tsfn_ = Napi::ThreadSafeFunction::New(env, cb.As<Napi::Function>(), "sevtrack-kvm-records", 0, 1);
     tsfn_.Unref(env);
-    vm_->SetNotify([this] { tsfn_.NonBlockingCall(); });
+    // Not the default call: that turns a failed call (Node tearing the
+    // environment down at exit, with a notification still queued) into a C++
+    // exception nobody catches, and the process aborts. A listener's own
+    // exception still reaches JavaScript as an uncaught exception.
+    vm_->SetNotify([this] { tsfn_.NonBlockingCall(CallOnRecords); });
   }
 
   ~KvmVmWrap() override { Shutdown(); }
+
+  static void CallOnRecords(Napi::Env env, Napi::Function fn) {
+    if (env == nullptr || fn.IsEmpty()) return;
+    napi_value result;
+    // The C call: a JS exception stays pending and becomes an uncaught exception.
+    napi_call_function(env, env.Undefined(), fn, 0, nullptr, &result);
+  }
 
  private:
   void Shutdown() {

@@ -146,26 +146,29 @@ export interface NativeAddon {
   /**
    * The view MAC (16 bytes a page: GMAC under macKey, nonce = the GPA) of the
    * guest view of pages (firstGfn, npages) into out at i * 16; the cheap
-   * replacement of viewDigests' SHA-256.
+   * replacement of viewDigests' SHA-256. `memoryKey` is the key of `cipher`
+   * (MEMORY_CIPHER_IDS: 0 AES-128-XTS, 32 bytes, the default; 1 the kvm
+   * keystream, 16 bytes).
    */
   viewMacs(
-    xtsKey: Uint8Array,
+    memoryKey: Uint8Array,
     macKey: Uint8Array,
     memory: Uint8Array,
     cbits: Uint32Array,
     firstGfn: number,
     npages: number,
     out: Uint8Array,
+    cipher?: number,
   ): void;
   /**
    * SEND_UPDATE_DATA straight into a frame: guest page gfns[i] is
-   * XTS-decrypted and sealed (as gcmSealPages, seq = firstSeq + i) into frame
+   * decrypted under the memory cipher (as viewMacs) and sealed (as gcmSealPages, seq = firstSeq + i) into frame
    * at offset + i * 4112; with macKey, the view MAC of each plaintext into
    * macs at i * 16 (at gfn * 16 with macsByGfn: a per-guest table) in the
    * same pass.
    */
   sealPagesToFrame(
-    xtsKey: Uint8Array,
+    memoryKey: Uint8Array,
     gcmKey: Uint8Array,
     memory: Uint8Array,
     gfns: Float64Array,
@@ -175,15 +178,17 @@ export interface NativeAddon {
     macKey?: Uint8Array,
     macs?: Uint8Array,
     macsByGfn?: boolean,
+    cipher?: number,
   ): void;
   /**
-   * RECEIVE_UPDATE_DATA straight into guest memory; returns the index of the
+   * RECEIVE_UPDATE_DATA straight into guest memory (each page encrypted
+   * under the memory cipher, as viewMacs); returns the index of the
    * first page that fails to verify (it and those after it are not written),
    * or -1.
    */
   openFrameToPages(
     gcmKey: Uint8Array,
-    xtsKey: Uint8Array,
+    memoryKey: Uint8Array,
     frame: Uint8Array,
     offset: number,
     gfns: Float64Array,
@@ -192,6 +197,7 @@ export interface NativeAddon {
     macKey?: Uint8Array,
     macs?: Uint8Array,
     macsByGfn?: boolean,
+    cipher?: number,
   ): number;
   /** Raw copy of guest pages gfns[i] into frame at offset + i * 4096, view MACs optional. */
   copyPagesToFrame(

@@ -3,8 +3,12 @@
  * Node's own OpenSSL (a node:crypto cipher object per 4 KiB page costs more
  * than the AES itself; see bench group `crypto`).
  *
- * - Memory encryption: AES-128-XTS, one data unit per page, tweak = the GPA
- *   (docs/design.md §4), so the same plaintext at two addresses differs.
+ * - Memory encryption, per backend (MemoryCodec): the sim backend's
+ *   AES-128-XTS, one data unit per page, tweak = the GPA (docs/design.md §4),
+ *   so the same plaintext at two addresses differs; the kvm backend's
+ *   keystream, every 64-bit word XOR a keyed mixer of its GPA (docs/kvm.md).
+ *   The pipeline functions take either; only their per-page decrypt or
+ *   encrypt step differs.
  * - PSP transport sealing: AES-256-GCM, nonce from the stream sequence number,
  *   GPA and sequence as associated data, so a page replayed at another GPA or
  *   position fails to open.
@@ -15,6 +19,25 @@ import { nativeAddon } from './native.js';
 import { PAGE_SIZE } from './ranges.js';
 
 export const SEALED_PAGE_BYTES = PAGE_SIZE + 16;
+
+/** The memory-encryption models: `xts` (sim backend), `keystream` (kvm backend). */
+export const MEMORY_CIPHERS = ['xts', 'keystream'] as const;
+export type MemoryCipher = (typeof MEMORY_CIPHERS)[number];
+
+/** A guest memory's encryption model and key (32 bytes for xts, 16 for keystream). */
+export interface MemoryCodec {
+  cipher: MemoryCipher;
+  key: Uint8Array;
+}
+
+/** A memory key: a bare key is AES-XTS (the sim backend's model), else the codec names its cipher. */
+export type MemoryKey = Uint8Array | MemoryCodec;
+
+/** The native numbering of the cipher (pipeline_binding.cc CipherArg) and the key bytes. */
+function nativeKey(k: MemoryKey): { key: Uint8Array; cipher: number } {
+  if (k instanceof Uint8Array) return { key: k, cipher: 0 };
+  return { key: k.key, cipher: MEMORY_CIPHERS.indexOf(k.cipher) };
+}
 
 /** A fresh AES-128-XTS key (32 bytes with two different halves). */
 export function newMemoryKey(): Uint8Array {
@@ -168,9 +191,12 @@ function checkFrame(frame: Uint8Array, offset: number, npages: number, unit: num
   }
 }
 
-/** View MACs of the guest view of pages (firstGfn, npages) under c-bit table `cbits`, 16 bytes a page. */
+/**
+ * View MACs of the guest view of pages (firstGfn, npages) under c-bit table
+ * `cbits` (pages with the bit decrypted under `memoryKey`), 16 bytes a page.
+ */
 export function viewMacs(
-  xtsKey: Uint8Array,
+  memoryKey: MemoryKey,
   macKey: Uint8Array,
   memory: Uint8Array,
   cbits: Uint32Array,
@@ -178,18 +204,19 @@ export function viewMacs(
   npages: number,
   out: Uint8Array = new Uint8Array(npages * VIEW_MAC_BYTES),
 ): Uint8Array {
-  nativeAddon().viewMacs(xtsKey, macKey, memory, cbits, firstGfn, npages, out);
+  const m = nativeKey(memoryKey);
+  nativeAddon().viewMacs(m.key, macKey, memory, cbits, firstGfn, npages, out, m.cipher);
   return out;
 }
 
 /**
- * SEND_UPDATE_DATA straight into a frame: guest pages gfns[i] decrypted with
- * xtsKey and sealed with gcmKey (sequence firstSeq + i) into frame at
+ * SEND_UPDATE_DATA straight into a frame: guest pages gfns[i] decrypted under
+ * memoryKey and sealed with gcmKey (sequence firstSeq + i) into frame at
  * offset + i * 4112; no intermediate buffer. With `macs`, the view MAC of
  * each page's plaintext in the same pass.
  */
 export function sealPagesToFrame(
-  xtsKey: Uint8Array,
+  memoryKey: MemoryKey,
   gcmKey: Uint8Array,
   memory: Uint8Array,
   gfns: Float64Array,
@@ -199,8 +226,9 @@ export function sealPagesToFrame(
   macs?: MacOutput,
 ): void {
   checkFrame(frame, offset, gfns.length, SEALED_PAGE_BYTES);
+  const m = nativeKey(memoryKey);
   nativeAddon().sealPagesToFrame(
-    xtsKey,
+    m.key,
     gcmKey,
     memory,
     gfns,
@@ -210,19 +238,20 @@ export function sealPagesToFrame(
     macs?.key,
     macs?.out,
     macs?.byGfn,
+    m.cipher,
   );
 }
 
 /**
  * RECEIVE_UPDATE_DATA straight into guest memory: opens frame pages at
- * offset + i * 4112 and encrypts each with xtsKey into page gfns[i]. Returns
+ * offset + i * 4112 and encrypts each under memoryKey into page gfns[i]. Returns
  * the index of the first page that fails authentication (it and those after
  * it are not written, those before it are: the caller discards the guest),
  * or -1. With `macs`, the view MAC of each plaintext in the same pass.
  */
 export function openFrameToPages(
   gcmKey: Uint8Array,
-  xtsKey: Uint8Array,
+  memoryKey: MemoryKey,
   frame: Uint8Array,
   offset: number,
   gfns: Float64Array,
@@ -231,9 +260,10 @@ export function openFrameToPages(
   macs?: MacOutput,
 ): number {
   checkFrame(frame, offset, gfns.length, SEALED_PAGE_BYTES);
+  const m = nativeKey(memoryKey);
   return nativeAddon().openFrameToPages(
     gcmKey,
-    xtsKey,
+    m.key,
     frame,
     offset,
     gfns,
@@ -242,6 +272,7 @@ export function openFrameToPages(
     macs?.key,
     macs?.out,
     macs?.byGfn,
+    m.cipher,
   );
 }
 
