@@ -10,47 +10,35 @@
  * Ordering: the vCPUs run before the bump (the watchers live in the guest
  * and need it running to acknowledge); the VM counts as available only
  * once the overseer returns.
+ *
+ * A kvm guest resumes in kvm-guests.ts (its VM already holds the migrated
+ * vCPU state); the heartbeat there is its counter page's progress.
  */
 import { RuntimeFailure } from '../common/errors.js';
 import { KVM_MIGRATION_READY } from '../common/kvm-abi.js';
 import { KERNEL_ROOT_GFN, readHeartbeat } from '../guest/kernel-area.js';
-import type { GuestSysgenid } from '../sysgenid/guest-sysgenid.js';
 import { InProcessBackend } from '../vmm/hypercall-backend.js';
+import { KvmMemory } from '../vmm/kvm/migratable-memory.js';
+import { GuestMemory } from '../vmm/sim/guest-memory.js';
 import { ThreadedGuest } from '../vmm/sim/threaded-guest.js';
 import { VcpuPool } from '../vmm/sim/vcpu-pool.js';
+import { decodeVcpuState } from '../vmm/sim/vcpu-state.js';
 import type { DestinationResult } from './destination.js';
 import { DESTINATION_VM, type DestinationTracker } from './destination-tracker.js';
+import { resumeKvmGuest } from './kvm-guests.js';
+import {
+  HEARTBEAT_WAIT_MS,
+  type ResumeOptions,
+  type ResumeReport,
+  type RunningGuest,
+} from './running-guest.js';
 
-/** How long a resumed guest gets to show its heartbeat moving. */
-const HEARTBEAT_WAIT_MS = 10_000;
-
-/** A guest running on this side, its tracker holding its state. */
-export interface RunningGuest {
-  guest: ThreadedGuest;
-  tracker: DestinationTracker;
-  vm: number;
-  /** Stops the vCPUs and closes the tracker (a temporary database is removed). */
-  stop(): Promise<void>;
-}
-
-/** What resuming showed: the guest runs, its generation, its watchers. */
-export interface ResumeReport {
-  generation: number;
-  /** The heartbeat counter in guest memory as it arrived, and once it had moved on. */
-  heartbeatAtResume: number;
-  heartbeatAfter: number;
-  watchersAcked: number;
-  watchersTimedOut: number;
-  /** From the bump until the VM was declared available (0 without watchers). */
-  timeToAvailableMs: number;
-}
-
-export interface ResumeOptions {
-  guestOpsPerMs: number;
-  /** The guest's sysgenid (its service and watchers); without it the generation is the verdict's. */
-  sysgenid?: GuestSysgenid;
-  watcherTimeoutMs: number;
-}
+export {
+  HEARTBEAT_WAIT_MS,
+  type ResumeOptions,
+  type ResumeReport,
+  type RunningGuest,
+} from './running-guest.js';
 
 /** The heartbeat counter the guest keeps in its memory, read through the SEV model. */
 export function guestHeartbeat(guest: ThreadedGuest): number {
@@ -67,9 +55,12 @@ export async function resumeGuest(
   tracker: DestinationTracker,
   o: ResumeOptions,
 ): Promise<{ running: RunningGuest; report: ResumeReport }> {
-  if (!result.memory || !result.registers)
+  if (!result.memory || !result.vcpuState)
     throw new RuntimeFailure('ERR_NOT_RESUMED', 'only a verified destination guest can resume');
-  const registers = result.registers;
+  if (result.memory instanceof KvmMemory) return resumeKvmGuest(result.memory, result, tracker, o);
+  if (!(result.memory instanceof GuestMemory))
+    throw new RuntimeFailure('ERR_NOT_RESUMED', `no way to resume a ${result.memory.backend} guest`);
+  const registers = decodeVcpuState(result.vcpuState, result.hello.vcpus);
   const pool = VcpuPool.start({
     memory: result.memory,
     backend: new InProcessBackend(tracker.store),

@@ -1,8 +1,11 @@
 /**
  * MigrationDestination: receives pages (opening sealed ones through the PSP
- * model with its own VM key), the host c-bit state, migration control and
- * vCPU state; refills the guest's TLB from the c-bit table found in the
- * migrated memory at the page-table root the vCPU state names; then checks
+ * model with its own VM key, under its backend's memory model), the host
+ * c-bit state, migration control and vCPU state; hands the vCPU state to the
+ * guest's memory (MigratableMemory.restoreVcpuState: sim refills its TLB from
+ * the c-bit table at the page-table root the state names; kvm loads the
+ * saved vCPU state into its paused VM and reads the table at its fixed
+ * place); then checks
  * its own tracker (destination-tracker.ts: the perspective each page
  * arrived with against the final state, the final state against the guest's
  * table), verifies that every page's guest view equals the source's at
@@ -14,8 +17,8 @@ import { PeerError, RuntimeFailure } from '../common/errors.js';
 import { PageBitmap } from '../common/page-bitmap.js';
 import { copyFrameToPages, VIEW_MAC_BYTES } from '../common/page-crypto.js';
 import { PageStateMap } from '../host/page-state-map.js';
+import type { MigratableMemory } from '../vmm/backend.js';
 import { GuestMemory } from '../vmm/sim/guest-memory.js';
-import { decodeVcpuState, type VcpuRegisters } from '../vmm/sim/vcpu-state.js';
 import type { FrameChannel } from './channel.js';
 import type { DestinationTracker, TrackerCheck } from './destination-tracker.js';
 import type { MigrationLog } from './migration-log.js';
@@ -39,43 +42,46 @@ import {
 } from './stream.js';
 import { ViewMacTable } from './view-macs.js';
 
-export interface DestinationOptions {
+/** `M`: the memory `allocate` returns (without `allocate`, a sim GuestMemory). */
+export interface DestinationOptions<M extends MigratableMemory = GuestMemory> {
   channel: FrameChannel;
   peerTimeoutMs: number;
   /** How long to wait for the source's HELLO (default: peerTimeoutMs; 0 = no limit). */
   handshakeTimeoutMs?: number;
   psp?: PspLimits;
   log?: MigrationLog;
-  /** Allocates the destination guest (tests inject failures here). */
-  allocate?: (npages: number, hello: Hello) => GuestMemory;
+  /**
+   * Allocates the destination guest (default: a sim guest; tests inject
+   * failures here). A guest of another backend than the HELLO names is
+   * refused (closed, HELLO_ACK with the reason).
+   */
+  allocate?: (npages: number, hello: Hello) => M;
   /** The lowest generation the resumed guest may have (sysgenid min). */
   minGeneration?: number;
   /** The destination's own tracker (a SQLite CbitStore); its VM is discarded if the guest does not resume. */
   tracker?: DestinationTracker;
 }
 
-export interface DestinationResult extends VerifyResult {
+export interface DestinationResult<M extends MigratableMemory = MigratableMemory> extends VerifyResult {
   hello: Hello;
-  /** The resumed guest (undefined when a compared page differed: it was discarded). */
-  memory?: GuestMemory;
+  /** The guest to resume (undefined when a compared page differed: it was discarded, closed). */
+  memory?: M;
   cbitState?: PageStateMap;
   migrationControl: bigint;
   pagesReceived: number;
+  /** The migrated vCPU state (resumed guests only), already taken by `memory` (restoreVcpuState). */
   vcpuState?: Uint8Array;
-  /** The migrated vCPU registers (resumed guests only). */
-  registers?: VcpuRegisters[];
 }
 
 /** What the destination has received so far (the partial guest until it is verified). */
-interface Incoming {
+interface Incoming<M extends MigratableMemory> {
   hello: Hello;
-  memory: GuestMemory;
+  memory: M;
   psp: PspSession;
   cbitState?: PageStateMap;
   migrationControl: bigint;
   vcpuState?: Uint8Array;
-  registers?: VcpuRegisters[];
-  /** The guest's own c-bit table, read from the migrated memory once the vCPU state named its root. */
+  /** The guest's own c-bit table, read from the migrated memory once the vCPU state is in. */
   guestTable?: PageBitmap;
   pagesReceived: number;
   /** The view MACs of the pages as they were opened or copied in (view-macs.ts). */
@@ -84,15 +90,15 @@ interface Incoming {
   ownDigests?: Uint8Array;
 }
 
-export class MigrationDestination {
-  constructor(private readonly o: DestinationOptions) {}
+export class MigrationDestination<M extends MigratableMemory = GuestMemory> {
+  constructor(private readonly o: DestinationOptions<M>) {}
 
   /**
    * Runs the destination: handshake, receive every round and the state,
    * verify, resume. Resolves with the verdict (the guest only when verified);
    * throws when the migration aborted, the partial guest discarded.
    */
-  async run(): Promise<DestinationResult> {
+  async run(): Promise<DestinationResult<M>> {
     const inc = await this.handshake();
     try {
       const source = await this.receive(inc);
@@ -102,6 +108,7 @@ export class MigrationDestination {
       // this frame; so is the tracker's record of it. Tell the source why if
       // it is still there.
       this.o.tracker?.discard();
+      inc.memory.close();
       this.o.log?.abort(this.o.log.lastRound, (err as Error).message);
       await this.o.channel.send(Msg.ABORT, encodeText((err as Error).message)).catch(() => {});
       // Closing ends the source's wait for frames it lent us (their buffers never come back).
@@ -114,7 +121,7 @@ export class MigrationDestination {
   }
 
   /** HELLO: allocates the guest and answers HELLO_ACK with this side's PSP key (RECEIVE_START). */
-  private async handshake(): Promise<Incoming> {
+  private async handshake(): Promise<Incoming<M>> {
     const ch = this.o.channel;
     const handshakeMs = this.o.handshakeTimeoutMs ?? this.o.peerTimeoutMs;
     const first = await ch.next(
@@ -131,18 +138,29 @@ export class MigrationDestination {
       await ch.send(Msg.ABORT, encodeText((err as Error).message)).catch(() => {});
       throw err;
     }
-    let memory: GuestMemory;
+    let memory: M;
     try {
-      memory = (this.o.allocate ?? ((n) => GuestMemory.create(n)))(hello.npages, hello);
+      // Without allocate, M is GuestMemory (the default type argument).
+      memory = (this.o.allocate ?? ((n) => GuestMemory.create(n) as MigratableMemory as M))(
+        hello.npages,
+        hello,
+      );
     } catch (err) {
       const message = `destination cannot allocate the guest (${hello.npages} pages): ${(err as Error).message}`;
       await ch.send(Msg.HELLO_ACK, encodeHelloAck(undefined, message)).catch(() => {});
       throw new RuntimeFailure('ERR_ALLOCATION', message, { cause: err }); // local, not the peer's fault
     }
+    const backend = hello.backend ?? 'sim';
+    if (memory.backend !== backend) {
+      memory.close();
+      const message = `the source migrates a ${backend} guest; this destination receives ${memory.backend} guests (run both sides with the same --backend)`;
+      await ch.send(Msg.HELLO_ACK, encodeHelloAck(undefined, message)).catch(() => {});
+      throw new PeerError(message);
+    }
     // The destination guest's page tables arrive with its memory: start clear.
-    memory.cbits.clearRange(0, memory.npages);
+    memory.clearCbits();
     this.o.tracker?.begin(hello.npages);
-    const psp = new PspSession(memory.key, this.o.psp ?? UNLIMITED_PSP);
+    const psp = new PspSession(memory.codec, this.o.psp ?? UNLIMITED_PSP);
     psp.receiveStart(hello.publicKey);
     await ch.send(Msg.HELLO_ACK, encodeHelloAck(psp.publicKey));
     this.o.log?.start({ generation: hello.generation, migrationControl: 0 });
@@ -151,7 +169,7 @@ export class MigrationDestination {
   }
 
   /** Applies every message up to the source's DIGESTS, which it returns. */
-  private async receive(inc: Incoming): Promise<Digests> {
+  private async receive(inc: Incoming<M>): Promise<Digests> {
     for (;;) {
       const f = await this.o.channel.next(this.o.peerTimeoutMs);
       if (f.type === Msg.DIGESTS) return decodeDigests(f.payload, inc.memory.npages);
@@ -160,7 +178,7 @@ export class MigrationDestination {
   }
 
   /** One message of the pre-copy rounds or the final state. */
-  private async apply(inc: Incoming, type: number, payload: Buffer): Promise<void> {
+  private async apply(inc: Incoming<M>, type: number, payload: Buffer): Promise<void> {
     const memory = inc.memory;
     switch (type) {
       case Msg.PAGES_SEALED:
@@ -210,6 +228,9 @@ export class MigrationDestination {
         return;
       case Msg.VMSA: {
         const b = decodePages(payload, true);
+        // Pages 0.. in order, the same number per vCPU (restoreVcpuState checks the count).
+        const at = b.gfns.findIndex((id, i) => id !== i);
+        if (at >= 0) throw new PeerError(`VMSA: page ${at} has id ${b.gfns[at]}, expected ${at}`);
         inc.vcpuState = inc.psp.receiveUpdateVmsa(b.gfns, b.firstSeq, b.data);
         this.loadPageTables(inc);
         return;
@@ -222,35 +243,34 @@ export class MigrationDestination {
   }
 
   /**
-   * The vCPU state is in, after every page: its page-table root names where
-   * the guest's c-bit table is in the migrated memory; the TLB is filled
-   * from it (nothing else tells the destination the guest's c-bits). Then
-   * brings the view MACs taken as pages arrived to the view under that
-   * table (rehashing only pages that arrived from the other perspective).
+   * The vCPU state is in, after every page: the guest's memory takes it and
+   * reads the guest's own c-bit table from the migrated memory (nothing else
+   * tells the destination the guest's c-bits). Then brings the view MACs
+   * taken as pages arrived to the view under that table (rehashing only
+   * pages that arrived from the other perspective).
    */
-  private loadPageTables(inc: Incoming): void {
+  private loadPageTables(inc: Incoming<M>): void {
     const memory = inc.memory;
     try {
-      inc.registers = decodeVcpuState(inc.vcpuState!, inc.hello.vcpus);
-      inc.guestTable = memory.loadPageTables(inc.registers[0].pageTableRoot);
+      inc.guestTable = memory.restoreVcpuState(inc.vcpuState!, inc.hello.vcpus);
     } catch (err) {
       throw new PeerError(
         `the guest's vCPU state or c-bit table did not arrive intact: ${(err as Error).message}`,
         { cause: err },
       );
     }
-    inc.ownDigests = inc.macs.finish(memory.cbits).macs;
+    inc.ownDigests = inc.macs.finish(inc.guestTable).macs;
   }
 
   /**
    * Rule 6: compares the guest view with the source's digests and answers
    * RESULT; only a verified guest is returned (resumed with the new generation).
    */
-  private async verifyAndResume(inc: Incoming, source: Digests): Promise<DestinationResult> {
+  private async verifyAndResume(inc: Incoming<M>, source: Digests): Promise<DestinationResult<M>> {
     if (!inc.cbitState || inc.vcpuState === undefined)
       throw new PeerError('DIGESTS arrived before the c-bit state and vCPU state');
     if (!inc.ownDigests || !inc.guestTable) throw new PeerError('DIGESTS arrived before the vCPU state');
-    const { hello, memory, cbitState, migrationControl, pagesReceived, vcpuState, registers } = inc;
+    const { hello, memory, cbitState, migrationControl, pagesReceived, vcpuState } = inc;
     const defined = new PageBitmap(memory.npages);
     defined.words.set(source.defined.subarray(0, defined.words.length));
     const tracker = this.o.tracker?.check(cbitState, defined, inc.guestTable) ?? {
@@ -270,8 +290,11 @@ export class MigrationDestination {
     if (verdict.resumed) this.o.tracker?.applyFinal(cbitState, migrationControl);
     else this.o.tracker?.discard();
     await this.o.channel.send(Msg.RESULT, encodeResult(verdict));
-    if (!verdict.resumed) return { ...verdict, hello, migrationControl, pagesReceived };
-    return { ...verdict, hello, memory, cbitState, migrationControl, pagesReceived, vcpuState, registers };
+    if (!verdict.resumed) {
+      memory.close();
+      return { ...verdict, hello, migrationControl, pagesReceived };
+    }
+    return { ...verdict, hello, memory, cbitState, migrationControl, pagesReceived, vcpuState };
   }
 
   /**

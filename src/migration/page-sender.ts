@@ -16,7 +16,7 @@
 import { copyPagesToFrame, type MacOutput } from '../common/page-crypto.js';
 import type { PageRange } from '../common/ranges.js';
 import type { PageStateMap } from '../host/page-state-map.js';
-import type { GuestMemory } from '../vmm/sim/guest-memory.js';
+import type { MigratableMemory } from '../vmm/backend.js';
 import type { FrameChannel } from './channel.js';
 import type { MigrationLog } from './migration-log.js';
 import type { PspSession } from './psp.js';
@@ -111,7 +111,7 @@ export class PageSender {
   private rawFrames: FramePool | undefined;
 
   constructor(
-    private readonly memory: GuestMemory,
+    private readonly memory: MigratableMemory,
     private readonly psp: PspSession,
     private readonly channel: FrameChannel,
     private readonly batch: number,

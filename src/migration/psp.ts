@@ -30,6 +30,7 @@ import {
 import { InvalidArgumentError, RuntimeFailure } from '../common/errors.js';
 import {
   type MacOutput,
+  type MemoryKey,
   openFrameToPages,
   openPages,
   SEALED_PAGE_BYTES,
@@ -97,7 +98,8 @@ export class PspSession {
   private shared: Buffer | undefined;
 
   constructor(
-    private readonly memoryKey: Uint8Array,
+    /** The VM's memory key and model (a bare key: the sim backend's AES-XTS). */
+    private readonly memoryKey: MemoryKey,
     readonly limits: PspLimits = UNLIMITED_PSP,
     private readonly clock: PspClock = REAL_CLOCK,
   ) {
@@ -136,7 +138,7 @@ export class PspSession {
     return this.nextSeq;
   }
 
-  /** SEND_UPDATE_VMSA: seals one page of vCPU state per vCPU (ids are the vCPU indices). */
+  /** SEND_UPDATE_VMSA: seals the pages of vCPU state (ids 0.., the same number of pages per vCPU in vCPU order). */
   sendUpdateVmsa(vmsa: Uint8Array, vcpuIds: Float64Array): { firstSeq: number; sealed: Uint8Array } {
     return this.seal(vmsa, vcpuIds);
   }
@@ -277,8 +279,14 @@ export class PspSession {
    * out of sequence; memory is then unchanged.
    */
   receiveUpdateData(memory: Uint8Array, gfns: Float64Array, firstSeq: number, sealed: Uint8Array): void {
+    const m = this.memoryKey;
+    if (!(m instanceof Uint8Array))
+      throw new InvalidArgumentError(
+        'memory',
+        `receiveUpdateData writes AES-XTS memory; a ${m.cipher} guest receives through receiveUpdateDataFrom`,
+      );
     const plain = this.open(gfns, firstSeq, sealed);
-    xtsScatter(this.memoryKey, true, plain, memory, gfns);
+    xtsScatter(m, true, plain, memory, gfns);
     plain.fill(0);
   }
 

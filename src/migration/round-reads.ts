@@ -40,7 +40,7 @@ export class RoundReads {
   harvest(round: number): PageBitmap {
     const npages = this.guest.memory.npages;
     const d = new PageBitmap(npages);
-    this.guest.memory.dirty.harvestInto(d);
+    this.guest.memory.harvestDirty(d);
     modelReadCost(npages, this.nsPerPage);
     this.onHarvest?.(d);
     this.log?.harvest(round, d.runs());

@@ -4,21 +4,32 @@
  * tracker (a SQLite database, `--db`, else a temporary one) holding the VM;
  * the resumed guest runs on (destination-resume.ts). Used by a two-process
  * destination, by the one-process run's destination thread
- * (destination-worker.ts), over local sockets, and by chains.
+ * (destination-worker.ts), over local sockets, and by chains. The backend
+ * (`sim` by default, or `kvm`: a VM created with boot: false, kvm-guests.ts)
+ * decides what guest it allocates; a source of another backend is refused.
  */
 import type { MessagePort } from 'node:worker_threads';
 import { PAGE_SIZE } from '../common/ranges.js';
 import { GuestSysgenid } from '../sysgenid/guest-sysgenid.js';
+import type { BackendName, MigratableMemory } from '../vmm/backend.js';
+import type { KvmSourceGuest } from '../vmm/kvm/source-guest.js';
 import { GuestMemory } from '../vmm/sim/guest-memory.js';
+import type { ThreadedGuest } from '../vmm/sim/threaded-guest.js';
 import type { FrameChannel } from './channel.js';
 import { type DestinationResult, MigrationDestination } from './destination.js';
 import { type ResumeReport, type RunningGuest, resumeGuest } from './destination-resume.js';
 import { DestinationTracker } from './destination-tracker.js';
 import { guestPagesFor } from './guest-size.js';
+import { allocateKvmGuest } from './kvm-guests.js';
 import { MigrationLog } from './migration-log.js';
 import type { PspLimits } from './psp.js';
 
-export interface DestinationParams {
+/** The running guest a destination of backend B resumes. */
+export type GuestOf<B extends BackendName> = B extends 'kvm' ? KvmSourceGuest : ThreadedGuest;
+
+export interface DestinationParams<B extends BackendName = 'sim'> {
+  /** The guest backend this destination receives into (default sim). */
+  backend?: B;
   peerTimeoutMs: number;
   handshakeTimeoutMs?: number;
   psp: PspLimits;
@@ -34,9 +45,9 @@ export interface DestinationParams {
 }
 
 /** What receiving a guest gave: the verdict, and the running guest when it resumed. */
-export interface Received {
+export interface Received<G extends ThreadedGuest | KvmSourceGuest = ThreadedGuest> {
   result: DestinationResult;
-  running?: RunningGuest;
+  running?: RunningGuest<G>;
   report?: ResumeReport;
 }
 
@@ -45,14 +56,14 @@ export interface Received {
  * generation bumped through `sysgenid` when given). The caller stops the
  * running guest (or migrates it onward).
  */
-export async function receiveGuest(
-  p: DestinationParams,
+export async function receiveGuest<B extends BackendName = 'sim'>(
+  p: DestinationParams<B>,
   channel: FrameChannel,
   sysgenid?: GuestSysgenid,
-): Promise<Received> {
+): Promise<Received<GuestOf<B>>> {
   let log: MigrationLog | undefined;
   const tracker = DestinationTracker.open(p.db);
-  const dest = new MigrationDestination({
+  const dest = new MigrationDestination<MigratableMemory>({
     channel,
     peerTimeoutMs: p.peerTimeoutMs,
     handshakeTimeoutMs: p.handshakeTimeoutMs,
@@ -70,7 +81,7 @@ export async function receiveGuest(
           verify: hello.verify,
           params: { peerTimeoutMs: p.peerTimeoutMs, handshakeTimeoutMs: p.handshakeTimeoutMs, psp: p.psp },
         });
-      return GuestMemory.create(npages);
+      return p.backend === 'kvm' ? allocateKvmGuest(npages, hello.vcpus) : GuestMemory.create(npages);
     },
     get log() {
       return log;
@@ -96,7 +107,8 @@ export async function receiveGuest(
     sysgenid,
     watcherTimeoutMs: p.watcherTimeoutMs ?? 0,
   });
-  return { result, running, report };
+  // The guest resumed is of the backend this destination allocated (B).
+  return { result, running: running as RunningGuest<GuestOf<B>>, report };
 }
 
 /** Starts the guest's sysgenid when watchers are asked for. */
@@ -114,7 +126,7 @@ export function startGuestSysgenid(p: {
  * stopped, or handed to `then` (a migration onward) first.
  */
 export async function runDestination(
-  p: DestinationParams,
+  p: DestinationParams<BackendName>,
   channel: FrameChannel,
   then?: (running: RunningGuest) => Promise<void>,
 ): Promise<DestinationOutcome> {
@@ -135,7 +147,7 @@ export async function runDestination(
 /** The destination's side of a run: its verdict (the guest it built is dropped) and how it resumed. */
 export type DestinationVerdict = Omit<
   DestinationResult,
-  'hello' | 'memory' | 'cbitState' | 'migrationControl' | 'vcpuState' | 'registers'
+  'hello' | 'memory' | 'cbitState' | 'migrationControl' | 'vcpuState'
 >;
 
 export interface DestinationOutcome extends DestinationVerdict {
@@ -159,14 +171,6 @@ export interface DestinationWorkerResult extends Partial<DestinationOutcome> {
 
 /** The verdict part of a destination result (what crosses a thread). */
 export function verdictOf(r: DestinationResult): DestinationVerdict {
-  const {
-    hello: _h,
-    memory: _m,
-    cbitState: _c,
-    migrationControl: _mc,
-    vcpuState: _v,
-    registers: _r,
-    ...verdict
-  } = r;
+  const { hello: _h, memory: _m, cbitState: _c, migrationControl: _mc, vcpuState: _v, ...verdict } = r;
   return verdict;
 }

@@ -1,17 +1,18 @@
 /**
- * The main job: a whole migration of a simulated guest, source and
- * destination in one process (the default, over an in-memory channel, a unix
- * socket or tcp on loopback) or one side of a two-process migration.
+ * The main job: a whole migration of a guest (simulated, or a real VM with
+ * `backend: 'kvm'`), source and destination in one process (the default,
+ * over an in-memory channel, a unix socket or tcp on loopback) or one side
+ * of a two-process migration.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MessageChannel } from 'node:worker_threads';
-import { PeerError } from '../common/errors.js';
+import { InvalidArgumentError, PeerError } from '../common/errors.js';
 import { startWorker } from '../common/worker-script.js';
 import type { WorkloadName } from '../guest/workloads.js';
-import type { CbitStore } from '../host/cbit-store.js';
-import type { SourceGuest } from '../vmm/backend.js';
+import { CbitStore } from '../host/cbit-store.js';
+import type { BackendName, SourceGuest } from '../vmm/backend.js';
 import type { HypercallBackend } from '../vmm/hypercall-backend.js';
 import { GuestMemory } from '../vmm/sim/guest-memory.js';
 import { DEFAULT_READ_COST_NS_PER_PAGE } from '../vmm/sim/read-cost.js';
@@ -23,6 +24,7 @@ import { type DestinationResult, MigrationDestination } from './destination.js';
 import type { DestinationTracker } from './destination-tracker.js';
 import { connectChannel, type Endpoint, listenChannel, type Transport } from './endpoints.js';
 import { guestPagesFor } from './guest-size.js';
+import { bootKvmSource } from './kvm-guests.js';
 import { MigrationLog } from './migration-log.js';
 import { portChannel } from './port-channel.js';
 import type { PspLimits } from './psp.js';
@@ -38,6 +40,8 @@ import type { Tracker } from './tracker.js';
 import { inProcessHost, type ServiceTarget, type SourceHost, serviceHost } from './tracker-host.js';
 
 export interface MigrateParams {
+  /** The guest backend: sim (default) or kvm (a real VM on /dev/kvm, docs/kvm.md). */
+  backend: BackendName;
   memoryBytes: number;
   vcpus: number;
   workload: WorkloadName;
@@ -81,6 +85,7 @@ export interface MigrateParams {
 }
 
 export const DEFAULT_PARAMS: MigrateParams = {
+  backend: 'sim',
   memoryBytes: 256 * 2 ** 20,
   vcpus: 2,
   workload: 'mixed',
@@ -142,13 +147,12 @@ export async function runSource(
   }
   const encrypted = p.guestEncrypted ?? true;
   let host: SourceHost | undefined;
-  let pool: VcpuPool | undefined;
+  let started: StartedGuest | undefined;
   try {
     host = p.service ? await serviceHost(p.service, npages, encrypted) : inProcessHost(npages, encrypted);
-    const memory = GuestMemory.create(npages, { encrypted, hugePages: true });
-    pool = await startVcpus(p, memory, host);
+    started = await startGuest(p, npages, host);
     channel ??= await (connect as () => Promise<FrameChannel>)();
-    const guest = new ThreadedGuest(memory, pool);
+    const guest = started.guest;
     await host.begin(p.destination ?? 'a migration destination');
     const summary = await new MigrationSource(
       sourceOptions(p, guest, host.tracker, host.vm, channel, log),
@@ -160,15 +164,49 @@ export async function runSource(
     return summary;
   } catch (err) {
     // A lost service is named as the cause, with the source guest's state.
-    const reported = (host?.explain(err, pool !== undefined && !pool.paused) ?? err) as Error;
+    const reported = (host?.explain(err, started?.running() ?? false) ?? err) as Error;
     await host?.aborted(reported);
     log?.close({ aborted: reported.message });
     throw reported;
   } finally {
-    await pool?.stop();
+    await started?.stop();
     channel?.close();
     await host?.close();
   }
+}
+
+/** A source guest booted for runSource: its vCPUs run until stop(). */
+interface StartedGuest {
+  guest: SourceGuest;
+  /** Whether its vCPUs run (not paused). */
+  running(): boolean;
+  stop(): Promise<void>;
+}
+
+/**
+ * Boots the source guest of p.backend, its exits going to `host`, warmed up
+ * for p.warmupMs. A kvm guest's exits go straight into an in-process
+ * CbitStore (TrackerLink); a host service is sim-only.
+ */
+async function startGuest(p: MigrateParams, npages: number, host: SourceHost): Promise<StartedGuest> {
+  if (p.backend === 'kvm') {
+    if (!(host.tracker instanceof CbitStore))
+      throw new InvalidArgumentError(
+        '--service',
+        '--service tracks sim guests; a kvm guest reports to an in-process tracker',
+      );
+    const booted = await bootKvmSource(p, npages, host.tracker, host.vm);
+    return { guest: booted.guest, running: () => !booted.guest.paused, stop: booted.stop };
+  }
+  const memory = GuestMemory.create(npages, { encrypted: p.guestEncrypted ?? true, hugePages: true });
+  const pool = await startVcpus(p, memory, host);
+  return {
+    guest: new ThreadedGuest(memory, pool),
+    running: () => !pool.paused,
+    stop: async () => {
+      await pool.stop();
+    },
+  };
 }
 
 /**
@@ -267,9 +305,9 @@ export async function migrateGuest(
   store: CbitStore,
   vm: number,
   options: { allocate?: (npages: number) => GuestMemory; tracker?: DestinationTracker } = {},
-): Promise<{ summary: MigrationSummary; destination: DestinationResult }> {
+): Promise<{ summary: MigrationSummary; destination: DestinationResult<GuestMemory> }> {
   const [a, b] = memoryChannelPair(MIGRATION_FRAME);
-  const dest = new MigrationDestination({
+  const dest = new MigrationDestination<GuestMemory>({
     channel: b,
     peerTimeoutMs: p.peerTimeoutMs,
     handshakeTimeoutMs: p.handshakeTimeoutMs,
@@ -332,7 +370,13 @@ export async function migrateLocally(
   let srcChannel: FrameChannel;
   let destination: Promise<DestinationVerdict>;
   let closeListener: () => unknown = () => {};
-  if (p.transport === 'inproc') {
+  if (p.transport === 'inproc' && p.backend === 'kvm') {
+    // A VM's vCPUs are native threads: its destination runs in this thread,
+    // over an in-memory channel (the addon's VMs live in the main thread).
+    const [a, b] = memoryChannelPair(MIGRATION_FRAME);
+    srcChannel = a;
+    destination = runDestination({ ...p, log: undefined, handshakeTimeoutMs: 0 }, b);
+  } else if (p.transport === 'inproc') {
     const d = destinationOnWorker(p);
     srcChannel = d.channel;
     destination = d.verdict;
@@ -358,9 +402,11 @@ export async function migrateLocally(
   destination.catch(() => {});
   try {
     const where =
-      p.transport === 'inproc'
-        ? 'in-process destination (worker thread)'
-        : `${p.transport} socket in this process`;
+      p.transport !== 'inproc'
+        ? `${p.transport} socket in this process`
+        : p.backend === 'kvm'
+          ? 'in-process destination (this thread)'
+          : 'in-process destination (worker thread)';
     const summary = await runSource({ ...p, destination: p.destination ?? where }, srcChannel);
     return { summary, destination: await destination };
   } finally {

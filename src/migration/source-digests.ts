@@ -18,11 +18,11 @@
  * view under the intermediate c-bit, which the paused table does not show).
  */
 import type { PageBitmap } from '../common/page-bitmap.js';
-import type { GuestMemory } from '../vmm/sim/guest-memory.js';
+import type { MigratableMemory } from '../vmm/backend.js';
 import { ViewMacTable } from './view-macs.js';
 
 /** A copy of the guest's c-bit table as it is now. */
-export function snapshotTables(memory: GuestMemory): PageBitmap {
+export function snapshotTables(memory: MigratableMemory): PageBitmap {
   const tables = memory.cbits.clone();
   return tables;
 }
@@ -36,7 +36,7 @@ export class ReferenceDigests {
    * `macs`: where the table lives (the DIGESTS payload, stream.ts digestsPayload).
    */
   constructor(
-    private readonly memory: GuestMemory,
+    private readonly memory: MigratableMemory,
     key: Uint8Array,
     macs?: Uint8Array,
   ) {

@@ -1,6 +1,6 @@
 /** The source's options, progress and summary types, and its refusal error. */
 import { RuntimeFailure } from '../common/errors.js';
-import type { SourceGuest } from '../vmm/backend.js';
+import type { BackendName, SourceGuest } from '../vmm/backend.js';
 import type { FrameChannel } from './channel.js';
 import type { OnNoConvergence } from './convergence.js';
 import type { MigrationLog } from './migration-log.js';
@@ -55,6 +55,8 @@ export interface RoundProgress {
 }
 
 export interface MigrationSummary {
+  /** The guest's backend (sim, kvm). */
+  backend: BackendName;
   /** Pages were compared and none differed: the destination resumed the guest. */
   verified: boolean;
   /** No compared page differed: the destination resumed (also when nothing was compared). */

@@ -22,7 +22,7 @@ import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { KVM_MIGRATION_READY } from '../common/kvm-abi.js';
 import type { PageBitmap } from '../common/page-bitmap.js';
 import { viewMacs } from '../common/page-crypto.js';
-import type { PageRange, StateRange } from '../common/ranges.js';
+import { PAGE_SIZE, type PageRange, type StateRange } from '../common/ranges.js';
 import type { PageStateMap } from '../host/page-state-map.js';
 import type { ConversionTap, TrackedChange } from '../vmm/hypercall-backend.js';
 import { Convergence, type Decision, NotConvergingError } from './convergence.js';
@@ -77,7 +77,7 @@ export class MigrationSource {
   constructor(private readonly o: SourceOptions) {
     this.reads = new RoundReads(o.guest, o.store, o.vm, o.protocol, o.readCostNsPerPage, o.log);
     this.convergence = new Convergence(o.maxDowntimeMs, o.maxRounds, o.onNoConvergence === 'pause');
-    this.psp = new PspSession(o.guest.memory.key, o.psp);
+    this.psp = new PspSession(o.guest.memory.codec, o.psp);
     this.sender = new PageSender(o.guest.memory, this.psp, o.channel, o.batchPages, o.log);
   }
 
@@ -197,6 +197,7 @@ export class MigrationSource {
       encodeHello({
         npages,
         vcpus: this.o.guest.vcpus,
+        backend: this.o.guest.memory.backend,
         protocol: this.o.protocol,
         verify: this.o.verify,
         generation,
@@ -265,7 +266,7 @@ export class MigrationSource {
     // A first rate for the estimate; rehashes measure it again.
     const n = Math.min(256, memory.npages);
     const t0 = performance.now();
-    viewMacs(memory.key, reference.table.key, memory.bytes, memory.cbits.words, 0, n);
+    viewMacs(memory.codec, reference.table.key, memory.bytes, memory.cbits.words, 0, n);
     this.convergence.hashMsPerPage = (performance.now() - t0) / n;
   }
 
@@ -290,7 +291,7 @@ export class MigrationSource {
     const reference = this.reference!;
     const pagesLeft = async () => {
       const info = await store.info(vm);
-      return guest.memory.dirty.count() + Math.max(0, info.lastSeq - info.lastSyncSeq);
+      return guest.memory.dirtyCount() + Math.max(0, info.lastSeq - info.lastSyncSeq);
     };
     // Keep the reference current while the guest runs (pages left stale by a round).
     this.noteRehash(reference.catchUp());
@@ -313,7 +314,7 @@ export class MigrationSource {
       paused: false,
       pagesSent: this.stats.pagesSent,
       cbitRetransmits: this.stats.cbitRetransmits,
-      dirtyLeft: guest.memory.dirty.count(),
+      dirtyLeft: guest.memory.dirtyCount(),
       expectedDowntimeMs: d.estimatedDowntimeMs,
       bandwidthMBps: this.bandwidth / 1e6,
     });
@@ -411,8 +412,11 @@ export class MigrationSource {
     this.o.log?.cbitState(this.round, 'final', stateBytes, finalState);
     await this.o.channel.send(Msg.CBIT_STATE, stateBytes);
     await this.o.channel.send(Msg.MIGRATION_CONTROL, encodeU64(await store.migrationControl(vm)));
-    const vmsaIds = Float64Array.from({ length: guest.vcpus }, (_, i) => i);
-    const sealedVmsa = this.psp.sendUpdateVmsa(guest.vcpuState(), vmsaIds);
+    // The same whole number of pages per vCPU (one for sim, two for kvm),
+    // numbered 0.. in order: page k of vCPU v is id v * (pages per vCPU) + k.
+    const vmsa = guest.vcpuState();
+    const vmsaIds = Float64Array.from({ length: vmsa.byteLength / PAGE_SIZE }, (_, i) => i);
+    const sealedVmsa = this.psp.sendUpdateVmsa(vmsa, vmsaIds);
     await this.o.channel.send(
       Msg.VMSA,
       encodePages({
@@ -450,6 +454,7 @@ export class MigrationSource {
     else guest.generation = result.generationAfter;
     const totalMs = performance.now() - t0;
     return {
+      backend: guest.memory.backend,
       verified: result.verified,
       resumed: result.resumed,
       comparedPages: result.comparedPages,

@@ -9,6 +9,7 @@ import type { FrameSpec } from '../common/frames.js';
 import { bitmapWordCount } from '../common/page-bitmap.js';
 import { SEALED_PAGE_BYTES, VIEW_MAC_BYTES } from '../common/page-crypto.js';
 import { PAGE_SIZE } from '../common/ranges.js';
+import { BACKENDS, type BackendName } from '../vmm/backend.js';
 
 export const MIGRATION_FRAME: FrameSpec = {
   what: 'migration stream frame',
@@ -42,6 +43,8 @@ export type VerifyMode = (typeof VERIFY_MODES)[number];
 export interface Hello {
   npages: number;
   vcpus: number;
+  /** The source guest's backend, so its memory model (BACKENDS order); absent = sim, byte 0 as older sources sent. */
+  backend?: BackendName;
   protocol: Protocol;
   verify: VerifyMode;
   generation: number;
@@ -54,7 +57,8 @@ export function encodeHello(h: Hello): Uint8Array {
     .u32(h.vcpus)
     .u8(PROTOCOLS.indexOf(h.protocol))
     .u8(VERIFY_MODES.indexOf(h.verify))
-    .u16(0)
+    .u8(BACKENDS.indexOf(h.backend ?? 'sim'))
+    .u8(0)
     .u32(h.generation)
     .u32(0)
     .bytes(h.publicKey)
@@ -67,7 +71,10 @@ export function decodeHello(payload: Buffer): Hello {
   const vcpus = r.u32('vcpus');
   const p = r.u8('protocol');
   const v = r.u8('verify');
-  r.zero16('reserved');
+  const b = r.u8('backend');
+  if (b >= BACKENDS.length) throw new FormatError('HELLO', 14, `a backend below ${BACKENDS.length}`, `${b}`);
+  const reserved = r.u8('reserved');
+  if (reserved !== 0) throw new FormatError('HELLO', 15, 'reserved 0', `${reserved}`);
   const generation = r.u32('generation');
   r.zero32('reserved');
   const publicKey = new Uint8Array(r.bytes(32, 'public key'));
@@ -76,7 +83,15 @@ export function decodeHello(payload: Buffer): Hello {
     throw new FormatError('HELLO', 12, `a protocol below ${PROTOCOLS.length}`, `${p}`);
   if (v >= VERIFY_MODES.length)
     throw new FormatError('HELLO', 13, `a verify mode below ${VERIFY_MODES.length}`, `${v}`);
-  return { npages, vcpus, protocol: PROTOCOLS[p], verify: VERIFY_MODES[v], generation, publicKey };
+  return {
+    npages,
+    vcpus,
+    ...(b === 0 ? {} : { backend: BACKENDS[b] }), // absent: sim
+    protocol: PROTOCOLS[p],
+    verify: VERIFY_MODES[v],
+    generation,
+    publicKey,
+  };
 }
 
 /** HELLO_ACK: status 0 with the destination's public key, or an error message. */

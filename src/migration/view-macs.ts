@@ -17,7 +17,7 @@
 import { InvalidArgumentError } from '../common/errors.js';
 import { PageBitmap } from '../common/page-bitmap.js';
 import { type MacOutput, VIEW_MAC_BYTES, viewMacs } from '../common/page-crypto.js';
-import type { GuestMemory } from '../vmm/sim/guest-memory.js';
+import type { MigratableMemory } from '../vmm/backend.js';
 
 export class ViewMacTable {
   /** 16 bytes a page, page gfn at gfn * 16. */
@@ -31,7 +31,7 @@ export class ViewMacTable {
 
   /** `macs`: where the table lives (npages * 16 bytes, e.g. inside a DIGESTS payload); a new buffer by default. */
   constructor(
-    private readonly memory: GuestMemory,
+    private readonly memory: MigratableMemory,
     readonly key: Uint8Array,
     macs: Uint8Array = new Uint8Array(memory.npages * VIEW_MAC_BYTES),
   ) {
@@ -84,7 +84,7 @@ export class ViewMacTable {
     let n = 0;
     for (const run of pages.runs()) {
       const out = this.macs.subarray(run.gfn * VIEW_MAC_BYTES, (run.gfn + run.npages) * VIEW_MAC_BYTES);
-      viewMacs(this.memory.key, this.key, this.memory.bytes, cbits.words, run.gfn, run.npages, out);
+      viewMacs(this.memory.codec, this.key, this.memory.bytes, cbits.words, run.gfn, run.npages, out);
       n += run.npages;
     }
     this.valid.or(pages);

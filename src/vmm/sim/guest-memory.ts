@@ -23,9 +23,16 @@
 import { InvalidArgumentError } from '../../common/errors.js';
 import { nativeAddon } from '../../common/native.js';
 import { PageBitmap } from '../../common/page-bitmap.js';
-import { newMemoryKey, xtsDecryptPages, xtsEncryptPages } from '../../common/page-crypto.js';
+import {
+  type MemoryCodec,
+  newMemoryKey,
+  xtsDecryptPages,
+  xtsEncryptPages,
+} from '../../common/page-crypto.js';
 import { PAGE_SIZE } from '../../common/ranges.js';
 import { checkHeader, kernelPages, tableToWords } from '../../guest/kernel-area.js';
+import type { MigratableMemory } from '../backend.js';
+import { decodeVcpuState } from './vcpu-state.js';
 
 /** Lock words for guest page read-modify-writes (striped by gfn). */
 const PAGE_LOCKS = 64;
@@ -41,7 +48,8 @@ export interface GuestMemoryDescriptor {
   key: Uint8Array;
 }
 
-export class GuestMemory {
+export class GuestMemory implements MigratableMemory {
+  readonly backend = 'sim';
   readonly npages: number;
   /** The raw bytes the host sees. */
   readonly bytes: Uint8Array;
@@ -56,6 +64,8 @@ export class GuestMemory {
   readonly written: PageBitmap;
   /** The VM's memory encryption key (never leaves the "hardware" but for the PSP model). */
   readonly key: Uint8Array;
+  /** AES-XTS under `key` (docs/design.md §4). */
+  readonly codec: MemoryCodec;
   /**
    * The guest's page-table lock words (updatePage). A lock is held only
    * inside one guest operation, never at a clean point, so it is always
@@ -70,7 +80,33 @@ export class GuestMemory {
     this.dirty = new PageBitmap(d.npages, { buffer: d.dirty });
     this.written = new PageBitmap(d.npages, { buffer: d.written });
     this.key = d.key;
+    this.codec = { cipher: 'xts', key: d.key };
     this.locks = new Int32Array(d.locks);
+  }
+
+  /** Harvests (and clears) the dirty log into `out` (MigratableMemory). */
+  harvestDirty(out: PageBitmap): number {
+    return this.dirty.harvestInto(out);
+  }
+
+  dirtyCount(): number {
+    return this.dirty.count();
+  }
+
+  /** Shared memory only: the garbage collector frees it. */
+  close(): void {}
+
+  clearCbits(): void {
+    this.cbits.clearRange(0, this.npages);
+  }
+
+  /**
+   * The vCPU state (one page per vCPU, vcpu-state.ts) names the page-table
+   * root; the TLB is filled from the table found there (loadPageTables).
+   */
+  restoreVcpuState(state: Uint8Array, vcpus: number): PageBitmap {
+    const registers = decodeVcpuState(state, vcpus);
+    return this.loadPageTables(registers[0].pageTableRoot);
   }
 
   /**

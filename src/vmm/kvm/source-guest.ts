@@ -1,0 +1,96 @@
+/**
+ * A running KVM guest as a migration source (SourceGuest, src/vmm/backend.ts).
+ *
+ * Clean points: KVM can stop a vCPU between any two instructions, also
+ * between a conversion's c-bit table update and its hypercall, where the
+ * guest's table and the host's tracker disagree. pause() therefore first
+ * asks the guest helper to stop between two workload operations (the
+ * control page's `stop` word: each vCPU reports STOPPED and spins), and only
+ * then parks the vCPUs (KvmGuest.pause, immediate_exit): at that point every
+ * conversion the guest began has returned, as the sim backend's vCPUs park
+ * between guest operations. The `stop` word stays set in the migrated
+ * control page; whoever runs the guest next clears it (resume() here, or the
+ * destination after verification).
+ *
+ * drainExits() drains the exit queues into the tracker (TrackerLink);
+ * tick() does nothing (nothing scripted acts at interleaving points).
+ */
+import type { SourceGuest } from '../backend.js';
+import type { ConversionTap } from '../hypercall-backend.js';
+import { GuestEvent } from './control-page.js';
+import type { KvmGuest } from './kvm-guest.js';
+import { KvmMemory } from './migratable-memory.js';
+import type { TrackerLink } from './tracker-link.js';
+import { packVcpuStates } from './vcpu-pages.js';
+import { waitForEveryVcpu } from './wait-for.js';
+
+/** How long the vCPUs get to reach a clean point (an upper bound against a hang). */
+const STOP_TIMEOUT_MS = 10_000;
+
+export class KvmSourceGuest implements SourceGuest {
+  generation = 0;
+  readonly memory: KvmMemory;
+
+  constructor(
+    readonly guest: KvmGuest,
+    private readonly link: TrackerLink,
+  ) {
+    this.memory = new KvmMemory(guest);
+  }
+
+  get vcpus(): number {
+    return this.guest.vcpus;
+  }
+
+  get paused(): boolean {
+    return this.guest.paused;
+  }
+
+  /** Stops every vCPU between two workload operations, then parks it (see above). */
+  async pause(): Promise<void> {
+    await stopAtCleanPoint(this.guest);
+  }
+
+  resume(): void {
+    this.guest.control.stop = false;
+    this.guest.resume();
+  }
+
+  tick(): void {}
+
+  drainExits(): Promise<void> {
+    this.guest.drain();
+    return Promise.resolve();
+  }
+
+  tapConversions(tap: ConversionTap | undefined): void {
+    this.link.tap = tap;
+  }
+
+  /** Each vCPU's saved state, packed into whole pages (vcpu-pages.ts); the guest must be paused. */
+  vcpuState(): Uint8Array {
+    return packVcpuStates(this.guest.saveVcpuStates());
+  }
+}
+
+/**
+ * Sets the control page's `stop` word, waits until every vCPU reported
+ * STOPPED (it then spins between two operations), and parks the vCPUs.
+ */
+export async function stopAtCleanPoint(guest: KvmGuest, timeoutMs = STOP_TIMEOUT_MS): Promise<void> {
+  const stopped = waitForEveryVcpu(
+    guest,
+    GuestEvent.stopped,
+    'every vCPU to stop at a clean point',
+    undefined,
+    timeoutMs,
+  );
+  guest.control.stop = true;
+  try {
+    await stopped;
+  } catch (err) {
+    guest.control.stop = false;
+    throw err;
+  }
+  guest.pause();
+}
