@@ -173,7 +173,7 @@ describe('sevtrack migrate', () => {
         ['--role', 'destination', '--transport', 'tcp', '--listen', 'nowhere'],
         /--listen "nowhere" must be HOST:PORT/,
       ],
-      [['--backend', 'kvm'], /--backend kvm is not available/],
+      [['--backend', 'xen'], /--backend "xen" is not one of sim, kvm/],
       [['--vcpus', '0'], /--vcpus "0" must be an integer from 1 to 64/],
       [['--on-no-convergence', 'wait'], /--on-no-convergence "wait" is not one of abort, pause/],
       [['--read-cost', '-1'], /--read-cost/],

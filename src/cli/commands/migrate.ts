@@ -1,4 +1,7 @@
-/** `sevtrack migrate`: the main job. With no flags: the embedded default run (see DEFAULT_PARAMS). */
+/**
+ * `sevtrack migrate`: the main job. With no flags: the embedded default run
+ * (see DEFAULT_PARAMS). `--backend kvm` migrates a real VM (migrate-backend.ts).
+ */
 import type { Command } from 'commander';
 import { InvalidArgumentError, SevtrackError } from '../../common/errors.js';
 import { formatBytes, parseIntIn, parseSize } from '../../common/units.js';
@@ -12,6 +15,7 @@ import {
   parseEndpoint,
   type Transport,
 } from '../../migration/endpoints.js';
+import { KVM_MIGRATE_WORKLOADS } from '../../migration/kvm-guests.js';
 import {
   type ChainSummary,
   chainOf,
@@ -28,14 +32,18 @@ import {
 } from '../../migration/run-migration.js';
 import type { MigrationSummary, RoundProgress } from '../../migration/source.js';
 import { PROTOCOLS, type Protocol, VERIFY_MODES, type VerifyMode } from '../../migration/stream.js';
+import { BACKENDS, type BackendName } from '../../vmm/backend.js';
 import { oneOf } from '../choice.js';
 import { CheckFailedError, EXIT_ABORTED, exitCodeFor, runAction } from '../run-action.js';
+import { KVM_DEFAULT_MEMORY, KVM_DEFAULT_WORKLOAD, kvmParams } from './migrate-backend.js';
+
+const SIM_DEFAULT_MEMORY = '256M';
 
 interface MigrateFlags {
   backend: string;
-  memory: string;
+  memory?: string;
   vcpus: string;
-  workload: string;
+  workload?: string;
   protocol: string;
   seed: string;
   transport: string;
@@ -85,19 +93,14 @@ function serviceTarget(f: MigrateFlags, role: string): MigrateParams['service'] 
   return { socket: f.service, vm: parseIntIn(f.vm, '--vm', 0, 0xffff_ffff) };
 }
 
-function toParams(f: MigrateFlags): MigrateParams {
-  if (f.backend === 'kvm') {
-    throw new InvalidArgumentError(
-      '--backend',
-      '--backend kvm is not available in this build yet; use --backend sim',
-    );
-  }
-  oneOf(f.backend, ['sim'], '--backend');
-  return {
+/** `given(attr)`: whether the user set that flag (the kvm backend refuses sim-only flags). */
+function toParams(f: MigrateFlags, given: (attr: string) => boolean): MigrateParams {
+  const backend = oneOf<BackendName>(f.backend, BACKENDS, '--backend');
+  const p: MigrateParams = {
     ...DEFAULT_PARAMS,
-    memoryBytes: parseSize(f.memory, '--memory'),
+    memoryBytes: backend === 'sim' ? parseSize(f.memory ?? SIM_DEFAULT_MEMORY, '--memory') : 0,
     vcpus: parseIntIn(f.vcpus, '--vcpus', 1, 64),
-    workload: parseWorkload(f.workload),
+    workload: backend === 'sim' ? parseWorkload(f.workload ?? DEFAULT_PARAMS.workload) : 'churn',
     protocol: oneOf<Protocol>(f.protocol, PROTOCOLS, '--protocol'),
     verify: oneOf<VerifyMode>(f.verify, VERIFY_MODES, '--verify'),
     seed: parseIntIn(f.seed, '--seed', 0, 2 ** 31),
@@ -121,6 +124,7 @@ function toParams(f: MigrateFlags): MigrateParams {
     stuckWatchers: parseIntIn(f.stuckWatchers, '--stuck-watchers', 0, 10_000),
     watcherTimeoutMs: parseIntIn(f.watcherTimeout, '--watcher-timeout', 0, 3_600_000),
   };
+  return backend === 'kvm' ? kvmParams(p, f, given) : p;
 }
 
 /** Checks the flags that only some roles take; throws naming the flag. */
@@ -178,7 +182,7 @@ function verdictLine(s: MigrationSummary): string {
 
 function summaryLines(s: MigrationSummary, memoryBytes: number): string[] {
   const lines = [
-    `migration ${verdictLine(s)} (${s.protocol}, ${s.verify}): ${formatBytes(memoryBytes)} guest`,
+    `migration ${verdictLine(s)} (${s.protocol}, ${s.verify}): ${formatBytes(memoryBytes)} ${s.backend === 'kvm' ? 'kvm ' : ''}guest`,
     `  pages compared ${s.comparedPages}, skipped ${s.skippedPages}${s.skippedPages > 0 ? ` (${s.skipReason})` : ''}, mismatched ${s.mismatchedPages}`,
     `  rounds ${s.rounds}, pages sent ${s.pagesSent} (${s.sealedPages} through the PSP, ${s.rawPages} raw), resent for a c-bit change ${s.cbitRetransmits}`,
     `  bytes ${formatBytes(s.bytes)}, throughput ${s.throughputMBps.toFixed(1)} MB/s, total ${s.totalMs.toFixed(0)} ms`,
@@ -260,6 +264,7 @@ function resumeJson(r: ResumeReport | undefined) {
 
 function jsonSummary(s: MigrationSummary) {
   return {
+    backend: s.backend,
     verified: s.verified,
     resumed: s.resumed,
     comparedPages: s.comparedPages,
@@ -334,12 +339,26 @@ export function registerMigrate(program: Command): void {
   program
     .command('migrate')
     .description(
-      'live-migrate a simulated SEV guest (with no flags: 256 MiB, 2 vCPUs, mixed workload, safe protocol, in one process)',
+      'live-migrate an SEV guest, simulated or (--backend kvm) a real VM (with no flags: a simulated 256 MiB guest, 2 vCPUs, mixed workload, safe protocol, in one process)',
     )
-    .option('--backend <name>', 'guest backend: sim', 'sim')
-    .option('--memory <size>', 'guest memory', '256M')
-    .option('--vcpus <n>', 'guest vCPUs (worker threads)', String(d.vcpus))
-    .option('--workload <name>', `guest workload: ${WORKLOADS.join(', ')}`, d.workload)
+    .option(
+      '--backend <name>',
+      `guest backend: sim (simulated guest) or kvm (a real VM on /dev/kvm running the guest helper; \`sevtrack doctor\` says whether this host can)`,
+      'sim',
+    )
+    .option(
+      '--memory <size>',
+      `guest memory (default ${SIM_DEFAULT_MEMORY}; kvm: ${KVM_DEFAULT_MEMORY}, a multiple of 256K up to 1G)`,
+    )
+    .option(
+      '--vcpus <n>',
+      'guest vCPUs (sim: worker threads; kvm: vCPU threads, at most 16)',
+      String(d.vcpus),
+    )
+    .option(
+      '--workload <name>',
+      `guest workload: ${WORKLOADS.join(', ')} (default ${d.workload}); kvm: ${KVM_MIGRATE_WORKLOADS.join(', ')} (default ${KVM_DEFAULT_WORKLOAD})`,
+    )
     .option('--protocol <name>', `protocol variant: ${PROTOCOLS.join(', ')}`, d.protocol)
     .option(
       '--verify <mode>',
@@ -420,8 +439,8 @@ export function registerMigrate(program: Command): void {
     )
     .option('--json', 'print the summary as one JSON object')
     .action(
-      runAction(async (f: MigrateFlags) => {
-        const p = toParams(f);
+      runAction(async (f: MigrateFlags, cmd: Command) => {
+        const p = toParams(f, (attr) => cmd.getOptionValueSource(attr) === 'cli');
         const role = oneOf(f.role, ['both', 'source', 'destination'] as const, '--role');
         p.service = serviceTarget(f, role);
         checkRoleFlags(f, p, role);
