@@ -136,8 +136,19 @@ export { WORKLOADS, type WorkloadName } from './guest/workloads.js';
 
 // ---- The VMM ------------------------------------------------------------
 
-/** The backend interface the migration engine drives (pause, resume, vCPU state, memory). */
-export type { InterleavingPoint, SourceGuest } from './vmm/backend.js';
+/**
+ * The backend interface the migration engine drives (pause, resume, vCPU
+ * state) and the guest memory it migrates (`MigratableMemory`: raw bytes,
+ * the memory-encryption model, c-bits, dirty log, the destination's
+ * vCPU-state hook), whichever backend (`BACKENDS`: sim, kvm) holds it.
+ */
+export {
+  BACKENDS,
+  type BackendName,
+  type InterleavingPoint,
+  type MigratableMemory,
+  type SourceGuest,
+} from './vmm/backend.js';
 /** `DirectPort`: a guest's hypercall port straight into a `CbitStore` on the same thread (commit per call). */
 export { DirectPort } from './vmm/direct-port.js';
 /**
@@ -182,6 +193,14 @@ export {
   type RecordBatch,
   type ShimCall,
 } from './vmm/kvm/kvm-guest.js';
+/**
+ * A KVM guest in the migration engine: `KvmMemory` (its RAM as
+ * MigratableMemory, the keystream as its codec) and `KvmSourceGuest` (pauses
+ * at a clean point: the helper's stop word first, then immediate_exit).
+ */
+export { KvmMemory } from './vmm/kvm/migratable-memory.js';
+export { KvmSourceGuest, stopAtCleanPoint } from './vmm/kvm/source-guest.js';
+export { TrackerLink } from './vmm/kvm/tracker-link.js';
 /** Resolves on the first record batch that satisfies a condition; rejects when a vCPU fails. */
 export { waitForBatch, waitForEveryVcpu } from './vmm/kvm/wait-for.js';
 /** The `sim` backend: guest memory with the SEV encryption model, and vCPU worker threads. */

@@ -12,6 +12,7 @@
  * destination guest runs before the bump. Intermediate trackers are
  * temporary; `--db` names the last destination's, the VM's state at the end.
  */
+import { InvalidArgumentError } from '../common/errors.js';
 import type { GuestSysgenid } from '../sysgenid/guest-sysgenid.js';
 import { type FrameChannel, memoryChannelPair } from './channel.js';
 import type { ResumeReport, RunningGuest } from './destination-resume.js';
@@ -53,6 +54,11 @@ export interface ChainSummary {
  * hop's summary (stopping at the first hop that did not verify).
  */
 export async function migrateChain(p: MigrateParams): Promise<ChainSummary> {
+  if (p.backend !== 'sim')
+    throw new InvalidArgumentError(
+      '--hops',
+      `chains migrate sim guests; --backend ${p.backend} migrates one hop`,
+    );
   const t0 = performance.now();
   const npages = guestPages(p, 2); // a source and a destination guest live here at each hop
   const sysgenid = await startGuestSysgenid(p);
@@ -152,6 +158,8 @@ export async function runRelay(
   channel: FrameChannel,
   connect: () => Promise<FrameChannel>,
 ): Promise<{ destination: DestinationOutcome; onward?: MigrationSummary }> {
+  if (p.backend !== 'sim')
+    throw new InvalidArgumentError('--then-connect', `onward migrations run sim guests, not ${p.backend}`);
   let onward: MigrationSummary | undefined;
   const destination = await runDestination(p, channel, async (running) => {
     const next = await connect();
