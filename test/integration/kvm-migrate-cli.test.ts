@@ -16,6 +16,33 @@ import { tempDir } from '../support/tmp.js';
 const skip = kvmSkipReason();
 if (skip) console.warn(`kvm tests skipped: ${skip}`);
 
+/** A kvm destination process listening on a fresh unix socket. */
+async function kvmDestination(extra: string[]) {
+  const sock = join(tempDir(), 'm.sock');
+  const dest = startCli([
+    ...['migrate', '--backend', 'kvm', '--role', 'destination'],
+    ...['--transport', 'unix', '--listen', sock, ...extra],
+  ]);
+  await waitForStderr(dest, /destination listening on/);
+  return { sock, dest };
+}
+
+/** A source of an 8 MiB guest connecting to `sock`. */
+function sourceArgs(sock: string, extra: string[]): string[] {
+  return [
+    'migrate',
+    '--role',
+    'source',
+    '--transport',
+    'unix',
+    '--connect',
+    sock,
+    '--memory',
+    '8M',
+    ...extra,
+  ];
+}
+
 describe('sevtrack migrate --backend kvm', () => {
   it.skipIf(skip)(
     'one process: a 64 MiB churn guest by default, verified, and the guest runs on at the destination',
@@ -43,39 +70,11 @@ describe('sevtrack migrate --backend kvm', () => {
   it.skipIf(skip)(
     'two processes over a unix socket: both sides verify, the destination guest runs on',
     async () => {
-      const sock = join(tempDir(), 'm.sock');
-      const dest = startCli([
-        'migrate',
-        '--backend',
-        'kvm',
-        '--role',
-        'destination',
-        '--transport',
-        'unix',
-        '--listen',
-        sock,
-        '--json',
-      ]);
+      const { sock, dest } = await kvmDestination(['--json']);
       try {
-        await waitForStderr(dest, /destination listening on/);
-        const src = await runCli([
-          'migrate',
-          '--backend',
-          'kvm',
-          '--role',
-          'source',
-          '--transport',
-          'unix',
-          '--connect',
-          sock,
-          '--memory',
-          '8M',
-          '--vcpus',
-          '3',
-          '--workload',
-          'swiotlb',
-          '--json',
-        ]);
+        const src = await runCli(
+          sourceArgs(sock, ['--backend', 'kvm', '--vcpus', '3', '--workload', 'swiotlb', '--json']),
+        );
         expect(src.code, src.stderr).toBe(0);
         expect(JSON.parse(src.stdout)).toMatchObject({ backend: 'kvm', verified: true, comparedPages: 2048 });
         expect(await dest.exit).toBe(0);
@@ -109,31 +108,9 @@ describe('sevtrack migrate --backend kvm', () => {
   it.skipIf(skip)(
     'a sim source and a kvm destination: refused at the handshake, naming --backend',
     async () => {
-      const sock = join(tempDir(), 'm.sock');
-      const dest = startCli([
-        'migrate',
-        '--backend',
-        'kvm',
-        '--role',
-        'destination',
-        '--transport',
-        'unix',
-        '--listen',
-        sock,
-      ]);
+      const { sock, dest } = await kvmDestination([]);
       try {
-        await waitForStderr(dest, /destination listening on/);
-        const src = await runCli([
-          'migrate',
-          '--role',
-          'source',
-          '--transport',
-          'unix',
-          '--connect',
-          sock,
-          '--memory',
-          '8M',
-        ]);
+        const src = await runCli(sourceArgs(sock, [])); // --backend sim, the default
         expect(src.code).toBe(3);
         expect(src.stderr).toMatch(
           /migrates a sim guest; this destination receives kvm guests \(run both sides with the same --backend\)/,

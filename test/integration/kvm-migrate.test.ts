@@ -8,9 +8,9 @@
  * from the copied vCPU state and keeps running its workload, observed through
  * its counter page. `safe` gives every page the guest's view bit for bit;
  * `naive` (the c-bit state at the start for every page) corrupts the pages
- * churn converted. This drives the kvm pieces directly: the migration engine
- * itself takes the sim backend's memory until it gains a backend memory
- * interface (docs/kvm.md). Skips, naming the reason, without a usable /dev/kvm.
+ * churn converted. This drives the kvm pieces directly, the ordering the
+ * migration engine keeps; kvm-engine.test.ts runs the engine itself over the
+ * same pieces (docs/kvm.md). Skips, naming the reason, without a usable /dev/kvm.
  */
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
