@@ -401,17 +401,17 @@ export function registerMigrate(program: Command): void {
     )
     .option(
       '--read-cost <ns>',
-      'modelled cost of each read of the dirty log and of the c-bit state, in ns per guest page (a KVM ioctl copies a bitmap of the whole guest; 4 is about 1 ms per GiB; larger models a slower host)',
+      'sim: modelled cost of each read of the dirty log and of the c-bit state, in ns per guest page (a KVM ioctl copies a bitmap of the whole guest; 4 is about 1 ms per GiB; larger models a slower host); kvm reads are real',
       String(d.readCostNsPerPage),
     )
     .option(
       '--guest-rate <ops>',
-      'guest load: page operations (writes, conversions) per ms per vCPU (0 = as fast as the vCPU runs)',
+      'sim guest load: page operations (writes, conversions) per ms per vCPU (0 = as fast as the vCPU runs); a kvm guest runs unpaced',
       String(d.guestOpsPerMs),
     )
     .option(
       '--hops <n>',
-      'migrate the one running guest this many times in this process (A -> B -> C ...), each hop verified',
+      'migrate the one running sim guest this many times in this process (A -> B -> C ...), each hop verified',
       '1',
     )
     .option(
@@ -422,7 +422,11 @@ export function registerMigrate(program: Command): void {
       '--then-connect <address>',
       'destination: once the guest resumed, migrate it onward to HOST:PORT (tcp) or PATH (unix)',
     )
-    .option('--watchers <n>', 'tracked sysgenid watchers inside the guest, following it from hop to hop', '0')
+    .option(
+      '--watchers <n>',
+      'tracked sysgenid watchers inside the sim guest, following it from hop to hop',
+      '0',
+    )
     .option('--stuck-watchers <n>', 'how many of the watchers never acknowledge a new generation', '0')
     .option(
       '--watcher-timeout <ms>',
@@ -431,7 +435,7 @@ export function registerMigrate(program: Command): void {
     )
     .option(
       '--service <socket>',
-      'source: the guest reports its c-bit changes to this running `sevtrack serve`, and the migration syncs from it; the service records the migration (needs --vm)',
+      'source (sim): the guest reports its c-bit changes to this running `sevtrack serve`, and the migration syncs from it; the service records the migration (needs --vm)',
     )
     .option(
       '--vm <id>',
