@@ -4,7 +4,8 @@
  * MigrationDestination as the sim backend, the kvm memory model in the page
  * pipeline, the vCPU state in two pages per vCPU, the destination VM resumed
  * from it. `safe` verifies and the destination's counter page keeps
- * advancing; `naive` is caught by the engine's own verification and the
+ * advancing; `naive` is caught by the engine's own verification (for a
+ * seed where a churn buffer was mid-conversion at the first sync) and the
  * source guest runs on. Skips, naming the reason, without a usable /dev/kvm.
  */
 import { join } from 'node:path';
@@ -28,8 +29,23 @@ const NPAGES = 2048; // 8 MiB
 const skip = kvmSkipReason();
 if (skip) console.warn(`kvm tests skipped: ${skip}`);
 
+/**
+ * The guest runs unpaced: on a loaded machine the stream may not outrun it,
+ * so the test pauses after a few rounds whatever the estimate (the
+ * verdict, not convergence, is under test).
+ */
 function params(protocol: Protocol, seed: number): MigrateParams {
-  return { ...DEFAULT_PARAMS, backend: 'kvm', vcpus: 2, workload: 'churn', protocol, seed, warmupMs: 30 };
+  return {
+    ...DEFAULT_PARAMS,
+    backend: 'kvm',
+    vcpus: 2,
+    workload: 'churn',
+    protocol,
+    seed,
+    warmupMs: 30,
+    maxRounds: 4,
+    onNoConvergence: 'pause',
+  };
 }
 
 /** One migration between two VMs in this process; the destination's running guest is handed to `whileRunning`. */
@@ -100,14 +116,27 @@ describe('kvm: the migration engine between two real VMs', () => {
   );
 
   it.skipIf(skip)(
-    'naive: the engine reports the pages churn converted as corrupted, and the source guest runs on',
+    'naive: for some seed the engine reports corrupted pages (those mid-conversion at the first sync), and the source guest runs on',
     async () => {
-      const r = await migrate(params('naive', 7));
+      // naive sends every page from the c-bit state of the first sync. churn
+      // converts a buffer to shared, writes it and converts it back, so only
+      // buffers between their two conversions at that sync end up sent from
+      // the wrong perspective: whether any were is up to the vCPUs' timing,
+      // so a few seeds are tried (each vCPU is mid-buffer about half the time).
+      const runs: Awaited<ReturnType<typeof migrate>>[] = [];
+      for (let seed = 1; seed <= 6; seed++) {
+        const r = await migrate({ ...params('naive', seed), vcpus: 4 });
+        runs.push(r);
+        if (!r.summary.verified) break;
+      }
+      const r = runs[runs.length - 1];
       expect(r.summary.verified).toBe(false);
       expect(r.summary.resumed).toBe(false);
       expect(r.summary.mismatchedPages).toBeGreaterThan(0);
       // The helper's own pages (shared from boot, before the first sync) arrive intact.
       expect(Math.min(...r.summary.mismatchedGfns)).toBeGreaterThanOrEqual(64);
+      // The final state (the first sync's) differs from the guest's table exactly there.
+      expect(r.summary.trackerMismatchGfns.length).toBeGreaterThan(0);
       expect(r.result.memory).toBeUndefined();
       expect(r.sourcePaused).toBe(false);
     },

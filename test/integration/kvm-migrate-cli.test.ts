@@ -3,7 +3,7 @@
  * process, and a destination and a source as two processes over a unix
  * socket. `safe` verifies and the destination's guest runs on (its counter
  * page's progress, reported as the heartbeat, moves past where it
- * arrived); `naive` is reported corrupted (exit 1); flags the kvm backend
+ * arrived); `naive` is reported corrupted (exit 1) for some seed; flags the kvm backend
  * cannot honour exit 2 naming the flag. Skips, naming the reason, without a
  * usable /dev/kvm, where the refusal itself is what is tested.
  */
@@ -15,6 +15,12 @@ import { tempDir } from '../support/tmp.js';
 
 const skip = kvmSkipReason();
 if (skip) console.warn(`kvm tests skipped: ${skip}`);
+
+/**
+ * The guest runs unpaced: on a loaded machine the stream may not outrun it,
+ * so sources pause after a few rounds whatever the estimate.
+ */
+const PAUSE = ['--max-rounds', '4', '--on-no-convergence', 'pause'];
 
 /** A kvm destination process listening on a fresh unix socket. */
 async function kvmDestination(extra: string[]) {
@@ -47,7 +53,7 @@ describe('sevtrack migrate --backend kvm', () => {
   it.skipIf(skip)(
     'one process: a 64 MiB churn guest by default, verified, and the guest runs on at the destination',
     async () => {
-      const r = await runCli(['migrate', '--backend', 'kvm', '--json']);
+      const r = await runCli(['migrate', '--backend', 'kvm', ...PAUSE, '--json']);
       expect(r.stderr).toBe('');
       expect(r.code).toBe(0);
       const s = JSON.parse(r.stdout);
@@ -87,22 +93,20 @@ describe('sevtrack migrate --backend kvm', () => {
     },
   );
 
-  it.skipIf(skip)('naive: the verification reports the converted pages corrupted (exit 1)', async () => {
-    const r = await runCli([
-      'migrate',
-      '--backend',
-      'kvm',
-      '--memory',
-      '8M',
-      '--protocol',
-      'naive',
-      '--json',
-    ]);
-    expect(r.code, r.stderr).toBe(1);
-    const s = JSON.parse(r.stdout);
+  it.skipIf(skip)('naive: for some seed the verification reports corrupted pages (exit 1)', async () => {
+    // Corrupted are the churn buffers mid-conversion at the first sync, a
+    // matter of the vCPUs' timing: a few seeds are tried (kvm-engine.test.ts).
+    let r: Awaited<ReturnType<typeof runCli>> | undefined;
+    for (let seed = 1; seed <= 6 && r?.code !== 1; seed++) {
+      const args = ['--memory', '8M', '--vcpus', '4', '--protocol', 'naive', '--seed', String(seed)];
+      r = await runCli(['migrate', '--backend', 'kvm', ...args, ...PAUSE, '--json']);
+      expect([0, 1], r.stderr).toContain(r.code);
+    }
+    expect(r!.code, r!.stderr).toBe(1);
+    const s = JSON.parse(r!.stdout);
     expect(s).toMatchObject({ backend: 'kvm', verified: false, resumed: false, protocol: 'naive' });
     expect(s.mismatchedPages).toBeGreaterThan(0);
-    expect(r.stderr).toMatch(/differ from the source's view at pause/);
+    expect(r!.stderr).toMatch(/differ from the source's view at pause/);
   });
 
   it.skipIf(skip)(
