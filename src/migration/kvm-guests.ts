@@ -13,7 +13,7 @@ import { InvalidArgumentError, RuntimeFailure } from '../common/errors.js';
 import type { WorkloadName } from '../guest/workloads.js';
 import type { CbitStore } from '../host/cbit-store.js';
 import { requireKvm } from '../vmm/kvm/availability.js';
-import { GuestEvent, KVM_WORKLOADS, type KvmWorkload } from '../vmm/kvm/control-page.js';
+import { GuestEvent, type KvmWorkload } from '../vmm/kvm/control-page.js';
 import { KvmGuest, type KvmProfile } from '../vmm/kvm/kvm-guest.js';
 import { KvmMemory } from '../vmm/kvm/migratable-memory.js';
 import { KvmSourceGuest } from '../vmm/kvm/source-guest.js';
@@ -28,23 +28,25 @@ import {
   type RunningGuest,
 } from './running-guest.js';
 
-/** The workloads the guest helper runs that the migrate command offers. */
-export const KVM_MIGRATE_WORKLOADS = ['churn', 'swiotlb', 'write-heavy'] as const satisfies readonly (
-  | KvmWorkload
-  | WorkloadName
-)[];
+/**
+ * The workloads the migrate command offers with --backend kvm: those the
+ * guest helper runs under the same name as a sim workload.
+ */
+export const KVM_MIGRATE_WORKLOADS = [
+  'churn',
+  'swiotlb',
+  'write-heavy',
+] as const satisfies readonly (KvmWorkload & WorkloadName)[];
+export type KvmMigrateWorkload = (typeof KVM_MIGRATE_WORKLOADS)[number];
 
 /** The workload for the guest helper; throws naming --workload for one it does not run. */
-export function kvmWorkload(name: string): KvmWorkload {
-  if (
-    !(KVM_MIGRATE_WORKLOADS as readonly string[]).includes(name) ||
-    !KVM_WORKLOADS.includes(name as KvmWorkload)
-  )
+export function kvmWorkload(name: string): KvmMigrateWorkload {
+  if (!(KVM_MIGRATE_WORKLOADS as readonly string[]).includes(name))
     throw new InvalidArgumentError(
       '--workload',
       `workload "${name}" does not run in a kvm guest; with --backend kvm use ${KVM_MIGRATE_WORKLOADS.join(', ')}`,
     );
-  return name as KvmWorkload;
+  return name as KvmMigrateWorkload;
 }
 
 /**

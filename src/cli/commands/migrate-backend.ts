@@ -9,8 +9,7 @@
  */
 import { InvalidArgumentError } from '../../common/errors.js';
 import { formatBytes, parseSize } from '../../common/units.js';
-import type { WorkloadName } from '../../guest/workloads.js';
-import { type KVM_MIGRATE_WORKLOADS, kvmWorkload } from '../../migration/kvm-guests.js';
+import { kvmWorkload } from '../../migration/kvm-guests.js';
 import type { MigrateParams } from '../../migration/run-migration.js';
 import { kvmAvailability } from '../../vmm/kvm/availability.js';
 import { kvmLayout } from '../../vmm/kvm/control-page.js';
@@ -63,13 +62,11 @@ export function kvmParams(
       '--vcpus',
       `--vcpus ${p.vcpus} for --backend kvm must be at most ${layout.maxVcpus} (the guest helper's layout)`,
     );
-  const workload = flags.workload ?? KVM_DEFAULT_WORKLOAD;
-  kvmWorkload(workload); // throws naming --workload and the choices
   return {
     ...p,
     backend: 'kvm',
     memoryBytes,
-    workload: workload as WorkloadName & (typeof KVM_MIGRATE_WORKLOADS)[number],
+    workload: kvmWorkload(flags.workload ?? KVM_DEFAULT_WORKLOAD), // throws naming --workload and the choices
     readCostNsPerPage: 0,
   };
 }
