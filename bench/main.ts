@@ -12,6 +12,7 @@ import { hostMemoryGroup } from './groups/host-memory.js';
 import { hostRecoveryGroup } from './groups/host-recovery.js';
 import { hostSyncGroup } from './groups/host-sync.js';
 import { kvmGroup } from './groups/kvm.js';
+import { kvmMigrateGroup } from './groups/kvm-migrate.js';
 import { memoryGroup } from './groups/memory.js';
 import { migrateGroup } from './groups/migrate.js';
 import { migrateLogGroup } from './groups/migrate-log.js';
@@ -39,6 +40,7 @@ const groups: BenchGroup[] = [
   pspGroup,
   memoryGroup,
   kvmGroup,
+  kvmMigrateGroup,
   migrateLogGroup,
   replayGroup,
 ];
