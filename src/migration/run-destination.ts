@@ -138,7 +138,7 @@ export async function runDestination(
     } finally {
       await running?.stop();
     }
-    return { ...verdictOf(result), resume: report };
+    return { ...verdictOf(result), backend: result.hello.backend ?? 'sim', resume: report };
   } finally {
     await sysgenid?.close();
   }
@@ -151,6 +151,8 @@ export type DestinationVerdict = Omit<
 >;
 
 export interface DestinationOutcome extends DestinationVerdict {
+  /** The backend of the guest received (the HELLO's; set by runDestination). */
+  backend?: BackendName;
   /** How the guest resumed (undefined when it did not). */
   resume?: ResumeReport;
 }

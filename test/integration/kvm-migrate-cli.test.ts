@@ -85,7 +85,12 @@ describe('sevtrack migrate --backend kvm', () => {
         expect(JSON.parse(src.stdout)).toMatchObject({ backend: 'kvm', verified: true, comparedPages: 2048 });
         expect(await dest.exit).toBe(0);
         const d = JSON.parse(dest.out());
-        expect(d).toMatchObject({ verified: true, resumed: true, pagesReceived: expect.any(Number) });
+        expect(d).toMatchObject({
+          backend: 'kvm',
+          verified: true,
+          resumed: true,
+          pagesReceived: expect.any(Number),
+        });
         expect(d.heartbeatAfter).toBeGreaterThan(d.heartbeatAtResume);
       } finally {
         dest.child.kill();

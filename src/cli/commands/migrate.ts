@@ -318,6 +318,7 @@ function jsonChain(c: ChainSummary): string {
 
 function destinationJson(r: DestinationOutcome, onward?: MigrationSummary): string {
   return JSON.stringify({
+    backend: r.backend,
     verified: r.verified,
     resumed: r.resumed,
     comparedPages: r.comparedPages,
