@@ -37,6 +37,13 @@ export class FormatError extends MisuseError {
 /** Something failed while running: a broken invariant, a dead peer, the platform. */
 export class RuntimeFailure extends SevtrackError {}
 
+/** The operator cancelled a run (SIGINT/SIGTERM, or an AbortSignal): it stopped cleanly, as an abort does. */
+export class CancelledError extends RuntimeFailure {
+  constructor(message: string) {
+    super('ERR_CANCELLED', message);
+  }
+}
+
 /** The native addon could not be found; the message lists the paths tried. */
 export class NativeAddonMissingError extends RuntimeFailure {
   readonly pathsTried: readonly string[];

@@ -131,7 +131,9 @@ export function checkEvents(
     }
     if (typeof detail !== 'object' || detail === null || Array.isArray(detail))
       bad(row, 'detail is not a JSON object');
-    if (out.length === 0 && kind !== 'start') bad(row, 'the first event must be start');
+    // A migration whose handshake failed (or was cancelled first) never started: abort, then end.
+    if (out.length === 0 && kind !== 'start' && kind !== 'abort')
+      bad(row, 'the first event must be start (or abort, for a migration that never started)');
     if (out.length > 0 && out.at(-1)!.kind === 'end') bad(row, 'an event after end');
     if (!Number.isSafeInteger(row.round) || row.round < round)
       bad(row, `round ${row.round} goes back (after round ${round})`);

@@ -116,6 +116,8 @@ export class PageSender {
     private readonly channel: FrameChannel,
     private readonly batch: number,
     private readonly log?: MigrationLog,
+    /** Once aborted, both send loops stop before their next frame (the reason is thrown). */
+    private readonly signal?: AbortSignal,
   ) {}
 
   private pools(): { sealed: FramePool; raw: FramePool } {
@@ -164,6 +166,7 @@ export class PageSender {
       // time of batch i + 1 starts when batch i's ends, while i is sent.
       let ticket = sealedQueue.length > 0 ? this.psp.throttle(sealedQueue[0].length) : undefined;
       for (let i = 0; i < sealedQueue.length; i++) {
+        this.signal?.throwIfAborted();
         const gfns = sealedQueue[i];
         await ticket;
         ticket = i + 1 < sealedQueue.length ? this.psp.throttle(sealedQueue[i + 1].length) : undefined;
@@ -188,6 +191,7 @@ export class PageSender {
     };
     const rawLoop = async () => {
       for (const gfns of rawQueue) {
+        this.signal?.throwIfAborted();
         const frame = await pools.raw.take();
         const offset = writePagesHeader(frame, round, gfns, 0);
         copyPagesToFrame(this.memory.bytes, gfns, frame, offset, this.macs?.output);

@@ -82,6 +82,8 @@ export interface MigrateParams {
   watcherTimeoutMs: number;
   onRound?: (p: RoundProgress) => void;
   onPages?: (round: number, sent: number, total: number) => void;
+  /** Cancels the source's migration when aborted (SourceOptions.signal). */
+  signal?: AbortSignal;
 }
 
 export const DEFAULT_PARAMS: MigrateParams = {
@@ -138,7 +140,7 @@ export async function runSource(
           vcpus: p.vcpus,
           protocol: p.protocol,
           verify: p.verify,
-          params: { ...p, onRound: undefined, onPages: undefined },
+          params: { ...p, onRound: undefined, onPages: undefined, signal: undefined },
         })
       : undefined;
   } catch (err) {
@@ -292,6 +294,7 @@ export function sourceOptions(
     log,
     onRound: p.onRound,
     onPages: p.onPages,
+    signal: p.signal,
   };
 }
 

@@ -42,6 +42,14 @@ export interface SourceOptions {
   onRound?: (p: RoundProgress) => void;
   /** Called after each frame of a round with the pages sent so far and the round's total. */
   onPages?: (round: number, sent: number, total: number) => void;
+  /**
+   * Cancels the migration when aborted (its reason, an Error, is the abort's
+   * reason): between frames and phases, up to the last point where the
+   * destination cannot yet resume (before the digests go out). The source
+   * then aborts as on any failure: its guest runs on, the peer is told, the
+   * log records it. Later, the migration finishes.
+   */
+  signal?: AbortSignal;
 }
 
 export interface RoundProgress {

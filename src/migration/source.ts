@@ -78,7 +78,7 @@ export class MigrationSource {
     this.reads = new RoundReads(o.guest, o.store, o.vm, o.protocol, o.readCostNsPerPage, o.log);
     this.convergence = new Convergence(o.maxDowntimeMs, o.maxRounds, o.onNoConvergence === 'pause');
     this.psp = new PspSession(o.guest.memory.codec, o.psp);
-    this.sender = new PageSender(o.guest.memory, this.psp, o.channel, o.batchPages, o.log);
+    this.sender = new PageSender(o.guest.memory, this.psp, o.channel, o.batchPages, o.log, o.signal);
   }
 
   private async expect(type: number): Promise<Buffer> {
@@ -171,13 +171,18 @@ export class MigrationSource {
     try {
       // Every conversion from here on, whatever the protocol consumes of it.
       if (this.o.log) await this.tapConversions(this.o.log);
+      const cancelled = () => this.o.signal?.throwIfAborted();
+      cancelled();
       await this.handshake(control, generationBefore);
       this.startReference();
       await this.bulkRound();
-      while (await this.another()) await this.precopyRound();
+      while ((cancelled(), await this.another())) await this.precopyRound();
+      cancelled();
       await this.pause();
       const final = await this.finalRound();
       await this.sendState(final.state);
+      // The last point of return: once the digests are out, the destination may resume.
+      cancelled();
       await this.sendDigests();
       return await this.verdict(t0, generationBefore);
     } catch (err) {

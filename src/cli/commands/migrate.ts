@@ -2,6 +2,7 @@
  * `sevtrack migrate`: the main job. With no flags: the embedded default run
  * (see DEFAULT_PARAMS). `--backend kvm` migrates a real VM (migrate-backend.ts).
  */
+
 import type { Command } from 'commander';
 import { InvalidArgumentError, SevtrackError } from '../../common/errors.js';
 import { formatBytes, parseIntIn, parseSize } from '../../common/units.js';
@@ -33,6 +34,7 @@ import {
 import type { MigrationSummary, RoundProgress } from '../../migration/source.js';
 import { PROTOCOLS, type Protocol, VERIFY_MODES, type VerifyMode } from '../../migration/stream.js';
 import { BACKENDS, type BackendName } from '../../vmm/backend.js';
+import { cancelOnSignals } from '../cancel-on-signals.js';
 import { oneOf } from '../choice.js';
 import { CheckFailedError, EXIT_ABORTED, exitCodeFor, runAction } from '../run-action.js';
 import { KVM_DEFAULT_MEMORY, KVM_DEFAULT_WORKLOAD, kvmParams } from './migrate-backend.js';
@@ -498,6 +500,9 @@ export function registerMigrate(program: Command): void {
             listener.close();
           }
         }
+        // The source side (alone or with its destination here) stops cleanly on SIGINT/SIGTERM.
+        const cancel = cancelOnSignals('the migration (the source guest runs on)');
+        p.signal = cancel.signal;
         try {
           if (role === 'source') {
             if (!f.connect)
@@ -536,6 +541,8 @@ export function registerMigrate(program: Command): void {
         } catch (err) {
           // An aborted source (exit 3) left its guest running: say so.
           throw reportSourceAbort(err, f.json);
+        } finally {
+          cancel.dispose();
         }
       }),
     );
