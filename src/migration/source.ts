@@ -176,8 +176,11 @@ export class MigrationSource {
       await this.handshake(control, generationBefore);
       this.startReference();
       await this.bulkRound();
-      while ((cancelled(), await this.another())) await this.precopyRound();
-      cancelled();
+      for (;;) {
+        cancelled();
+        if (!(await this.another())) break;
+        await this.precopyRound();
+      }
       await this.pause();
       const final = await this.finalRound();
       await this.sendState(final.state);

@@ -40,7 +40,9 @@ describe('a log whose events break the format rules is refused, naming the event
   it('an event before start', () => {
     const e = refusalOf((log) => log.harvest(0, [{ gfn: 0, npages: 2 }]));
     expect(e.eventId).toBe(1);
-    expect(e.message).toMatch(/: event #1 \(harvest\): the first event must be start \(or abort, for a migration that never started\)$/);
+    expect(e.message).toMatch(
+      /: event #1 \(harvest\): the first event must be start \(or abort, for a migration that never started\)$/,
+    );
   });
 
   it('a round that goes back', () => {
