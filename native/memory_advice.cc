@@ -12,6 +12,7 @@
 // aligned huge pages; the edges stay 4 KiB). The advice is a hint: where the
 // kernel has THP off ("never") nothing is advised, and the result says so.
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -61,10 +62,39 @@ Napi::Value AdviseHugePages(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// prefaultMemory(memory: Uint8Array) -> { populatedBytes, error }
+// Maps every whole page of memory writable (MADV_POPULATE_WRITE, Linux 5.14)
+// without changing its content: a destination started for a guest of known
+// size takes its one fault per page here, at start, as a VMM that
+// preallocates guest RAM does, instead of on the receive path. A kernel
+// without it answers EINVAL: nothing is populated and `error` says why.
+Napi::Value PrefaultMemory(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto memory = GetBytes(info, 0, "memory");
+  auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  auto begin = (reinterpret_cast<uintptr_t>(memory.Data()) + page - 1) & ~(page - 1);
+  auto end = (reinterpret_cast<uintptr_t>(memory.Data()) + memory.ByteLength()) & ~(page - 1);
+  constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, absent from older headers
+  std::string error;
+  size_t populated = 0;
+  if (end > begin) {
+    if (madvise(reinterpret_cast<void*>(begin), end - begin, kPopulateWrite) == 0) {
+      populated = end - begin;
+    } else {
+      error = std::string("madvise(MADV_POPULATE_WRITE): ") + std::strerror(errno);
+    }
+  }
+  auto out = Napi::Object::New(env);
+  out.Set("populatedBytes", Napi::Number::New(env, static_cast<double>(populated)));
+  out.Set("error", error.empty() ? env.Null() : Napi::String::New(env, error));
+  return out;
+}
+
 }  // namespace
 
 void InitMemoryAdvice(Napi::Env env, Napi::Object exports) {
   exports.Set("adviseHugePages", Napi::Function::New(env, AdviseHugePages));
+  exports.Set("prefaultMemory", Napi::Function::New(env, PrefaultMemory));
 }
 
 }  // namespace sevtrack

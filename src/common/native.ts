@@ -99,6 +99,11 @@ export interface NativeAddon {
    * advisedBytes 0 where the kernel's THP mode is "never" (mode says which).
    */
   adviseHugePages(memory: Uint8Array): { advisedBytes: number; mode: string };
+  /**
+   * Faults every whole page of memory in, writable, contents unchanged
+   * (MADV_POPULATE_WRITE); error says why not (a kernel before 5.14).
+   */
+  prefaultMemory(memory: Uint8Array): { populatedBytes: number; error: string | null };
   /** SEV platform status from /dev/sev (SEV_PLATFORM_STATUS); `present` false where there is no /dev/sev. */
   sevPlatformStatus(): SevPlatformStatus;
   /** SHA-256 of the guest view of pages (firstGfn, npages): decrypted where cbits has the bit set. */

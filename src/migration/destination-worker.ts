@@ -22,6 +22,7 @@ runDestination(
     log: undefined,
     guestOpsPerMs: data.guestOpsPerMs,
     db: data.db,
+    preparedNpages: data.preparedNpages,
   },
   channel,
 ).then(

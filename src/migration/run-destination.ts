@@ -9,7 +9,9 @@
  * decides what guest it allocates; a source of another backend is refused.
  */
 import type { MessagePort } from 'node:worker_threads';
+import { InvalidArgumentError } from '../common/errors.js';
 import { PAGE_SIZE } from '../common/ranges.js';
+import { formatBytes } from '../common/units.js';
 import { GuestSysgenid } from '../sysgenid/guest-sysgenid.js';
 import type { BackendName, MigratableMemory } from '../vmm/backend.js';
 import type { KvmSourceGuest } from '../vmm/kvm/source-guest.js';
@@ -36,6 +38,14 @@ export interface DestinationParams<B extends BackendName = 'sim'> {
   log?: string;
   /** The destination tracker's database (default: a temporary one, removed at the end). */
   db?: string;
+  /**
+   * The guest size (pages) this sim destination was started for
+   * (`--memory`): its memory is allocated and faulted in now, before a source
+   * connects, as a VMM preallocates guest RAM, and a source of another size
+   * is refused naming --memory. Undefined: allocated at the HELLO, of the
+   * source's size.
+   */
+  preparedNpages?: number;
   /** The resumed guest's load (page operations per ms per vCPU; default 32). */
   guestOpsPerMs?: number;
   /** Tracked sysgenid watchers in the resumed guest (0 = no sysgenid), how many never acknowledge, and their timeout. */
@@ -62,6 +72,7 @@ export async function receiveGuest<B extends BackendName = 'sim'>(
   sysgenid?: GuestSysgenid,
 ): Promise<Received<GuestOf<B>>> {
   let log: MigrationLog | undefined;
+  const prepared = prepareMemory(p);
   const tracker = DestinationTracker.open(p.db);
   const dest = new MigrationDestination<MigratableMemory>({
     channel,
@@ -70,6 +81,11 @@ export async function receiveGuest<B extends BackendName = 'sim'>(
     psp: p.psp,
     tracker,
     allocate: (npages, hello) => {
+      if (prepared && npages !== prepared.npages)
+        throw new InvalidArgumentError(
+          '--memory',
+          `the source's guest is ${formatBytes(npages * PAGE_SIZE)} (${npages} pages) but this destination was started with --memory ${formatBytes(prepared.npages * PAGE_SIZE)}; start it with the source's --memory, or without --memory`,
+        );
       // A two-process destination holds one guest: refuse what this machine cannot hold.
       guestPagesFor(npages * PAGE_SIZE, { guests: 1 });
       if (p.log)
@@ -81,6 +97,7 @@ export async function receiveGuest<B extends BackendName = 'sim'>(
           verify: hello.verify,
           params: { peerTimeoutMs: p.peerTimeoutMs, handshakeTimeoutMs: p.handshakeTimeoutMs, psp: p.psp },
         });
+      if (prepared) return prepared;
       return p.backend === 'kvm' ? allocateKvmGuest(npages, hello.vcpus) : GuestMemory.create(npages);
     },
     get log() {
@@ -109,6 +126,13 @@ export async function receiveGuest<B extends BackendName = 'sim'>(
   });
   // The guest resumed is of the backend this destination allocated (B).
   return { result, running: running as RunningGuest<GuestOf<B>>, report };
+}
+
+/** A sim destination's memory allocated and faulted in before its source connects (preparedNpages). */
+function prepareMemory(p: DestinationParams<BackendName>): GuestMemory | undefined {
+  if (p.preparedNpages === undefined || (p.backend ?? 'sim') !== 'sim') return undefined;
+  guestPagesFor(p.preparedNpages * PAGE_SIZE, { guests: 1 });
+  return GuestMemory.create(p.preparedNpages, { prefault: true });
 }
 
 /** Starts the guest's sysgenid when watchers are asked for. */
@@ -157,7 +181,7 @@ export interface DestinationOutcome extends DestinationVerdict {
   resume?: ResumeReport;
 }
 
-export interface DestinationWorkerData extends Pick<DestinationParams, 'db'> {
+export interface DestinationWorkerData extends Pick<DestinationParams, 'db' | 'preparedNpages'> {
   port: MessagePort;
   peerTimeoutMs: number;
   handshakeTimeoutMs: number;

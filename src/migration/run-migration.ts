@@ -343,6 +343,8 @@ function destinationOnWorker(p: MigrateParams): {
     psp: p.psp,
     guestOpsPerMs: p.guestOpsPerMs,
     db: p.db,
+    // The size is known: the destination prepares its memory while the source boots.
+    preparedNpages: guestPages(p),
   };
   const worker = startWorker(import.meta.url, './destination-worker.js', {
     workerData,
@@ -399,7 +401,10 @@ export async function migrateLocally(
       rmSync(dir, { recursive: true, force: true });
     };
     // One log per migration: the source's (a two-process destination keeps its own).
-    destination = listener.accept().then((ch) => runDestination({ ...p, log: undefined }, ch));
+    const preparedNpages = p.backend === 'sim' ? guestPages(p) : undefined;
+    destination = listener
+      .accept()
+      .then((ch) => runDestination({ ...p, log: undefined, preparedNpages }, ch));
     srcChannel = await connectChannel(listener.endpoint, p.peerTimeoutMs);
   }
   destination.catch(() => {});

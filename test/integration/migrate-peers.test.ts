@@ -73,6 +73,23 @@ function listenAddress(transport: Transport): string {
 }
 
 describe('a --listen destination and its peers', () => {
+  it('a destination started with --memory prepares that guest, migrates it, and refuses another size naming --memory', async () => {
+    const same = await destination('unix', listenAddress('unix'), ['--memory', '1M']);
+    const ok = await source('unix', same.address);
+    expect(ok.code).toBe(0);
+    expect(await same.cli.exit).toBe(0);
+    expect(JSON.parse(same.cli.out()).verified).toBe(true);
+
+    const other = await destination('unix', listenAddress('unix'), ['--memory', '2M']);
+    const refused = await source('unix', other.address);
+    expect(await other.cli.exit).toBe(2);
+    expect(other.cli.err()).toMatch(
+      /the source's guest is 1 MiB \(256 pages\) but this destination was started with --memory 2 MiB; start it with the source's --memory, or without --memory/,
+    );
+    expect(refused.code).toBe(3);
+    expect(refused.stderr).toMatch(/destination: the source's guest is 1 MiB/);
+  });
+
   it('aborts (exit 3) a peer that connects and sends no handshake within --handshake-timeout', async () => {
     const { cli, address } = await destination('tcp', listenAddress('tcp'), ['--handshake-timeout', '500']);
     await dial('tcp', address);

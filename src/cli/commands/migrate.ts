@@ -27,6 +27,7 @@ import {
 import { type DestinationOutcome, runDestination } from '../../migration/run-destination.js';
 import {
   DEFAULT_PARAMS,
+  guestPages,
   type MigrateParams,
   migrateLocally,
   runSource,
@@ -351,7 +352,7 @@ export function registerMigrate(program: Command): void {
     )
     .option(
       '--memory <size>',
-      `guest memory (default ${SIM_DEFAULT_MEMORY}; kvm: ${KVM_DEFAULT_MEMORY}, a multiple of 256K up to 1G)`,
+      `guest memory (default ${SIM_DEFAULT_MEMORY}; kvm: ${KVM_DEFAULT_MEMORY}, a multiple of 256K up to 1G). With --role destination (sim): the guest's memory is prepared before the source connects, and a source of another size is refused; without it, the source's size is taken`,
     )
     .option(
       '--vcpus <n>',
@@ -463,6 +464,9 @@ export function registerMigrate(program: Command): void {
         if (role === 'destination') {
           if (!f.listen)
             throw new InvalidArgumentError('--listen', '--role destination needs --listen HOST:PORT or PATH');
+          // --memory given: the guest's memory is prepared now, and a source of another size refused.
+          const preparedNpages =
+            cmd.getOptionValueSource('memory') === 'cli' && p.backend === 'sim' ? guestPages(p) : undefined;
           const listener = await listenChannel(parseEndpoint(f.listen, p.transport, '--listen'), {
             peerTimeoutMs: p.peerTimeoutMs,
             handshakeTimeoutMs: p.handshakeTimeoutMs,
@@ -482,7 +486,7 @@ export function registerMigrate(program: Command): void {
                 connectChannel(to, p.peerTimeoutMs),
               ));
             } else {
-              r = await runDestination(p, channel);
+              r = await runDestination({ ...p, preparedNpages }, channel);
             }
             if (f.json) process.stdout.write(`${destinationJson(r, onward)}\n`);
             else {

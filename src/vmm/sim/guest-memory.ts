@@ -115,10 +115,13 @@ export class GuestMemory implements MigratableMemory {
    * `hugePages`: advise transparent huge pages (a running guest, whose
    * never-written pages a migration source then reads at one fault per
    * 2 MiB; native/memory_advice.cc says why a destination does not).
+   * `prefault`: fault every page in now, writable (a destination prepared
+   * before its source connects, as a VMM preallocates guest RAM), so the
+   * receive path writes mapped memory.
    */
   static create(
     npages: number,
-    options: { encrypted?: boolean; key?: Uint8Array; hugePages?: boolean } = {},
+    options: { encrypted?: boolean; key?: Uint8Array; hugePages?: boolean; prefault?: boolean } = {},
   ): GuestMemory {
     if (!Number.isInteger(npages) || npages < 1 || npages > 2 ** 28) {
       throw new InvalidArgumentError('npages', `guest size ${npages} pages must be from 1 to 2^28 (1 TiB)`);
@@ -135,6 +138,8 @@ export class GuestMemory implements MigratableMemory {
       key: options.key ?? newMemoryKey(),
     });
     if (options.encrypted ?? true) mem.cbits.setRange(0, npages);
+    // Best effort: on a kernel without MADV_POPULATE_WRITE the pages fault in as they are received.
+    if (options.prefault) nativeAddon().prefaultMemory(mem.bytes);
     return mem;
   }
 
