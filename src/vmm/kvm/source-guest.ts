@@ -24,8 +24,12 @@ import type { TrackerLink } from './tracker-link.js';
 import { packVcpuStates } from './vcpu-pages.js';
 import { waitForEveryVcpu } from './wait-for.js';
 
-/** How long the vCPUs get to reach a clean point (an upper bound against a hang). */
-const STOP_TIMEOUT_MS = 10_000;
+/**
+ * How long the vCPUs get to reach a clean point: an upper bound against a
+ * hang, generous because a vCPU thread on an overloaded host may wait
+ * seconds for a core.
+ */
+const STOP_TIMEOUT_MS = 30_000;
 
 export class KvmSourceGuest implements SourceGuest {
   generation = 0;
