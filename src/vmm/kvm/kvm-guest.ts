@@ -104,7 +104,7 @@ export class KvmGuest {
   private running = false;
 
   private constructor(options: KvmGuestOptions) {
-    const a = requireKvm(options.profile);
+    // Bad input is named whatever the host offers; then the host is asked.
     const layout = kvmLayout();
     const { ramPages, vcpus } = options;
     if (
@@ -119,6 +119,7 @@ export class KvmGuest {
       );
     if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > layout.maxVcpus)
       throw new InvalidArgumentError('vcpus', `vcpus ${vcpus} must be an integer in [1, ${layout.maxVcpus}]`);
+    const a = requireKvm(options.profile);
     const key = options.key ?? new Uint8Array(randomBytes(16));
     if (key.length !== 16) throw new InvalidArgumentError('key', `key must be 16 bytes, got ${key.length}`);
     this.ramPages = ramPages;
