@@ -25,6 +25,12 @@ export class InvalidArgumentError extends MisuseError {
   }
 }
 
+/**
+ * A destination set up for one guest (its `--memory`) was offered another:
+ * the flags of one side are wrong, so it is refused as bad input (exit 2).
+ */
+export class GuestMismatchError extends InvalidArgumentError {}
+
 /** A binary buffer or file is not in the expected format. */
 export class FormatError extends MisuseError {
   readonly offset: number;

@@ -13,7 +13,7 @@
  * generation (docs/design.md §3 rule 6). On any failure the partial guest
  * and its tracker state are discarded.
  */
-import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
+import { GuestMismatchError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { PageBitmap } from '../common/page-bitmap.js';
 import { copyFrameToPages, VIEW_MAC_BYTES } from '../common/page-crypto.js';
 import { PageStateMap } from '../host/page-state-map.js';
@@ -146,8 +146,8 @@ export class MigrationDestination<M extends MigratableMemory = GuestMemory> {
         hello,
       );
     } catch (err) {
-      // A destination set up for another guest (MisuseError: its flags) says so as it is.
-      const misuse = err instanceof MisuseError;
+      // A destination set up for another guest (its flags are wrong) says so as it is.
+      const misuse = err instanceof GuestMismatchError;
       const message = misuse
         ? `destination: ${err.message}`
         : `destination cannot allocate the guest (${hello.npages} pages): ${(err as Error).message}`;

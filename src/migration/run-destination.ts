@@ -9,7 +9,7 @@
  * decides what guest it allocates; a source of another backend is refused.
  */
 import type { MessagePort } from 'node:worker_threads';
-import { InvalidArgumentError } from '../common/errors.js';
+import { GuestMismatchError } from '../common/errors.js';
 import { PAGE_SIZE } from '../common/ranges.js';
 import { formatBytes } from '../common/units.js';
 import { GuestSysgenid } from '../sysgenid/guest-sysgenid.js';
@@ -82,7 +82,7 @@ export async function receiveGuest<B extends BackendName = 'sim'>(
     tracker,
     allocate: (npages, hello) => {
       if (prepared && npages !== prepared.npages)
-        throw new InvalidArgumentError(
+        throw new GuestMismatchError(
           '--memory',
           `the source's guest is ${formatBytes(npages * PAGE_SIZE)} (${npages} pages) but this destination was started with --memory ${formatBytes(prepared.npages * PAGE_SIZE)}; start it with the source's --memory, or without --memory`,
         );
