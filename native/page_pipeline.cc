@@ -85,10 +85,14 @@ void MemoryCodec::Page(uint64_t gpa, const uint8_t* in, uint8_t* out) {
     return;
   }
   // The keystream is its own inverse: encrypt and decrypt are the same XOR.
-  for (size_t off = 0; off < kPage; off += 8) {
+  KeystreamXor(stream_key_, gpa, in, out, kPage);
+}
+
+void KeystreamXor(const uint64_t key[2], uint64_t gpa, const uint8_t* in, uint8_t* out, size_t len) {
+  for (size_t off = 0; off < len; off += 8) {
     uint64_t w;
     std::memcpy(&w, in + off, 8);
-    w ^= svt_keystream(stream_key_, gpa + off);
+    w ^= svt_keystream(key, gpa + off);
     std::memcpy(out + off, &w, 8);
   }
 }

@@ -58,6 +58,11 @@ class PageSha256 {
 // docs/kvm.md). The one place the pipeline differs between backends.
 enum class MemoryCipher { kXts = 0, kKeystream = 1 };
 
+// The kvm keystream over len bytes (a multiple of 8) starting at gpa: every
+// 64-bit word XOR svt_keystream(key, its GPA), in to out (they may alias).
+// Its own inverse: it turns raw bytes into the guest view and back.
+void KeystreamXor(const uint64_t key[2], uint64_t gpa, const uint8_t* in, uint8_t* out, size_t len);
+
 // Key bytes of a memory cipher.
 size_t MemoryKeyBytes(MemoryCipher cipher);
 

@@ -8,6 +8,7 @@
 
 #include "../addon.h"
 #include "../guest/abi.h"
+#include "../page_pipeline.h"
 #include "probe.h"
 #include "sys.h"
 #include "vm.h"
@@ -319,13 +320,7 @@ Napi::Value KvmKeystreamXor(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, "bytes and firstGpa must be multiples of 8 (whole guest words)");
   uint64_t k[2];
   memcpy(k, key.Data(), 16);
-  uint8_t* p = bytes.Data();
-  for (size_t off = 0; off < bytes.ByteLength(); off += 8) {
-    uint64_t w;
-    memcpy(&w, p + off, 8);
-    w ^= svt_keystream(k, gpa + off);
-    memcpy(p + off, &w, 8);
-  }
+  KeystreamXor(k, gpa, bytes.Data(), bytes.Data(), bytes.ByteLength());
   return env.Undefined();
 }
 
