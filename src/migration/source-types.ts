@@ -5,7 +5,7 @@ import type { FrameChannel } from './channel.js';
 import type { OnNoConvergence } from './convergence.js';
 import type { MigrationLog } from './migration-log.js';
 import type { PspLimits } from './psp.js';
-import type { Protocol, VerifyMode } from './stream.js';
+import type { Protocol, VerifyMode, VerifyResult } from './stream.js';
 import type { Tracker } from './tracker.js';
 import type { ServiceRecord } from './tracker-service.js';
 
@@ -62,24 +62,10 @@ export interface RoundProgress {
   bandwidthMBps: number;
 }
 
-export interface MigrationSummary {
+/** The destination's verdict (VerifyResult: verified, resumed, compared, skipped and mismatched pages, message) and the run's figures. */
+export interface MigrationSummary extends VerifyResult {
   /** The guest's backend (sim, kvm). */
   backend: BackendName;
-  /** Pages were compared and none differed: the destination resumed the guest. */
-  verified: boolean;
-  /** No compared page differed: the destination resumed (also when nothing was compared). */
-  resumed: boolean;
-  comparedPages: number;
-  skippedPages: number;
-  /** Why pages were skipped (empty when none were). */
-  skipReason: string;
-  mismatchedPages: number;
-  /** Every mismatched gfn. */
-  mismatchedGfns: number[];
-  /** The destination tracker's protocol errors: pages last sent from a stale perspective (destination-tracker.ts). */
-  perspectiveMismatchGfns: number[];
-  /** Pages where the c-bit state sent differs from the guest's own table. */
-  trackerMismatchGfns: number[];
   /** Whether the estimate fitted --max-downtime when the guest was paused. */
   converged: boolean;
   estimatedDowntimeMs: number;
@@ -93,10 +79,8 @@ export interface MigrationSummary {
   downtimeMs: number;
   totalMs: number;
   generationBefore: number;
-  generationAfter: number;
   protocol: Protocol;
   verify: VerifyMode;
-  message: string;
   /** With `--service`: what the host service holds about this migration. */
   service?: ServiceRecord;
 }
