@@ -2,11 +2,7 @@
  * Waiting on a KVM guest's record batches: resolves on the first batch for
  * which `done` returns true, rejects with KvmError when a vCPU fails (the
  * native message names the vCPU and why) or when timeoutMs passes (an upper
- * bound against a hang, never used as synchronisation). While it waits it
- * also drains the queues itself every 100 ms: the addon's notification is
- * the fast path, not the only one, so a waiter never depends on a wake-up
- * alone (a CI run on a loaded machine once timed out waiting for events
- * that every vCPU had sent).
+ * bound against a hang, never used as synchronisation).
  */
 import { KvmError } from '../../common/errors.js';
 import type { KvmGuest, RecordBatch } from './kvm-guest.js';
@@ -20,14 +16,12 @@ export function waitForBatch(
   return new Promise((resolve, reject) => {
     const finish = () => {
       clearTimeout(timer);
-      clearInterval(poll);
       off();
     };
     const timer = setTimeout(() => {
       finish();
       reject(new KvmError(`timed out after ${timeoutMs} ms waiting for ${what}`));
     }, timeoutMs);
-    const poll = setInterval(() => guest.drain(), 100);
     const off = guest.onBatch((batch) => {
       if (batch.failures.length > 0) {
         finish();
