@@ -29,7 +29,7 @@
 #include <stdint.h>
 
 #define SVT_GUEST_MAGIC 0x31545645535456ull /* "VTSEVT1" */
-#define SVT_GUEST_VERSION 1u
+#define SVT_GUEST_VERSION 2u /* 2: the stop word is an epoch */
 
 #define SVT_PAGE 4096ull
 #define SVT_CONTROL_GPA 0x0ull
@@ -56,7 +56,7 @@
 /* Events (rax of an SVT_PORT_EVENT exit). */
 #define SVT_EVENT_BOOTED 1u     /* arg: features seen by the guest */
 #define SVT_EVENT_PASS_DONE 2u  /* arg: the iteration whose pass finished */
-#define SVT_EVENT_STOPPED 3u    /* arg: the vCPU's counter */
+#define SVT_EVENT_STOPPED 3u    /* arg: the stop word it answers (an odd epoch) */
 #define SVT_EVENT_NO_TRACKING 4u /* the host answered -KVM_ENOSYS: migration unsupported */
 #define SVT_EVENT_READY 5u      /* arg: 1 = KVM_MIGRATION_READY set, 0 = cleared */
 #define SVT_EVENT_BAD_WORKLOAD 6u
@@ -93,7 +93,13 @@ struct svt_control {
   uint64_t seed;
   uint64_t stride;               /* SVT_WL_STRIDE: every stride-th page */
   volatile uint64_t iteration;   /* host-written, read by the guest */
-  volatile uint64_t stop;        /* host sets 1: vCPUs report STOPPED and halt their loop */
+  /* A stop epoch: odd = stop requested, even = run. The host only ever adds
+   * one (odd to stop, even to let go), so a vCPU that slept through a
+   * let-go and the next stop still sees a new value: it reports STOPPED
+   * once per odd value and spins while the word holds it. (A 0/1 flag lost
+   * exactly that case: a vCPU still spinning on the last 1 never reported
+   * the next stop.) */
+  volatile uint64_t stop;
   uint64_t cpuid_features;       /* CPUID 0x40000001 EAX as the guest saw it */
   volatile uint64_t table_ready; /* vCPU 0 sets 1 once the c-bit table is initialised */
   uint64_t reserved[54];

@@ -198,9 +198,10 @@ void _start(uint64_t vcpu) {
   uint64_t wl = CTL->workload;
   if (wl > SVT_WL_STRIDE) event(SVT_EVENT_BAD_WORKLOAD, wl);
   for (;;) {
-    if (CTL->stop) {
-      event(SVT_EVENT_STOPPED, c->progress);
-      while (CTL->stop) relax();
+    uint64_t stop = CTL->stop;
+    if (stop & 1) {
+      event(SVT_EVENT_STOPPED, stop);
+      while (CTL->stop == stop) relax();
       continue;
     }
     switch (wl) {

@@ -153,7 +153,7 @@ export async function resumeKvmGuest(
   };
   try {
     const atResume = progress(vm);
-    guest.resume(); // clears the stop word the source's clean pause left in the control page
+    guest.resume(); // lets go of the stop epoch the source's clean pause left in the control page
     const deadline = performance.now() + HEARTBEAT_WAIT_MS;
     let now = progress(vm);
     while (!now.every((p, v) => p > atResume[v])) {

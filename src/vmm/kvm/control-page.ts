@@ -85,9 +85,27 @@ export class ControlPage {
     this.view.setBigUint64(this.l.offIteration, value, true);
   }
 
-  /** true: each vCPU reports STOPPED and spins until it is set back to false. */
-  set stop(value: boolean) {
-    this.view.setBigUint64(this.l.offStop, value ? 1n : 0n, true);
+  /** The stop epoch (abi.h): odd while a stop is requested. */
+  get stopWord(): bigint {
+    return this.view.getBigUint64(this.l.offStop, true);
+  }
+
+  /**
+   * Asks every vCPU to stop: writes the next odd epoch (over an odd word
+   * too, so vCPUs already spinning on it report again) and returns it; each
+   * vCPU answers with a STOPPED event carrying it and spins.
+   */
+  requestStop(): bigint {
+    const word = this.stopWord;
+    const epoch = word + ((word & 1n) === 1n ? 2n : 1n);
+    this.view.setBigUint64(this.l.offStop, epoch, true);
+    return epoch;
+  }
+
+  /** Lets spinning vCPUs go on (the next even epoch); nothing when no stop is requested. */
+  releaseStop(): void {
+    const word = this.stopWord;
+    if ((word & 1n) === 1n) this.view.setBigUint64(this.l.offStop, word + 1n, true);
   }
 
   get cpuidFeatures(): number {

@@ -56,7 +56,7 @@ export class KvmSourceGuest implements SourceGuest {
   }
 
   resume(): void {
-    this.guest.control.stop = false;
+    this.guest.control.releaseStop();
     this.guest.resume();
   }
 
@@ -78,22 +78,25 @@ export class KvmSourceGuest implements SourceGuest {
 }
 
 /**
- * Sets the control page's `stop` word, waits until every vCPU reported
- * STOPPED (it then spins between two operations), and parks the vCPUs.
+ * Requests a stop (the control page's next odd stop epoch), waits until
+ * every vCPU reported STOPPED for that epoch (it then spins between two
+ * operations), and parks the vCPUs.
  */
 export async function stopAtCleanPoint(guest: KvmGuest, timeoutMs = STOP_TIMEOUT_MS): Promise<void> {
+  // Only answers to this stop count: a late STOPPED of an earlier one does not.
+  let epoch = -1n;
   const stopped = waitForEveryVcpu(
     guest,
     GuestEvent.stopped,
     'every vCPU to stop at a clean point',
-    undefined,
+    (arg) => arg === epoch,
     timeoutMs,
   );
-  guest.control.stop = true;
+  epoch = guest.control.requestStop();
   try {
     await stopped;
   } catch (err) {
-    guest.control.stop = false;
+    guest.control.releaseStop();
     throw err;
   }
   guest.pause();

@@ -3,7 +3,9 @@
  * on real KVM: pause() lands between two workload operations, so after every
  * pause the tracker fed from the exits equals the guest's own c-bit table
  * (a pause between a table update and its hypercall would not); resume()
- * clears the stop word and the guest runs on; dirtyCount() loses no dirty
+ * lets go of the stop word and the guest runs on; a stop issued right after
+ * a resume reaches every vCPU (the word is an epoch, so a vCPU that never
+ * ran in between still sees a new stop); dirtyCount() loses no dirty
  * page (what it harvested comes out of the next harvestDirty()); the
  * memory's codec decrypts what the guest stored. Skips, naming the reason,
  * without a usable /dev/kvm.
@@ -18,7 +20,7 @@ import { kvmSkipReason } from '../../../src/vmm/kvm/availability.js';
 import { GuestEvent } from '../../../src/vmm/kvm/control-page.js';
 import { KvmGuest } from '../../../src/vmm/kvm/kvm-guest.js';
 import { guestCbits } from '../../../src/vmm/kvm/kvm-memory.js';
-import { KvmSourceGuest } from '../../../src/vmm/kvm/source-guest.js';
+import { KvmSourceGuest, stopAtCleanPoint } from '../../../src/vmm/kvm/source-guest.js';
 import { TrackerLink } from '../../../src/vmm/kvm/tracker-link.js';
 import { waitForEveryVcpu } from '../../../src/vmm/kvm/wait-for.js';
 import { tempDir } from '../../support/tmp.js';
@@ -103,6 +105,48 @@ describe('kvm: the source guest of a migration', () => {
         expect(guest.vcpuState().length).toBe(2 * 2 * 4096);
       } finally {
         close();
+      }
+    },
+  );
+
+  it.skipIf(skip)(
+    'a stop right after a resume reaches every vCPU, even one that never ran in between (the stop word is an epoch)',
+    async () => {
+      // 4 vCPUs on a machine of 2 cores: some vCPU is usually not scheduled
+      // between a let-go and the next stop. With a 0/1 stop flag it spun on,
+      // never saw the flag drop and never answered the next stop.
+      const vm = KvmGuest.create({
+        ramPages: NPAGES,
+        vcpus: 4,
+        profile: 'cpl3',
+        workload: 'churn',
+        seed: 5n,
+      });
+      try {
+        const up = waitForEveryVcpu(vm, GuestEvent.booted, 'boot');
+        vm.resume();
+        await up;
+        const answered: bigint[] = [];
+        const off = vm.onBatch((b) => {
+          for (const e of b.events) if (e.event === GuestEvent.stopped) answered.push(e.arg);
+        });
+        let last = 0n;
+        for (let i = 0; i < 40; i++) {
+          await stopAtCleanPoint(vm, 10_000);
+          const epoch = vm.control.stopWord;
+          expect(epoch % 2n).toBe(1n);
+          expect(epoch).toBeGreaterThan(last);
+          last = epoch;
+          vm.control.releaseStop();
+          expect(vm.control.stopWord).toBe(epoch + 1n);
+          vm.resume();
+        }
+        off();
+        // Each stop was answered by every vCPU with its own epoch.
+        expect(answered.length).toBe(40 * 4);
+        expect(new Set(answered).size).toBe(40);
+      } finally {
+        vm.close();
       }
     },
   );
