@@ -1,13 +1,14 @@
 /**
  * The destination of a one-process migration, on its own worker thread: it
- * receives frames through a MessagePort, resumes the guest it verified (it
- * runs until its heartbeat moved), and answers with its verdict.
+ * says when it is ready (memory prepared), receives frames through a
+ * MessagePort, resumes the guest it verified (it runs until its heartbeat
+ * moved), and answers with its verdict.
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { portChannel } from './port-channel.js';
 import {
   type DestinationWorkerData,
-  type DestinationWorkerResult,
+  type DestinationWorkerMessage,
   runDestination,
 } from './run-destination.js';
 import { MIGRATION_FRAME } from './stream.js';
@@ -23,10 +24,11 @@ runDestination(
     guestOpsPerMs: data.guestOpsPerMs,
     db: data.db,
     preparedNpages: data.preparedNpages,
+    onReady: () => parentPort!.postMessage({ ready: true } satisfies DestinationWorkerMessage),
   },
   channel,
 ).then(
-  (r) => parentPort!.postMessage({ ok: true, ...r } satisfies DestinationWorkerResult),
+  (r) => parentPort!.postMessage({ ok: true, ...r } satisfies DestinationWorkerMessage),
   (err: Error) =>
-    parentPort!.postMessage({ ok: false, error: err.message } satisfies DestinationWorkerResult),
+    parentPort!.postMessage({ ok: false, error: err.message } satisfies DestinationWorkerMessage),
 );

@@ -52,6 +52,12 @@ export interface DestinationParams<B extends BackendName = 'sim'> {
   watchers?: number;
   stuckWatchers?: number;
   watcherTimeoutMs?: number;
+  /**
+   * Called once the destination can take a HELLO (its memory prepared, its
+   * tracker open): a one-process source connects only then, as an operator
+   * starts the incoming VM before migrating into it.
+   */
+  onReady?: () => void;
 }
 
 /** What receiving a guest gave: the verdict, and the running guest when it resumed. */
@@ -74,6 +80,7 @@ export async function receiveGuest<B extends BackendName = 'sim'>(
   let log: MigrationLog | undefined;
   const prepared = prepareMemory(p);
   const tracker = DestinationTracker.open(p.db);
+  p.onReady?.();
   const dest = new MigrationDestination<MigratableMemory>({
     channel,
     peerTimeoutMs: p.peerTimeoutMs,
@@ -189,8 +196,11 @@ export interface DestinationWorkerData extends Pick<DestinationParams, 'db' | 'p
   guestOpsPerMs: number;
 }
 
-/** What the worker reports back: the verdict, without the guest. */
+/** What the worker reports back: that it is ready (once), then the verdict, without the guest. */
+export type DestinationWorkerMessage = { ready: true } | DestinationWorkerResult;
+
 export interface DestinationWorkerResult extends Partial<DestinationOutcome> {
+  ready?: undefined;
   ok: boolean;
   error?: string;
 }

@@ -31,7 +31,7 @@ import type { PspLimits } from './psp.js';
 import {
   type DestinationVerdict,
   type DestinationWorkerData,
-  type DestinationWorkerResult,
+  type DestinationWorkerMessage,
   runDestination,
 } from './run-destination.js';
 import { MigrationSource, type MigrationSummary, type RoundProgress } from './source.js';
@@ -331,6 +331,8 @@ export async function migrateGuest(
 /** Runs the destination on a worker thread (its own core), talking through a MessagePort. */
 function destinationOnWorker(p: MigrateParams): {
   channel: FrameChannel;
+  /** Resolves once the destination can take the HELLO (its memory prepared). */
+  ready: Promise<void>;
   verdict: Promise<DestinationVerdict>;
   stop: () => Promise<number>;
 } {
@@ -350,8 +352,14 @@ function destinationOnWorker(p: MigrateParams): {
     workerData,
     transferList: [port2],
   });
+  let readyNow!: () => void;
+  const ready = new Promise<void>((r) => {
+    readyNow = r;
+  });
   const verdict = new Promise<DestinationVerdict>((resolve, reject) => {
-    worker.once('message', (r: DestinationWorkerResult) => {
+    worker.on('message', (r: DestinationWorkerMessage) => {
+      if (r.ready) return readyNow();
+      readyNow(); // a destination that failed before it was ready: the source learns it from the channel
       if (r.ok) resolve(r as DestinationVerdict);
       else reject(new PeerError(r.error ?? 'the destination failed'));
     });
@@ -360,7 +368,13 @@ function destinationOnWorker(p: MigrateParams): {
     );
     worker.once('exit', () => reject(new PeerError('the destination thread exited')));
   });
-  return { channel: portChannel(port1, MIGRATION_FRAME.version), verdict, stop: () => worker.terminate() };
+  verdict.catch(() => readyNow());
+  return {
+    channel: portChannel(port1, MIGRATION_FRAME.version),
+    ready,
+    verdict,
+    stop: () => worker.terminate(),
+  };
 }
 
 /**
@@ -372,7 +386,7 @@ export async function migrateLocally(
   p: MigrateParams,
 ): Promise<{ summary: MigrationSummary; destination: DestinationVerdict }> {
   guestPages(p, 2); // both guests live in this process: refuse a size it cannot hold before starting
-  let srcChannel: FrameChannel;
+  let srcChannel: FrameChannel | (() => Promise<FrameChannel>);
   let destination: Promise<DestinationVerdict>;
   let closeListener: () => unknown = () => {};
   if (p.transport === 'inproc' && p.backend === 'kvm') {
@@ -383,7 +397,9 @@ export async function migrateLocally(
     destination = runDestination({ ...p, log: undefined, handshakeTimeoutMs: 0 }, b);
   } else if (p.transport === 'inproc') {
     const d = destinationOnWorker(p);
-    srcChannel = d.channel;
+    // The source boots its guest meanwhile and connects once the destination
+    // is ready: preparing its memory is starting the incoming VM, not migrating.
+    srcChannel = () => d.ready.then(() => d.channel);
     destination = d.verdict;
     // Whatever happened, the destination thread ends with the run.
     closeListener = d.stop;
