@@ -54,11 +54,16 @@ export class ViewMacTable {
    */
   noteMoved(gfns: Float64Array, encrypted: boolean): void {
     const { valid, under } = this;
-    for (let i = 0; i < gfns.length; i++) {
-      const g = gfns[i];
-      valid.setRange(g, 1);
-      if (encrypted) under.setRange(g, 1);
-      else under.clearRange(g, 1);
+    // A batch is mostly consecutive gfns: one range call per run, not per page
+    // (per page, these calls were a fifth of a side's time for shared pages).
+    for (let i = 0; i < gfns.length; ) {
+      const from = gfns[i];
+      let n = 1;
+      while (i + n < gfns.length && gfns[i + n] === from + n) n++;
+      valid.setRange(from, n);
+      if (encrypted) under.setRange(from, n);
+      else under.clearRange(from, n);
+      i += n;
     }
   }
 
