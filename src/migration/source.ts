@@ -309,7 +309,7 @@ export class MigrationSource {
       // meanwhile counts too.
       this.noteRehash(reference.catchUp());
       const estimatedDowntimeMs = this.convergence.estimate(await pagesLeft());
-      const converged = estimatedDowntimeMs <= this.o.maxDowntimeMs;
+      const converged = this.convergence.convergedWith(estimatedDowntimeMs);
       const roundsLeft = this.round + 1 < this.o.maxRounds;
       // The destination must not hash the whole guest while paused either:
       // while its first pass runs, another live round keeps the dirty set small.

@@ -377,7 +377,7 @@ export function registerMigrate(program: Command): void {
     .option('--log <file>', 'record every migration event in this new SQLite file')
     .option(
       '--max-downtime <ms>',
-      'pause once the expected downtime (every step of the paused phase, from rates measured in this migration) is at most this',
+      'pause once the expected downtime (every step of the paused phase, from rates measured in this migration) is at most this and a round no longer halves the dirty set',
       String(d.maxDowntimeMs),
     )
     .option('--max-rounds <n>', 'pause after this many rounds at the latest', String(d.maxRounds))
