@@ -35,6 +35,10 @@ describe('guest sizes', () => {
       warmupMs: 50,
       // Booting 64 workers through tsx can starve the destination thread on a loaded machine.
       peerTimeoutMs: 120_000,
+      // 64 busy vCPU threads on 2 cores starve the stream (6-15 MB/s) and dirty
+      // every page each round: whether some round's estimate fits 300 ms is
+      // luck. The verdict is under test here, not convergence.
+      onNoConvergence: 'pause',
     });
     expect(summary).toMatchObject({ verified: true, mismatchedPages: 0 });
   }, 240_000);
