@@ -1,7 +1,8 @@
 /**
  * End-to-end migration through the `sevtrack migrate` path (destination on
- * its own thread, worker start-up outside the timed window: the time is the
- * migration's own, handshake to verdict). Each figure is divided by the limit
+ * its own thread; its start-up and memory preparation come before the source
+ * connects, outside the timed window: the time is the migration's own,
+ * handshake to verdict). Each figure is divided by the limit
  * of the same work measured in this run (bench/support/limits.ts): pages/s
  * for all-encrypted, all-shared and mixed 1 GiB guests, and the downtime of a
  * mixed 2 GiB guest against the cost of the work that must happen while
