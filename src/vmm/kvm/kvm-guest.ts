@@ -219,7 +219,9 @@ export class KvmGuest {
     }
     this.drainTimer = setTimeout(() => {
       this.drainTimer = undefined;
-      this.drain();
+      // libuv's timers run on a millisecond-grain cached clock and may fire
+      // up to a millisecond early: wait out the rest rather than drain early.
+      this.signalled();
     }, wait);
     // The running VM's notifier keeps the process up, not this timer.
     this.drainTimer.unref();

@@ -13,7 +13,7 @@ import { KVM_HC_MAP_GPA_RANGE } from '../../../src/common/kvm-abi.js';
 import { CbitStore } from '../../../src/host/cbit-store.js';
 import { kvmSkipReason } from '../../../src/vmm/kvm/availability.js';
 import { GuestEvent } from '../../../src/vmm/kvm/control-page.js';
-import { KvmGuest, type ShimCall } from '../../../src/vmm/kvm/kvm-guest.js';
+import { DRAIN_INTERVAL_MS, KvmGuest, type ShimCall } from '../../../src/vmm/kvm/kvm-guest.js';
 import { waitForEveryVcpu } from '../../../src/vmm/kvm/wait-for.js';
 import { tempDir } from '../../support/tmp.js';
 import { partition, until } from './support.js';
@@ -173,6 +173,26 @@ describe('KvmGuest on real KVM', () => {
       } finally {
         a.close();
         b.close();
+      }
+    },
+  );
+
+  it.skipIf(skip)(
+    'signalled drains are paced: batches of an unpaced guest arrive at least the drain interval apart',
+    async () => {
+      // Each batch ends in a tracker commit (an fsync): drained on every
+      // signal, an unpaced guest kept the VMM thread in fsync.
+      const vm = KvmGuest.create({ ramPages: 1024, vcpus: 2, profile: 'cpl3', workload: 'churn', seed: 3n });
+      try {
+        const at: number[] = [];
+        vm.onBatch(() => at.push(performance.now()));
+        vm.resume();
+        await until(() => at.length >= 40, '40 batches');
+        vm.pause();
+        const gaps = at.slice(1, 40).map((t, i) => t - at[i]);
+        expect(Math.min(...gaps)).toBeGreaterThanOrEqual(DRAIN_INTERVAL_MS);
+      } finally {
+        vm.close();
       }
     },
   );
