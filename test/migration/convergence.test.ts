@@ -90,9 +90,14 @@ describe('convergence', () => {
   });
 
   it('once the estimate fits, runs another round only while rounds still halve the dirty set', () => {
-    const c = new Convergence(300, 30);
-    c.recordRound({ readsMs: 1, pagesSent: 100_000, sendMs: 200, roundTripMs: 1, roundMs: 201 });
-    expect(c.decide(0, 40_000).another).toBe(true); // after the bulk round: always
+    /** A Convergence after its bulk round (2 µs a page sent), which left `left` pages. */
+    const afterBulk = (left: number) => {
+      const c = new Convergence(300, 30);
+      c.recordRound({ readsMs: 1, pagesSent: 100_000, sendMs: 200, roundTripMs: 1, roundMs: 201 });
+      expect(c.decide(0, left).another).toBe(true); // after the bulk round: always
+      return c;
+    };
+    const c = afterBulk(40_000);
     const fits = (d: { converged: boolean }) => expect(d.converged).toBe(true);
     let d = c.decide(1, 15_000); // fits, and less than half of 40k: the next round is cheaper than pausing now
     fits(d);
@@ -104,26 +109,18 @@ describe('convergence', () => {
     fits(d);
     expect(d.another).toBe(false);
     // A burst during a deferred pause's extra round pauses at once, converged (never an abort).
-    const burst = new Convergence(300, 30);
-    burst.recordRound({ readsMs: 1, pagesSent: 100_000, sendMs: 200, roundTripMs: 1, roundMs: 201 });
-    burst.decide(0, 40_000);
+    const burst = afterBulk(40_000);
     expect(burst.decide(1, 15_000).another).toBe(true);
     burst.recordRound({ readsMs: 1, pagesSent: 15_000, sendMs: 30, roundTripMs: 1, roundMs: 31 });
     d = burst.decide(2, 400_000);
     expect(d.estimatedDowntimeMs).toBeGreaterThan(300);
     expect(d).toMatchObject({ another: false, converged: true });
     // No extra round when a doubled set would no longer fit.
-    const tight = new Convergence(300, 30);
-    tight.recordRound({ readsMs: 1, pagesSent: 100_000, sendMs: 200, roundTripMs: 1, roundMs: 201 });
-    tight.decide(0, 400_000);
-    d = tight.decide(1, 100_000); // 1 + 100k × 0.002 + 3 = 204 ms fits; doubled, 404 does not
+    d = afterBulk(400_000).decide(1, 100_000); // 1 + 100k × 0.002 + 3 = 204 ms fits; doubled, 404 does not
     fits(d);
     expect(d.another).toBe(false);
     // Nothing left: pause at once.
-    const idle = new Convergence(300, 30);
-    idle.recordRound({ readsMs: 1, pagesSent: 100, sendMs: 1, roundTripMs: 1, roundMs: 2 });
-    idle.decide(0, 100);
-    expect(idle.decide(1, 0).another).toBe(false);
+    expect(afterBulk(100).decide(1, 0).another).toBe(false);
   });
 
   it('estimates every step of the paused phase from the rates of the last round', () => {
