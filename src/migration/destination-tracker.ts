@@ -21,6 +21,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { InvalidArgumentError } from '../common/errors.js';
 import { PageBitmap } from '../common/page-bitmap.js';
+import { gfnsToRuns } from '../common/ranges.js';
 import { CbitStore } from '../host/cbit-store.js';
 import type { PageStateMap } from '../host/page-state-map.js';
 
@@ -74,15 +75,10 @@ export class DestinationTracker {
   /** A batch of pages arrived from one perspective; consecutive gfns become one change. */
   recordArrival(gfns: Float64Array, encrypted: boolean): void {
     const arrived = this.arrived!;
-    let i = 0;
-    while (i < gfns.length) {
-      let j = i + 1;
-      while (j < gfns.length && gfns[j] === gfns[j - 1] + 1) j++;
-      const gfn = gfns[i];
-      if (encrypted) arrived.setRange(gfn, j - i);
-      else arrived.clearRange(gfn, j - i);
-      this.store.applyChange(DESTINATION_VM, { gfn, npages: j - i, encrypted });
-      i = j;
+    for (const { gfn, npages } of gfnsToRuns(gfns)) {
+      if (encrypted) arrived.setRange(gfn, npages);
+      else arrived.clearRange(gfn, npages);
+      this.store.applyChange(DESTINATION_VM, { gfn, npages, encrypted });
     }
   }
 

@@ -15,7 +15,7 @@
  */
 import Database from 'better-sqlite3';
 import { DatabaseFormatError } from '../common/errors.js';
-import type { PageRange, StateRange } from '../common/ranges.js';
+import { gfnsToRuns, type PageRange, type StateRange } from '../common/ranges.js';
 import type { PageStateMap } from '../host/page-state-map.js';
 import type { ConversionTap } from '../vmm/hypercall-backend.js';
 import {
@@ -86,25 +86,6 @@ export function appendGfn(runs: PageRange[], gfn: number): void {
   const last = runs.at(-1);
   if (last && last.gfn + last.npages === gfn) last.npages++;
   else runs.push({ gfn, npages: 1 });
-}
-
-/** Runs of an ascending (or any) gfn list: consecutive gfns merge. */
-export function gfnsToRuns(gfns: ArrayLike<number>): PageRange[] {
-  const out: PageRange[] = [];
-  let start = -1;
-  let n = 0;
-  for (let i = 0; i < gfns.length; i++) {
-    const g = gfns[i];
-    if (n > 0 && g === start + n) {
-      n++;
-      continue;
-    }
-    if (n > 0) out.push({ gfn: start, npages: n });
-    start = g;
-    n = 1;
-  }
-  if (n > 0) out.push({ gfn: start, npages: n });
-  return out;
 }
 
 /** Page runs without a state (harvests, resends, corrupted pages). */

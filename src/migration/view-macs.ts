@@ -17,6 +17,7 @@
 import { InvalidArgumentError } from '../common/errors.js';
 import { PageBitmap } from '../common/page-bitmap.js';
 import { type MacOutput, VIEW_MAC_BYTES, viewMacs } from '../common/page-crypto.js';
+import { gfnsToRuns } from '../common/ranges.js';
 import type { MigratableMemory } from '../vmm/backend.js';
 
 export class ViewMacTable {
@@ -56,14 +57,10 @@ export class ViewMacTable {
     const { valid, under } = this;
     // A batch is mostly consecutive gfns: one range call per run, not per page
     // (per page, these calls were a fifth of a side's time for shared pages).
-    for (let i = 0; i < gfns.length; ) {
-      const from = gfns[i];
-      let n = 1;
-      while (i + n < gfns.length && gfns[i + n] === from + n) n++;
-      valid.setRange(from, n);
-      if (encrypted) under.setRange(from, n);
-      else under.clearRange(from, n);
-      i += n;
+    for (const { gfn, npages } of gfnsToRuns(gfns)) {
+      valid.setRange(gfn, npages);
+      if (encrypted) under.setRange(gfn, npages);
+      else under.clearRange(gfn, npages);
     }
   }
 

@@ -11,11 +11,12 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { gfnsToRuns } from '../../src/common/ranges.js';
 import { PageStateMap } from '../../src/host/page-state-map.js';
 import { MigrationLogReader } from '../../src/migration/log-reader.js';
 import { LOG_VERSION, MigrationLogError } from '../../src/migration/log-schema.js';
 import { summarizeLog } from '../../src/migration/log-summary.js';
-import { gfnsToRuns, MigrationLog } from '../../src/migration/migration-log.js';
+import { MigrationLog } from '../../src/migration/migration-log.js';
 import { tempDir } from '../support/tmp.js';
 
 const NPAGES = 64;
