@@ -359,7 +359,6 @@ function destinationOnWorker(p: MigrateParams): {
   const verdict = new Promise<DestinationVerdict>((resolve, reject) => {
     worker.on('message', (r: DestinationWorkerMessage) => {
       if (r.ready) return readyNow();
-      readyNow(); // a destination that failed before it was ready: the source learns it from the channel
       if (r.ok) resolve(r as DestinationVerdict);
       else reject(new PeerError(r.error ?? 'the destination failed'));
     });
@@ -368,6 +367,7 @@ function destinationOnWorker(p: MigrateParams): {
     );
     worker.once('exit', () => reject(new PeerError('the destination thread exited')));
   });
+  // A destination that failed before it was ready: the source connects and learns it from the channel.
   verdict.catch(() => readyNow());
   return {
     channel: portChannel(port1, MIGRATION_FRAME.version),

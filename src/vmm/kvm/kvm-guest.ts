@@ -219,8 +219,9 @@ export class KvmGuest {
     }
     this.drainTimer = setTimeout(() => {
       this.drainTimer = undefined;
-      // libuv's timers run on a millisecond-grain cached clock and may fire
-      // up to a millisecond early: wait out the rest rather than drain early.
+      // libuv's timers run on a millisecond-grain clock cached per loop turn,
+      // so one may fire early (by more than a millisecond after a long turn):
+      // wait out the rest rather than drain early.
       this.signalled();
     }, wait);
     // The running VM's notifier keeps the process up, not this timer.
