@@ -6,8 +6,17 @@
  *
  *   final harvest + sync (with its diff)          the last live round's reads
  *   sends of the pages left (dirty ∪ converted)    ms per page of the last round
- *   hashing them again, source and destination     ms per page of a rehash
  *   c-bit state, vCPU state, RESULT                 round trips of the last round
+ *   the reference's view MACs (16 bytes a page)    the last round's bandwidth
+ *
+ * Verification adds no per-page step: both sides take a page's view MAC in
+ * the pass that seals or opens (or copies) it, so the pages left are hashed
+ * within their send, and the paused phase rehashes only pages whose
+ * perspective changed after their last send (the final round resends those).
+ * An earlier estimate also priced a rehash of every page left on both sides:
+ * 2-3x the downtime measured at 2 GiB mixed, which stopped rounds that would
+ * still have halved the dirty set (paused with 14-17k pages and 64-128 ms
+ * instead of 0.5-1.4k and 22-44 ms).
  *
  * Fitting is not the only test: while a round still halves the dirty set,
  * another round is cheaper than pausing now (the guest runs through it), so
@@ -76,10 +85,10 @@ export class Convergence {
   private previousLeft = Number.POSITIVE_INFINITY;
   /** The first round after which the estimate fit --max-downtime. */
   private fitAt: number | undefined;
-  /** Milliseconds per page of rehashing (set by the source as it measures it). */
-  hashMsPerPage = 0;
   /** Milliseconds to serialize and send the c-bit state (measured at the last sync). */
   stateMs = 0;
+  /** Milliseconds to send the DIGESTS table (the guest's size / the last round's bandwidth), set by the source. */
+  digestsMs = 0;
 
   /**
    * `stopWhenStalled`: pause early once rounds stop shrinking the dirty set
@@ -103,9 +112,7 @@ export class Convergence {
     if (!m) return Number.POSITIVE_INFINITY;
     const sendMsPerPage = m.pagesSent > 0 ? m.sendMs / m.pagesSent : 0;
     // Final round's reads and ack, the state messages and the verdict: three round trips.
-    return (
-      m.readsMs + pagesLeft * (sendMsPerPage + 2 * this.hashMsPerPage) + this.stateMs + 3 * m.roundTripMs
-    );
+    return m.readsMs + pagesLeft * sendMsPerPage + this.stateMs + this.digestsMs + 3 * m.roundTripMs;
   }
 
   /**

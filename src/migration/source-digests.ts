@@ -43,11 +43,6 @@ export class ReferenceDigests {
     this.table = new ViewMacTable(memory, key, macs);
   }
 
-  /** Milliseconds per page of a single-thread rehash, measured (the downtime estimate uses it). */
-  get msPerPage(): number {
-    return this.table.msPerPage;
-  }
-
   /** Records a harvest: every page written since it was sent must be noted here. */
   noteWritten(harvest: PageBitmap): void {
     this.table.invalidate(harvest);

@@ -21,7 +21,6 @@
 import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { KVM_MIGRATION_READY } from '../common/kvm-abi.js';
 import type { PageBitmap } from '../common/page-bitmap.js';
-import { viewMacs } from '../common/page-crypto.js';
 import { PAGE_SIZE, type PageRange, type StateRange } from '../common/ranges.js';
 import type { PageStateMap } from '../host/page-state-map.js';
 import type { ConversionTap, TrackedChange } from '../vmm/hypercall-backend.js';
@@ -257,6 +256,8 @@ export class MigrationSource {
       roundMs: end - start + readsMs,
     });
     if (pages > 0) this.bandwidth = (this.stats.bytes - bytesBefore) / Math.max(1e-3, (end - start) / 1000);
+    const table = this.digestsFrame?.payload.byteLength ?? 0;
+    if (this.bandwidth > 0) this.convergence.digestsMs = (table / this.bandwidth) * 1000;
   }
 
   /**
@@ -271,11 +272,6 @@ export class MigrationSource {
     this.reference = reference;
     this.sender.macs = reference.table;
     this.reads.onHarvest = (d) => reference.noteWritten(d);
-    // A first rate for the estimate; rehashes measure it again.
-    const n = Math.min(256, memory.npages);
-    const t0 = performance.now();
-    viewMacs(memory.codec, reference.table.key, memory.bytes, memory.cbits.words, 0, n);
-    this.convergence.hashMsPerPage = (performance.now() - t0) / n;
   }
 
   /** The round's two reads (round-reads.ts), and the cost of sending the state they return. */
@@ -302,12 +298,12 @@ export class MigrationSource {
       return guest.memory.dirtyCount() + Math.max(0, info.lastSeq - info.lastSyncSeq);
     };
     // Keep the reference current while the guest runs (pages left stale by a round).
-    this.noteRehash(reference.catchUp());
+    reference.catchUp();
     let d = this.convergence.decide(this.round, await pagesLeft());
     if (!d.another) {
       // About to pause: the reference is caught up; what the guest dirtied
       // meanwhile counts too.
-      this.noteRehash(reference.catchUp());
+      reference.catchUp();
       const estimatedDowntimeMs = this.convergence.estimate(await pagesLeft());
       const converged = this.convergence.convergedWith(estimatedDowntimeMs);
       const roundsLeft = this.round + 1 < this.o.maxRounds;
@@ -333,11 +329,6 @@ export class MigrationSource {
       if ((this.o.onNoConvergence ?? 'abort') === 'abort') throw new NotConvergingError(message);
     }
     return false;
-  }
-
-  /** A rehash of enough pages measures the hashing rate again. */
-  private noteRehash(pages: number): void {
-    if (pages >= 64) this.convergence.hashMsPerPage = this.reference!.msPerPage;
   }
 
   /**

@@ -27,8 +27,6 @@ export class ViewMacTable {
   readonly output: MacOutput;
   private readonly valid: PageBitmap;
   private readonly under: PageBitmap;
-  /** Milliseconds per page of the last rehash of at least 64 pages (the downtime estimate uses it). */
-  msPerPage = 0;
 
   /** `macs`: where the table lives (npages * 16 bytes, e.g. inside a DIGESTS payload); a new buffer by default. */
   constructor(
@@ -82,7 +80,6 @@ export class ViewMacTable {
    * records them valid under it. Returns how many pages.
    */
   rehash(pages: PageBitmap, cbits: PageBitmap): number {
-    const t0 = performance.now();
     let n = 0;
     for (const run of pages.runs()) {
       const out = this.macs.subarray(run.gfn * VIEW_MAC_BYTES, (run.gfn + run.npages) * VIEW_MAC_BYTES);
@@ -92,7 +89,6 @@ export class ViewMacTable {
     this.valid.or(pages);
     const encrypted = pages.clone().andNot(pages.clone().andNot(cbits)); // pages & cbits
     this.under.andNot(pages).or(encrypted);
-    if (n >= 64) this.msPerPage = (performance.now() - t0) / n;
     return n;
   }
 

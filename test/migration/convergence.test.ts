@@ -127,10 +127,10 @@ describe('convergence', () => {
     const c = new Convergence(300, 30);
     expect(c.estimate(10)).toBe(Number.POSITIVE_INFINITY); // nothing measured yet
     c.recordRound({ readsMs: 2, pagesSent: 1000, sendMs: 100, roundTripMs: 1, roundMs: 102 });
-    c.hashMsPerPage = 0.01;
     c.stateMs = 0.5;
-    // reads + pages × (send + hash on both sides) + state + three round trips
-    expect(c.estimate(500)).toBeCloseTo(2 + 500 * (0.1 + 0.02) + 0.5 + 3, 6);
+    c.digestsMs = 4;
+    // reads + pages × send (each side hashes a page in its send pass) + state + digests + three round trips
+    expect(c.estimate(500)).toBeCloseTo(2 + 500 * 0.1 + 0.5 + 4 + 3, 6);
     const d = c.decide(1, 5000);
     expect(d.converged).toBe(false);
     expect(d.dirtyPagesPerSec).toBeCloseTo(5000 / 0.102, 3);
