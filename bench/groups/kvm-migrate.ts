@@ -12,6 +12,7 @@ import { DEFAULT_PARAMS, type MigrateParams, migrateLocally } from '../../src/mi
 import type { MigrationSummary } from '../../src/migration/source.js';
 import { kvmSkipReason } from '../../src/vmm/kvm/availability.js';
 import type { BenchGroup } from '../harness.js';
+import { pagesPerSecond } from '../support/throughput.js';
 
 const MIB = 2 ** 20;
 
@@ -29,7 +30,6 @@ async function migrate(p: Partial<MigrateParams>): Promise<MigrationSummary> {
 }
 
 const flag = (s: MigrationSummary) => (s.verified ? '' : ' [UNVERIFIED]');
-const rate = (s: MigrationSummary) => s.pagesSent / (s.totalMs / 1000);
 
 export const kvmMigrateGroup: BenchGroup = {
   name: 'kvm-migrate',
@@ -46,9 +46,9 @@ export const kvmMigrateGroup: BenchGroup = {
       const what = `${memoryBytes / MIB} MiB churn, 2 vCPUs, safe`;
       report({
         name: `kvm migration pages/s, ${what}, ${kvm.rounds} rounds${flag(kvm)}`,
-        value: rate(kvm),
+        value: pagesPerSecond(kvm),
         unit: 'pages/s',
-        baseline: rate(sim),
+        baseline: pagesPerSecond(sim),
         baselineName: `sim backend, ${sim.rounds} rounds${flag(sim)}`,
       });
       report({

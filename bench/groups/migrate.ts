@@ -12,6 +12,7 @@ import { DEFAULT_PARAMS, type MigrateParams, migrateLocally } from '../../src/mi
 import type { MigrationSummary } from '../../src/migration/source.js';
 import type { BenchGroup } from '../harness.js';
 import { ENGINE_DIGEST, measurePageLimits, mixedLimit, type PageLimits } from '../support/limits.js';
+import { pagesPerSecond } from '../support/throughput.js';
 
 const GIB = 2 ** 30;
 
@@ -51,8 +52,6 @@ async function migrate(
   }
 }
 
-const rate = (s: MigrationSummary) => s.pagesSent / (s.totalMs / 1000);
-
 export const migrateGroup: BenchGroup = {
   name: 'migrate',
   description: 'end-to-end migration throughput and downtime vs the limit of the same per-page work',
@@ -86,7 +85,7 @@ export const migrateGroup: BenchGroup = {
       );
       report({
         name: `migrate 1 GiB idle guest, all ${encrypted ? 'encrypted' : 'shared'}${flag}`,
-        value: rate(summary),
+        value: pagesPerSecond(summary),
         unit: 'pages/s',
         limit: mixedLimit(limits, summary.sealedPages, summary.rawPages),
         limitName,
@@ -95,7 +94,7 @@ export const migrateGroup: BenchGroup = {
     const { result: mixed, limits } = await limitsAround(() => migrate({ memoryBytes: GIB }));
     report({
       name: `migrate 1 GiB mixed guest (${mixed.summary.rounds} rounds)${mixed.flag}`,
-      value: rate(mixed.summary),
+      value: pagesPerSecond(mixed.summary),
       unit: 'pages/s',
       limit: mixedLimit(limits, mixed.summary.sealedPages, mixed.summary.rawPages),
       limitName,
