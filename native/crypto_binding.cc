@@ -10,6 +10,8 @@
 
 #include "addon.h"
 #include "page_args.h"
+#include "page_pipeline.h"
+#include "step_guard.h"
 
 namespace sevtrack {
 namespace {
@@ -36,15 +38,6 @@ Napi::Value XtsPages(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// The GCM nonce of a sealed page: the stream sequence number (u64 LE) then 4
-// zero bytes; the associated data: GPA (u64 LE) then sequence (u64 LE).
-void NonceAndAad(uint64_t seq, uint64_t gpa, uint8_t nonce[12], uint8_t aad[16]) {
-  std::memset(nonce, 0, 12);
-  Le64(nonce, seq);
-  Le64(aad, gpa);
-  Le64(aad + 8, seq);
-}
-
 // The arguments of gcmSealPages/gcmOpenPages: (key32, src, dst, gpas,
 // firstSeq), with src and dst sized for gpas.length pages of their units.
 struct GcmArgs {
@@ -68,50 +61,35 @@ GcmArgs GetGcmArgs(const Napi::CallbackInfo& info, size_t src_unit, size_t dst_u
 
 // gcmSealPages(key32, src, dst, gpas: Float64Array, firstSeq): page i of src
 // is sealed into dst at i * 4112 (ciphertext then 16-byte tag) with sequence
-// number firstSeq + i and its GPA gpas[i].
+// number firstSeq + i and its GPA gpas[i] (PageSeal, as the page pipeline).
 Napi::Value GcmSealPages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto [key, src, dst, gpas, seq, n] = GetGcmArgs(info, kPage, kPage + kTag);
-  CipherCtx ctx(EVP_CIPHER_CTX_new());
-  if (!ctx || EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.Data(), nullptr) != 1) OpenSslFail(env, "AES-256-GCM init");
-  uint8_t nonce[12], aad[16];
-  for (size_t i = 0; i < n; ++i) {
-    NonceAndAad(seq + i, IndexAt(env, gpas, i, kMaxSafeInteger + 1, "gpas"), nonce, aad);
-    uint8_t* out = dst.Data() + i * (kPage + kTag);
-    int outl = 0;
-    if (EVP_EncryptInit_ex(ctx.get(), nullptr, nullptr, nullptr, nonce) != 1 ||
-        EVP_EncryptUpdate(ctx.get(), nullptr, &outl, aad, sizeof aad) != 1 ||
-        EVP_EncryptUpdate(ctx.get(), out, &outl, src.Data() + i * kPage, kPage) != 1 ||
-        EVP_EncryptFinal_ex(ctx.get(), out + kPage, &outl) != 1 ||
-        EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_GET_TAG, kTag, out + kPage) != 1) {
-      OpenSslFail(env, "AES-256-GCM seal");
+  auto [key, src, dst, gpas, seq, n] = GetGcmArgs(info, kPage, kSealed);
+  return GuardSteps(env, [&] {
+    PageSeal seal(key.Data());
+    for (size_t i = 0; i < n; ++i) {
+      uint64_t gpa = IndexAt(env, gpas, i, kMaxSafeInteger + 1, "gpas");
+      seal.Page(gpa, seq + i, src.Data() + i * kPage, dst.Data() + i * kSealed);
     }
-  }
-  return env.Undefined();
+    return env.Undefined();
+  });
 }
 
 // gcmOpenPages(key32, src, dst, gpas, firstSeq): the inverse; returns the
 // index of the first page whose tag does not verify, or -1 when all do.
 Napi::Value GcmOpenPages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto [key, src, dst, gpas, seq, n] = GetGcmArgs(info, kPage + kTag, kPage);
-  CipherCtx ctx(EVP_CIPHER_CTX_new());
-  if (!ctx || EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, key.Data(), nullptr) != 1) OpenSslFail(env, "AES-256-GCM init");
-  uint8_t nonce[12], aad[16], tag[kTag];
-  for (size_t i = 0; i < n; ++i) {
-    NonceAndAad(seq + i, IndexAt(env, gpas, i, kMaxSafeInteger + 1, "gpas"), nonce, aad);
-    const uint8_t* in = src.Data() + i * (kPage + kTag);
-    std::memcpy(tag, in + kPage, kTag);
-    int outl = 0;
-    if (EVP_DecryptInit_ex(ctx.get(), nullptr, nullptr, nullptr, nonce) != 1 ||
-        EVP_DecryptUpdate(ctx.get(), nullptr, &outl, aad, sizeof aad) != 1 ||
-        EVP_DecryptUpdate(ctx.get(), dst.Data() + i * kPage, &outl, in, kPage) != 1 ||
-        EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_TAG, kTag, tag) != 1) {
-      OpenSslFail(env, "AES-256-GCM open");
+  auto [key, src, dst, gpas, seq, n] = GetGcmArgs(info, kSealed, kPage);
+  return GuardSteps(env, [&] {
+    PageOpen open(key.Data());
+    for (size_t i = 0; i < n; ++i) {
+      uint64_t gpa = IndexAt(env, gpas, i, kMaxSafeInteger + 1, "gpas");
+      if (!open.Page(gpa, seq + i, src.Data() + i * kSealed, dst.Data() + i * kPage)) {
+        return Napi::Number::New(env, static_cast<double>(i));
+      }
     }
-    if (EVP_DecryptFinal_ex(ctx.get(), tag, &outl) != 1) return Napi::Number::New(env, static_cast<double>(i));
-  }
-  return Napi::Number::New(env, -1);
+    return Napi::Number::New(env, -1);
+  });
 }
 
 // xtsGather(key32, encrypt, memory, gfns, out): page gfns[i] of memory (tweak

@@ -97,34 +97,46 @@ void KeystreamXor(const uint64_t key[2], uint64_t gpa, const uint8_t* in, uint8_
   }
 }
 
-Sealer::Sealer(const uint8_t* memory_key, const uint8_t* gcm_key32, MemoryCipher cipher)
-    : memory_(cipher, memory_key, 0), gcm_(NewCipher(EVP_aes_256_gcm(), gcm_key32, 1, "AES-256-GCM init")) {}
+PageSeal::PageSeal(const uint8_t* gcm_key32) : ctx_(NewCipher(EVP_aes_256_gcm(), gcm_key32, 1, "AES-256-GCM init")) {}
 
-void Sealer::Page(uint64_t gpa, uint64_t seq, const uint8_t* guest_page, uint8_t* plain, uint8_t* out) {
-  memory_.Page(gpa, guest_page, plain);
+void PageSeal::Page(uint64_t gpa, uint64_t seq, const uint8_t* plain, uint8_t* out) {
   uint8_t nonce[12], aad[16];
   SealNonceAndAad(seq, gpa, nonce, aad);
   int outl = 0;
-  Check(EVP_EncryptInit_ex(gcm_.get(), nullptr, nullptr, nullptr, nonce), "AES-256-GCM seal");
-  Check(EVP_EncryptUpdate(gcm_.get(), nullptr, &outl, aad, sizeof aad), "AES-256-GCM seal");
-  Check(EVP_EncryptUpdate(gcm_.get(), out, &outl, plain, static_cast<int>(kPage)), "AES-256-GCM seal");
-  Check(EVP_EncryptFinal_ex(gcm_.get(), out + kPage, &outl), "AES-256-GCM seal");
-  Check(EVP_CIPHER_CTX_ctrl(gcm_.get(), EVP_CTRL_GCM_GET_TAG, kTag, out + kPage), "AES-256-GCM tag");
+  Check(EVP_EncryptInit_ex(ctx_.get(), nullptr, nullptr, nullptr, nonce), "AES-256-GCM seal");
+  Check(EVP_EncryptUpdate(ctx_.get(), nullptr, &outl, aad, sizeof aad), "AES-256-GCM seal");
+  Check(EVP_EncryptUpdate(ctx_.get(), out, &outl, plain, static_cast<int>(kPage)), "AES-256-GCM seal");
+  Check(EVP_EncryptFinal_ex(ctx_.get(), out + kPage, &outl), "AES-256-GCM seal");
+  Check(EVP_CIPHER_CTX_ctrl(ctx_.get(), EVP_CTRL_GCM_GET_TAG, kTag, out + kPage), "AES-256-GCM tag");
 }
 
-Opener::Opener(const uint8_t* gcm_key32, const uint8_t* memory_key, MemoryCipher cipher)
-    : gcm_(NewCipher(EVP_aes_256_gcm(), gcm_key32, 0, "AES-256-GCM init")), memory_(cipher, memory_key, 1) {}
+PageOpen::PageOpen(const uint8_t* gcm_key32) : ctx_(NewCipher(EVP_aes_256_gcm(), gcm_key32, 0, "AES-256-GCM init")) {}
 
-bool Opener::Page(uint64_t gpa, uint64_t seq, const uint8_t* sealed, uint8_t* plain, uint8_t* guest_page) {
+bool PageOpen::Page(uint64_t gpa, uint64_t seq, const uint8_t* sealed, uint8_t* plain) {
   uint8_t nonce[12], aad[16], tag[kTag];
   SealNonceAndAad(seq, gpa, nonce, aad);
   std::memcpy(tag, sealed + kPage, kTag);
   int outl = 0;
-  Check(EVP_DecryptInit_ex(gcm_.get(), nullptr, nullptr, nullptr, nonce), "AES-256-GCM open");
-  Check(EVP_DecryptUpdate(gcm_.get(), nullptr, &outl, aad, sizeof aad), "AES-256-GCM open");
-  Check(EVP_DecryptUpdate(gcm_.get(), plain, &outl, sealed, static_cast<int>(kPage)), "AES-256-GCM open");
-  Check(EVP_CIPHER_CTX_ctrl(gcm_.get(), EVP_CTRL_GCM_SET_TAG, kTag, tag), "AES-256-GCM open");
-  if (EVP_DecryptFinal_ex(gcm_.get(), tag, &outl) != 1) return false;
+  Check(EVP_DecryptInit_ex(ctx_.get(), nullptr, nullptr, nullptr, nonce), "AES-256-GCM open");
+  Check(EVP_DecryptUpdate(ctx_.get(), nullptr, &outl, aad, sizeof aad), "AES-256-GCM open");
+  Check(EVP_DecryptUpdate(ctx_.get(), plain, &outl, sealed, static_cast<int>(kPage)), "AES-256-GCM open");
+  Check(EVP_CIPHER_CTX_ctrl(ctx_.get(), EVP_CTRL_GCM_SET_TAG, kTag, tag), "AES-256-GCM open");
+  return EVP_DecryptFinal_ex(ctx_.get(), tag, &outl) == 1;
+}
+
+Sealer::Sealer(const uint8_t* memory_key, const uint8_t* gcm_key32, MemoryCipher cipher)
+    : memory_(cipher, memory_key, 0), seal_(gcm_key32) {}
+
+void Sealer::Page(uint64_t gpa, uint64_t seq, const uint8_t* guest_page, uint8_t* plain, uint8_t* out) {
+  memory_.Page(gpa, guest_page, plain);
+  seal_.Page(gpa, seq, plain, out);
+}
+
+Opener::Opener(const uint8_t* gcm_key32, const uint8_t* memory_key, MemoryCipher cipher)
+    : open_(gcm_key32), memory_(cipher, memory_key, 1) {}
+
+bool Opener::Page(uint64_t gpa, uint64_t seq, const uint8_t* sealed, uint8_t* plain, uint8_t* guest_page) {
+  if (!open_.Page(gpa, seq, sealed, plain)) return false;
   memory_.Page(gpa, plain, guest_page);
   return true;
 }

@@ -80,10 +80,32 @@ class MemoryCodec {
   uint64_t stream_key_[2] = {0, 0};
 };
 
+// The PSP's sealing of one plaintext page under the 32-byte transport key:
+// AES-256-GCM with nonce = seq and AAD = gpa || seq (SealNonceAndAad); out
+// is the ciphertext then the 16-byte tag (4112 bytes).
+class PageSeal {
+ public:
+  explicit PageSeal(const uint8_t* gcm_key32);
+  void Page(uint64_t gpa, uint64_t seq, const uint8_t* plain, uint8_t* out);
+
+ private:
+  CipherCtx ctx_;
+};
+
+// The inverse: opens a sealed page into `plain`. Returns false when the tag
+// does not verify (plain then holds unauthenticated bytes the caller must
+// not use).
+class PageOpen {
+ public:
+  explicit PageOpen(const uint8_t* gcm_key32);
+  bool Page(uint64_t gpa, uint64_t seq, const uint8_t* sealed, uint8_t* plain);
+
+ private:
+  CipherCtx ctx_;
+};
+
 // SEND_UPDATE_DATA for one page: decrypt the guest page under the memory
-// model (XTS: tweak = gpa) into `plain`, then AES-256-GCM seal it into out
-// (4096 bytes, 16-byte tag) with nonce = seq and AAD = gpa || seq, as
-// gcmSealPages does.
+// model (XTS: tweak = gpa) into `plain`, then seal it into out (PageSeal).
 class Sealer {
  public:
   Sealer(const uint8_t* memory_key, const uint8_t* gcm_key32, MemoryCipher cipher = MemoryCipher::kXts);
@@ -91,7 +113,7 @@ class Sealer {
 
  private:
   MemoryCodec memory_;
-  CipherCtx gcm_;
+  PageSeal seal_;
 };
 
 // RECEIVE_UPDATE_DATA for one page: open the sealed page into `plain`; only if
@@ -103,7 +125,7 @@ class Opener {
   bool Page(uint64_t gpa, uint64_t seq, const uint8_t* sealed, uint8_t* plain, uint8_t* guest_page);
 
  private:
-  CipherCtx gcm_;
+  PageOpen open_;
   MemoryCodec memory_;
 };
 

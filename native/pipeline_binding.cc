@@ -11,6 +11,7 @@
 #include "addon.h"
 #include "page_args.h"
 #include "page_pipeline.h"
+#include "step_guard.h"
 
 namespace sevtrack {
 namespace {
@@ -92,15 +93,6 @@ std::vector<uint64_t> CheckedGfns(Napi::Env env, const Napi::Float64Array& gfns,
   return out;
 }
 
-template <typename F>
-Napi::Value Guard(Napi::Env env, F f) {
-  try {
-    return f();
-  } catch (const StepError& e) {
-    throw Napi::Error::New(env, std::string("OpenSSL ") + e.what + " failed");
-  }
-}
-
 // viewMacs(memoryKey, macKey16, memory, cbits, firstGfn, npages, out
 // [, cipher]): the view MAC of the guest's view of each page (decrypted under
 // the memory cipher where cbits has its bit) into out at i * 16. The cheap
@@ -123,7 +115,7 @@ Napi::Value ViewMacs(const Napi::CallbackInfo& info) {
   if (out.ByteLength() < CheckedBytes(env, npages, kMac, "npages")) {
     throw Napi::RangeError::New(env, "out must hold npages * 16 bytes");
   }
-  return Guard(env, [&] {
+  return GuardSteps(env, [&] {
     ScratchWipe wipe;
     ViewMac mac(mac_key.Data());
     MemoryCodec decrypt(cipher, memory_key.Data(), 0);
@@ -160,7 +152,7 @@ Napi::Value SealPagesToFrame(const Napi::CallbackInfo& info) {
   uint8_t* out = FrameAt(info, frame, offset, n, kSealed);
   uint64_t mem_pages = memory.ByteLength() / kPage;
   MacOut macs = GetMacOut(info, 7, n, mem_pages);
-  return Guard(env, [&] {
+  return GuardSteps(env, [&] {
     ScratchWipe wipe;
     Sealer sealer(memory_key.Data(), gcm_key.Data(), cipher);
     uint8_t* plain = Scratch();
@@ -194,7 +186,7 @@ Napi::Value OpenFrameToPages(const Napi::CallbackInfo& info) {
   uint64_t mem_pages = memory.ByteLength() / kPage;
   MacOut macs = GetMacOut(info, 7, n, mem_pages);
   std::vector<uint64_t> checked = CheckedGfns(env, gfns, mem_pages);
-  return Guard(env, [&] {
+  return GuardSteps(env, [&] {
     ScratchWipe wipe;
     Opener opener(gcm_key.Data(), memory_key.Data(), cipher);
     uint8_t* plain = Scratch();
@@ -224,7 +216,7 @@ Napi::Value CopyPages(const Napi::CallbackInfo& info, bool to_frame) {
   uint64_t mem_pages = memory.ByteLength() / kPage;
   MacOut macs = GetMacOut(info, 4, n, mem_pages);
   std::vector<uint64_t> checked = CheckedGfns(env, gfns, mem_pages);
-  return Guard(env, [&] {
+  return GuardSteps(env, [&] {
     for (size_t i = 0; i < n; ++i) {
       uint64_t gfn = checked[i];
       uint8_t* page = memory.Data() + gfn * kPage;
