@@ -39,13 +39,13 @@ export interface DestinationParams<B extends BackendName = 'sim'> {
   /** The destination tracker's database (default: a temporary one, removed at the end). */
   db?: string;
   /**
-   * The guest size (pages) this sim destination was started for
-   * (`--memory`): its memory is allocated and faulted in now, before a source
-   * connects, as a VMM preallocates guest RAM, and a source of another size
-   * is refused naming --memory. Undefined: allocated at the HELLO, of the
-   * source's size.
+   * The sim guest's memory, of the size this destination was started for
+   * (`--memory`), allocated and faulted in by the caller before a source can
+   * connect (prepareGuestMemory), as a VMM preallocates guest RAM: a source
+   * of another size is refused naming --memory. Undefined: allocated at the
+   * HELLO, of the source's size.
    */
-  preparedNpages?: number;
+  prepared?: GuestMemory;
   /** The resumed guest's load (page operations per ms per vCPU; default 32). */
   guestOpsPerMs?: number;
   /** Tracked sysgenid watchers in the resumed guest (0 = no sysgenid), how many never acknowledge, and their timeout. */
@@ -78,7 +78,7 @@ export async function receiveGuest<B extends BackendName = 'sim'>(
   sysgenid?: GuestSysgenid,
 ): Promise<Received<GuestOf<B>>> {
   let log: MigrationLog | undefined;
-  const prepared = prepareMemory(p);
+  const prepared = p.prepared;
   const tracker = DestinationTracker.open(p.db);
   p.onReady?.();
   const dest = new MigrationDestination<MigratableMemory>({
@@ -135,11 +135,15 @@ export async function receiveGuest<B extends BackendName = 'sim'>(
   return { result, running: running as RunningGuest<GuestOf<B>>, report };
 }
 
-/** A sim destination's memory allocated and faulted in before its source connects (preparedNpages). */
-function prepareMemory(p: DestinationParams<BackendName>): GuestMemory | undefined {
-  if (p.preparedNpages === undefined || (p.backend ?? 'sim') !== 'sim') return undefined;
-  guestPagesFor(p.preparedNpages * PAGE_SIZE, { guests: 1 });
-  return GuestMemory.create(p.preparedNpages, { prefault: true });
+/**
+ * A sim destination's memory of `npages`, allocated and faulted in now
+ * (DestinationParams.prepared): before the destination can be connected to,
+ * so preparing it never counts in a migration's time. Throws, naming the
+ * limit, when this machine cannot hold the guest.
+ */
+export function prepareGuestMemory(npages: number): GuestMemory {
+  guestPagesFor(npages * PAGE_SIZE, { guests: 1 });
+  return GuestMemory.create(npages, { prefault: true });
 }
 
 /** Starts the guest's sysgenid when watchers are asked for. */
@@ -188,7 +192,9 @@ export interface DestinationOutcome extends DestinationVerdict {
   resume?: ResumeReport;
 }
 
-export interface DestinationWorkerData extends Pick<DestinationParams, 'db' | 'preparedNpages'> {
+export interface DestinationWorkerData extends Pick<DestinationParams, 'db'> {
+  /** The guest's size: the worker prepares its memory before it says it is ready. */
+  preparedNpages?: number;
   port: MessagePort;
   peerTimeoutMs: number;
   handshakeTimeoutMs: number;

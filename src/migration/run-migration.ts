@@ -32,6 +32,7 @@ import {
   type DestinationVerdict,
   type DestinationWorkerData,
   type DestinationWorkerMessage,
+  prepareGuestMemory,
   runDestination,
 } from './run-destination.js';
 import { MigrationSource, type MigrationSummary, type RoundProgress } from './source.js';
@@ -411,16 +412,16 @@ export async function migrateLocally(
         : { kind: 'unix', path: join(dir, 'm.sock') };
     // No handshake timeout: our own source connects at once and says HELLO
     // after booting its guest; a stray on this private address cannot block it.
+    // The destination's memory is prepared before it listens (starting the
+    // incoming VM, not migrating: outside the source's time).
+    const prepared = p.backend === 'sim' ? prepareGuestMemory(guestPages(p)) : undefined;
     const listener = await listenChannel(ep, { peerTimeoutMs: p.peerTimeoutMs, handshakeTimeoutMs: 0 });
     closeListener = () => {
       listener.close();
       rmSync(dir, { recursive: true, force: true });
     };
     // One log per migration: the source's (a two-process destination keeps its own).
-    const preparedNpages = p.backend === 'sim' ? guestPages(p) : undefined;
-    destination = listener
-      .accept()
-      .then((ch) => runDestination({ ...p, log: undefined, preparedNpages }, ch));
+    destination = listener.accept().then((ch) => runDestination({ ...p, log: undefined, prepared }, ch));
     srcChannel = await connectChannel(listener.endpoint, p.peerTimeoutMs);
   }
   destination.catch(() => {});

@@ -24,7 +24,11 @@ import {
   migrateChain,
   runRelay,
 } from '../../migration/run-chain.js';
-import { type DestinationOutcome, runDestination } from '../../migration/run-destination.js';
+import {
+  type DestinationOutcome,
+  prepareGuestMemory,
+  runDestination,
+} from '../../migration/run-destination.js';
 import {
   DEFAULT_PARAMS,
   guestPages,
@@ -464,19 +468,22 @@ export function registerMigrate(program: Command): void {
         if (role === 'destination') {
           if (!f.listen)
             throw new InvalidArgumentError('--listen', '--role destination needs --listen HOST:PORT or PATH');
-          // --memory given: the guest's memory is prepared now, and a source of another size refused.
-          const preparedNpages =
-            cmd.getOptionValueSource('memory') === 'cli' && p.backend === 'sim' ? guestPages(p) : undefined;
           const listener = await listenChannel(parseEndpoint(f.listen, p.transport, '--listen'), {
             peerTimeoutMs: p.peerTimeoutMs,
             handshakeTimeoutMs: p.handshakeTimeoutMs,
             // Always on stderr: the destination keeps listening for its source.
             onStray: (reason) => process.stderr.write(`destination: ${reason}; still listening\n`),
           });
-          // Always on stderr (also with --json): a script reads the bound port from it.
-          process.stderr.write(`destination listening on ${describeEndpoint(listener.endpoint)}
-`);
           try {
+            // --memory given: the guest's memory is prepared now, before this
+            // side says it listens (a source connects only then), and a
+            // source of another size is refused (a relay allocates at the HELLO).
+            const prepared =
+              cmd.getOptionValueSource('memory') === 'cli' && p.backend === 'sim' && !f.thenConnect
+                ? prepareGuestMemory(guestPages(p))
+                : undefined;
+            // Always on stderr (also with --json): a script reads the bound port from it.
+            process.stderr.write(`destination listening on ${describeEndpoint(listener.endpoint)}\n`);
             const channel = await listener.accept();
             let r: DestinationOutcome;
             let onward: MigrationSummary | undefined;
@@ -486,7 +493,7 @@ export function registerMigrate(program: Command): void {
                 connectChannel(to, p.peerTimeoutMs),
               ));
             } else {
-              r = await runDestination({ ...p, preparedNpages }, channel);
+              r = await runDestination({ ...p, prepared }, channel);
             }
             if (f.json) process.stdout.write(`${destinationJson(r, onward)}\n`);
             else {
