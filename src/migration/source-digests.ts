@@ -11,21 +11,15 @@
  * come; sending it again makes it valid again. At pause, after the final
  * round, finish() rehashes under the paused table the pages not valid and
  * those whose recorded c-bit differs from the paused table's: every other
- * MAC is exact, same c-bit and same bytes as at pause. catchUp() (while the
- * guest runs) rehashes stale pages under a snapshot of the table, recording
- * the snapshot's c-bits, never the live table's (hashing under the live table
- * records, for a page converted and converted back while it was hashed, the
- * view under the intermediate c-bit, which the paused table does not show).
+ * MAC is exact, same c-bit and same bytes as at pause. Nothing is rehashed
+ * while the guest runs: with the safe protocol every stale page is sent again
+ * (its MAC taken again in that pass) before the pause, and a rehash under a
+ * live table could record, for a page converted and converted back while it
+ * was hashed, the view under the intermediate c-bit.
  */
 import type { PageBitmap } from '../common/page-bitmap.js';
 import type { MigratableMemory } from '../vmm/backend.js';
 import { ViewMacTable } from './view-macs.js';
-
-/** A copy of the guest's c-bit table as it is now. */
-export function snapshotTables(memory: MigratableMemory): PageBitmap {
-  const tables = memory.cbits.clone();
-  return tables;
-}
 
 export class ReferenceDigests {
   /** The MACs; the page sender writes into `table.output` and calls `table.noteMoved`. */
@@ -46,15 +40,6 @@ export class ReferenceDigests {
   /** Records a harvest: every page written since it was sent must be noted here. */
   noteWritten(harvest: PageBitmap): void {
     this.table.invalidate(harvest);
-  }
-
-  /**
-   * While the guest runs: rehashes the stale pages under a snapshot of the
-   * c-bit table taken now. Returns how many.
-   */
-  catchUp(): number {
-    const snapshot = snapshotTables(this.memory);
-    return this.table.rehash(this.table.stale(snapshot), snapshot);
   }
 
   /**

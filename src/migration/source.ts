@@ -284,26 +284,21 @@ export class MigrationSource {
   }
 
   /**
-   * Whether to run another live round (convergence.ts). Before deciding to
-   * pause, the reference digests are brought up to date while the guest
-   * still runs, so the paused phase rehashes only what the final harvest
-   * finds. When the target is not met: abort (default; the guest runs on),
-   * or pause anyway and say so.
+   * Whether to run another live round (convergence.ts). The reference needs
+   * no work between rounds: every page it holds stale (written or converted
+   * since its send) is in the next round's dirty set or c-bit delta, and
+   * sending it takes its MAC again. When the target is not met: abort
+   * (default; the guest runs on), or pause anyway and say so.
    */
   private async another(): Promise<boolean> {
     const { guest, store, vm } = this.o;
-    const reference = this.reference!;
     const pagesLeft = async () => {
       const info = await store.info(vm);
       return guest.memory.dirtyCount() + Math.max(0, info.lastSeq - info.lastSyncSeq);
     };
-    // Keep the reference current while the guest runs (pages left stale by a round).
-    reference.catchUp();
     let d = this.convergence.decide(this.round, await pagesLeft());
     if (!d.another) {
-      // About to pause: the reference is caught up; what the guest dirtied
-      // meanwhile counts too.
-      reference.catchUp();
+      // About to pause: what the guest dirtied since the decision counts too.
       const estimatedDowntimeMs = this.convergence.estimate(await pagesLeft());
       const converged = this.convergence.convergedWith(estimatedDowntimeMs);
       const roundsLeft = this.round + 1 < this.o.maxRounds;

@@ -69,22 +69,6 @@ describe('source verification digests (view MACs taken as pages are sent)', () =
     expect(rehashed).toBe(1);
   });
 
-  it('catchUp hashes under a snapshot, never the live table: converted back after it, the pages are hashed again', () => {
-    const memory = written();
-    const reference = new ReferenceDigests(memory, MAC_KEY);
-    send(memory, reference, every);
-    const late = [3, 900, NPAGES - 2];
-    for (const g of late) memory.setCbits(g, 1, !memory.isEncrypted(g));
-    const w = new PageBitmap(NPAGES);
-    for (const g of late) w.setRange(g, 1);
-    reference.noteWritten(w); // stale: catchUp rehashes them under the snapshot (converted)
-    expect(reference.catchUp()).toBe(late.length);
-    for (const g of late) memory.setCbits(g, 1, !memory.isEncrypted(g)); // and back
-    const { digests, rehashed } = reference.finish();
-    expect(rehashed).toBe(late.length);
-    expect(Buffer.from(digests).equals(paused(memory))).toBe(true);
-  });
-
   it('rehash every page written since it was sent; a page sent again after its write is exact already', () => {
     const memory = written();
     const reference = new ReferenceDigests(memory, MAC_KEY);
