@@ -109,6 +109,8 @@ export class TouchedSet {
   private pairs: number[] = [];
   private folded: PageStateMap | undefined;
   private all: boolean;
+  /** Changes recorded (each add(), before merging). */
+  count = 0;
 
   constructor(
     private readonly npages: number,
@@ -119,6 +121,7 @@ export class TouchedSet {
 
   add(gfn: number, npages: number): void {
     if (this.all) return;
+    this.count++;
     this.pairs.push(gfn, npages);
     if (this.pairs.length >= 2 * TOUCHED_FOLD_PAIRS) this.fold();
   }
