@@ -60,6 +60,9 @@
 #define SVT_EVENT_NO_TRACKING 4u /* the host answered -KVM_ENOSYS: migration unsupported */
 #define SVT_EVENT_READY 5u      /* arg: 1 = KVM_MIGRATION_READY set, 0 = cleared */
 #define SVT_EVENT_BAD_WORKLOAD 6u
+/* The vCPU did ops_per_ms operations: the host holds it until its
+ * millisecond is over (handled in the vCPU thread, never queued). */
+#define SVT_EVENT_REST 7u
 
 /* Workloads (control->workload). */
 #define SVT_WL_IDLE 0u
@@ -102,7 +105,11 @@ struct svt_control {
   volatile uint64_t stop;
   uint64_t cpuid_features;       /* CPUID 0x40000001 EAX as the guest saw it */
   volatile uint64_t table_ready; /* vCPU 0 sets 1 once the c-bit table is initialised */
-  uint64_t reserved[54];
+  /* The guest's load: workload operations per ms per vCPU (0 = unpaced). A
+   * vCPU reports SVT_EVENT_REST after that many; it is the guest's own
+   * setting, so it travels with the guest's memory. */
+  uint64_t ops_per_ms;
+  uint64_t reserved[53];
   struct svt_vcpu_counters vcpu[SVT_MAX_VCPUS]; /* at offset 0x200 */
 };
 

@@ -115,26 +115,42 @@ static void write_page(volatile struct svt_vcpu_counters* c, uint64_t gfn, uint6
   c->writes += 8;
 }
 
-static void churn(volatile struct svt_vcpu_counters* c, struct part p) {
-  uint64_t n = 1 + rnd(c) % 16;
-  if (n > p.npages) n = p.npages;
-  uint64_t gfn = p.gfn + rnd(c) % (p.npages - n + 1);
-  convert(c, gfn, n, 0);
+/*
+ * The workloads return the operations they did, counted as the sim guest
+ * counts them (src/guest/workloads.ts): one per page written and one per
+ * conversion; ops_per_ms paces these.
+ */
+
+/* DMA buffers of 1-16 pages in slots of 16 in the last eighth of the
+ * partition, each step converting one to the other perspective and usually
+ * filling it (as the sim guest's churn, src/guest/workloads.ts): a buffer
+ * stays shared between the step that shares it and the one that takes it
+ * back, resting or not. */
+static uint64_t churn(volatile struct svt_vcpu_counters* c, struct part p) {
+  uint64_t region = p.npages / 8;
+  if (region < 16) region = 16;
+  if (region > p.npages) region = p.npages;
+  uint64_t slot_pages = region < 16 ? region : 16;
+  uint64_t slots = region / slot_pages;
+  uint64_t n = 1 + rnd(c) % slot_pages;
+  uint64_t gfn = p.gfn + p.npages - region + (rnd(c) % slots) * slot_pages;
+  convert(c, gfn, n, !encrypted(gfn));
+  if (rnd(c) % 10 == 0) return 1;
   for (uint64_t i = 0; i < n; i++) write_page(c, gfn + i, rnd(c));
-  convert(c, gfn, n, 1);
-  if (rnd(c) % 4 != 0)
-    for (uint64_t i = 0; i < n; i++) write_page(c, gfn + i, rnd(c));
+  return 1 + n;
 }
 
-static void swiotlb(volatile struct svt_vcpu_counters* c, struct part p, struct part pool) {
+static uint64_t swiotlb(volatile struct svt_vcpu_counters* c, struct part p, struct part pool) {
   if (rnd(c) % 8 == 0) write_page(c, p.gfn + rnd(c) % p.npages, rnd(c));
   else write_page(c, pool.gfn + rnd(c) % pool.npages, rnd(c));
+  return 1;
 }
 
-static void iterate(volatile struct svt_vcpu_counters* c, struct part p, uint64_t vcpu) {
+static uint64_t iterate(volatile struct svt_vcpu_counters* c, struct part p, uint64_t vcpu) {
   uint64_t gfn = p.gfn + rnd(c) % p.npages;
   gwrite(gfn << 12, (CTL->iteration << 40) | (vcpu << 32) | (c->progress & 0xffffffffull));
   c->writes++;
+  return 1;
 }
 
 /* The k-th call: a valid range, or (every fifth) the same gpa one byte off, which must be refused. */
@@ -197,6 +213,7 @@ void _start(uint64_t vcpu) {
   struct part pool = pool_of();
   uint64_t wl = CTL->workload;
   if (wl > SVT_WL_STRIDE) event(SVT_EVENT_BAD_WORKLOAD, wl);
+  uint64_t since_rest = 0;
   for (;;) {
     uint64_t stop = CTL->stop;
     if (stop & 1) {
@@ -204,11 +221,12 @@ void _start(uint64_t vcpu) {
       while (CTL->stop == stop) relax();
       continue;
     }
+    uint64_t ops = 1;
     switch (wl) {
-      case SVT_WL_CHURN: churn(c, p); break;
-      case SVT_WL_SWIOTLB: swiotlb(c, p, pool); break;
+      case SVT_WL_CHURN: ops = churn(c, p); break;
+      case SVT_WL_SWIOTLB: ops = swiotlb(c, p, pool); break;
       case SVT_WL_WRITE_HEAVY: write_page(c, p.gfn + rnd(c) % p.npages, rnd(c)); break;
-      case SVT_WL_ITERATE: iterate(c, p, vcpu); break;
+      case SVT_WL_ITERATE: ops = iterate(c, p, vcpu); break;
       case SVT_WL_SHIM_SEQ: shim_seq(c, p); break;
       case SVT_WL_STRIDE: {
         uint64_t iter = CTL->iteration;
@@ -219,5 +237,11 @@ void _start(uint64_t vcpu) {
       default: relax(); break;
     }
     c->progress++;
+    uint64_t pace = CTL->ops_per_ms;
+    since_rest += ops;
+    if (pace != 0 && since_rest >= pace) {
+      event(SVT_EVENT_REST, since_rest);
+      since_rest = 0;
+    }
   }
 }

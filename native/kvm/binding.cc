@@ -294,6 +294,7 @@ Napi::Value KvmLayout(const Napi::CallbackInfo& info) {
   n("offIteration", offsetof(svt_control, iteration));
   n("offStop", offsetof(svt_control, stop));
   n("offCpuidFeatures", offsetof(svt_control, cpuid_features));
+  n("offOpsPerMs", offsetof(svt_control, ops_per_ms));
   n("offVcpu", offsetof(svt_control, vcpu));
   n("vcpuCountersSize", sizeof(svt_vcpu_counters));
   n("offProgress", offsetof(svt_vcpu_counters, progress));

@@ -1,9 +1,12 @@
 // The vCPU thread: KVM_RUN in a loop, exits handled here. Hypercalls are
 // validated as KVM and docs/design.md §2 define them and queued before the
-// guest sees the return value; guest events are queued in the same order.
+// guest sees the return value; guest events are queued in the same order
+// (but REST, which paces the vCPU: it sleeps here, Vm::Rest).
 #include <sys/ioctl.h>
 
+#include <algorithm>
 #include <cstring>
+#include <ctime>
 
 #include "../guest/abi.h"
 #include "sys.h"
@@ -51,6 +54,22 @@ void Vm::HandleShim(Vcpu& v, uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2,
   *ret = static_cast<uint64_t>(r);  // only now may the guest continue
 }
 
+// The guest paces itself (ops_per_ms operations, then a REST exit); the
+// host keeps it to one such budget per millisecond by sleeping this vCPU's
+// thread until the millisecond that began at its last rest is over. Time a
+// vCPU spent stopped or slow is not banked: the next millisecond starts when
+// the rest ends. A pause's kick (a signal) cuts the sleep short.
+void Vm::Rest(Vcpu& v) {
+  uint64_t now = MonotonicNs();
+  if (v.rest_due_ns > now && !pause_req_.load() && !quit_.load()) {
+    timespec due{static_cast<time_t>(v.rest_due_ns / 1'000'000'000),
+                 static_cast<long>(v.rest_due_ns % 1'000'000'000)};
+    clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &due, nullptr);
+    now = std::max(MonotonicNs(), v.rest_due_ns);
+  }
+  v.rest_due_ns = now + 1'000'000;
+}
+
 // Marks the vCPU failed first, so whoever reads the record sees the status
 // already say so; then reports it and parks for good.
 void Vm::Fail(Vcpu& v, uint64_t reason, uint64_t detail, const std::string& message) {
@@ -84,7 +103,8 @@ bool Vm::HandleExit(Vcpu& v) {
         Ioctl(v.fd, KVM_GET_REGS, regs, "KVM_GET_REGS", Target(v));
       }
       if (run->io.port == SVT_PORT_EVENT) {
-        Push(v, Record{kEvent, 0, 0, 0, regs->rax, regs->rbx, 0, 0});
+        if (regs->rax == SVT_EVENT_REST) Rest(v);
+        else Push(v, Record{kEvent, 0, 0, 0, regs->rax, regs->rbx, 0, 0});
         return true;
       }
       uint64_t ret = 0;

@@ -79,6 +79,7 @@ struct Vcpu {
   bool parked = false;  // guarded by Vm::mu_
   bool failed = false;  // guarded by Vm::mu_
   uint64_t seq = 0;     // records produced (the vCPU thread only)
+  uint64_t rest_due_ns = 0;  // the end of the current paced millisecond (the vCPU thread only)
   // Watchdog bookkeeping (the watchdog thread only).
   uint64_t wd_exits = 0, wd_progress = 0, wd_since_ns = 0;
   std::mutex qmu;
@@ -144,6 +145,8 @@ class Vm {
   void CreateVcpu(uint32_t index);
   void ParkUntilResumed(Vcpu& v);
   bool HandleExit(Vcpu& v);
+  // SVT_EVENT_REST: holds the vCPU until its paced millisecond is over.
+  void Rest(Vcpu& v);
   void HandleShim(Vcpu& v, uint64_t nr, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t* ret);
   void Fail(Vcpu& v, uint64_t reason, uint64_t detail, const std::string& message);
   void Kick(Vcpu& v);

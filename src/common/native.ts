@@ -344,6 +344,7 @@ export interface KvmLayout {
   offIteration: number;
   offStop: number;
   offCpuidFeatures: number;
+  offOpsPerMs: number;
   offVcpu: number;
   vcpuCountersSize: number;
   offProgress: number;

@@ -64,6 +64,8 @@ export interface KvmSourceParams {
   seed: number;
   /** How long the guest runs before the migration starts. */
   warmupMs: number;
+  /** The guest's load: workload operations per ms per vCPU (0 = unpaced; --guest-rate). */
+  guestOpsPerMs: number;
 }
 
 /** A booted source VM whose exits go into `store` (vm `vm`); stop() closes it. */
@@ -89,6 +91,7 @@ export async function bootKvmSource(
     profile: kvmProfile(),
     workload: kvmWorkload(p.workload),
     seed: BigInt(p.seed),
+    opsPerMs: p.guestOpsPerMs,
   });
   const link = new TrackerLink(vmGuest, store, vm);
   const stop = async () => {

@@ -140,7 +140,6 @@ describe('sevtrack migrate --backend kvm', () => {
         ['--workload', 'mixed'],
         /workload "mixed" does not run in a kvm guest; with --backend kvm use churn, swiotlb, write-heavy/,
       ],
-      [['--guest-rate', '8'], /--guest-rate is not for --backend kvm/],
       [['--hops', '2'], /--hops is not for --backend kvm/],
       [['--service', '/tmp/s.sock', '--vm', '1'], /--service is not for --backend kvm/],
     ];

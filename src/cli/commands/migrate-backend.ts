@@ -19,7 +19,6 @@ export const KVM_DEFAULT_WORKLOAD = 'churn';
 
 /** Flags (commander's attribute names and the flag) that drive the simulated guest only. */
 const SIM_ONLY: ReadonlyArray<[string, string, string]> = [
-  ['guestRate', '--guest-rate', 'a kvm guest runs at the speed of its vCPUs'],
   ['readCost', '--read-cost', "a kvm guest's dirty-log and c-bit reads are real ioctls, not modelled"],
   ['hops', '--hops', 'chains run sim guests'],
   ['watchers', '--watchers', 'sysgenid watchers run in sim guests'],

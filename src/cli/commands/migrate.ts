@@ -414,7 +414,7 @@ export function registerMigrate(program: Command): void {
     )
     .option(
       '--guest-rate <ops>',
-      'sim guest load: page operations (writes, conversions) per ms per vCPU (0 = as fast as the vCPU runs); a kvm guest runs unpaced',
+      'guest load: workload operations (page writes, conversions) per ms per vCPU (0 = as fast as the vCPU runs); a kvm guest keeps it after migration (it is in its memory)',
       String(d.guestOpsPerMs),
     )
     .option(

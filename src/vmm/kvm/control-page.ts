@@ -46,6 +46,8 @@ export interface BootParameters {
   vmcall: boolean;
   seed: bigint;
   stride: number;
+  /** Workload operations per ms per vCPU (0 = unpaced). */
+  opsPerMs: number;
 }
 
 let layoutCache: KvmLayout | undefined;
@@ -74,6 +76,7 @@ export class ControlPage {
     v.setUint32(this.l.offShimMode, p.vmcall ? 1 : 0, true);
     v.setBigUint64(this.l.offSeed, p.seed, true);
     v.setBigUint64(this.l.offStride, BigInt(p.stride), true);
+    v.setBigUint64(this.l.offOpsPerMs, BigInt(p.opsPerMs), true);
   }
 
   get iteration(): bigint {
@@ -106,6 +109,11 @@ export class ControlPage {
   releaseStop(): void {
     const word = this.stopWord;
     if ((word & 1n) === 1n) this.view.setBigUint64(this.l.offStop, word + 1n, true);
+  }
+
+  /** The guest's pace: workload operations per ms per vCPU (0 = unpaced). */
+  get opsPerMs(): number {
+    return Number(this.view.getBigUint64(this.l.offOpsPerMs, true));
   }
 
   get cpuidFeatures(): number {

@@ -42,6 +42,12 @@ export interface KvmGuestOptions {
   seed?: bigint;
   /** stride workload: every stride-th page per pass. */
   stride?: number;
+  /**
+   * The guest's load: workload operations per ms per vCPU (default 0:
+   * unpaced, as fast as the vCPU runs). Written into the control page, so
+   * it travels with the guest; each vCPU thread holds its vCPU to it.
+   */
+  opsPerMs?: number;
   /** 16 bytes; a fresh random key by default (each VM its own, as on SEV). */
   key?: Uint8Array;
   /** KVM_CLEAR_DIRTY_LOG with manual protect where offered (default true). */
@@ -133,6 +139,12 @@ export class KvmGuest {
       );
     if (!Number.isInteger(vcpus) || vcpus < 1 || vcpus > layout.maxVcpus)
       throw new InvalidArgumentError('vcpus', `vcpus ${vcpus} must be an integer in [1, ${layout.maxVcpus}]`);
+    const opsPerMs = options.opsPerMs ?? 0;
+    if (!Number.isInteger(opsPerMs) || opsPerMs < 0 || opsPerMs > 1_000_000)
+      throw new InvalidArgumentError(
+        'opsPerMs',
+        `opsPerMs ${opsPerMs} must be an integer in [0, 1000000] (0 = unpaced)`,
+      );
     const a = requireKvm(options.profile);
     const key = options.key ?? new Uint8Array(randomBytes(16));
     if (key.length !== 16) throw new InvalidArgumentError('key', `key must be 16 bytes, got ${key.length}`);
@@ -171,6 +183,7 @@ export class KvmGuest {
         vmcall,
         seed: options.seed ?? 1n,
         stride: options.stride ?? 1,
+        opsPerMs,
       });
     }
   }

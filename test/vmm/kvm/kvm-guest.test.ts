@@ -78,6 +78,9 @@ describe('KvmGuest on real KVM', () => {
     expect(() => KvmGuest.create({ ramPages: 4096, vcpus: 0, profile: 'cpl3', workload: 'idle' })).toThrow(
       /vcpus 0/,
     );
+    expect(() =>
+      KvmGuest.create({ ramPages: 4096, vcpus: 1, profile: 'cpl3', workload: 'idle', opsPerMs: 1.5 }),
+    ).toThrow(/opsPerMs 1.5 must be an integer in \[0, 1000000\] \(0 = unpaced\)/);
   });
 
   for (const profile of ['cpl3', 'cpl0'] as const) {
@@ -193,6 +196,53 @@ describe('KvmGuest on real KVM', () => {
         expect(Math.min(...gaps)).toBeGreaterThanOrEqual(DRAIN_INTERVAL_MS);
       } finally {
         vm.close();
+      }
+    },
+  );
+
+  it.skipIf(skip)(
+    'a paced guest does at most opsPerMs operations a millisecond per vCPU, and keeps its pace on a copy',
+    async () => {
+      const ramPages = 1024;
+      const vcpus = 2;
+      const opsPerMs = 5;
+      const key = new Uint8Array(16).fill(9);
+      // write-heavy: one operation (a page written) per step, so progress counts operations.
+      const a = KvmGuest.create({ ramPages, vcpus, profile: 'cpl3', workload: 'write-heavy', key, opsPerMs });
+      const b = KvmGuest.create({
+        ramPages,
+        vcpus,
+        profile: 'cpl3',
+        workload: 'write-heavy',
+        key,
+        boot: false,
+      });
+      /** Runs `vm` until every vCPU did 200 operations; each vCPU's ops within budget for the time it took. */
+      const withinPace = async (vm: KvmGuest) => {
+        const progress = () => [0, 1].map((v) => Number(vm.control.counters(v).progress));
+        const before = progress();
+        const t0 = performance.now();
+        await until(() => progress().every((p, v) => p >= before[v] + 200), '200 operations of each vCPU');
+        const after = progress();
+        const ms = performance.now() - t0;
+        // One budget per millisecond begun, and one in flight at each end.
+        for (let v = 0; v < vcpus; v++) expect(after[v] - before[v]).toBeLessThanOrEqual(opsPerMs * (ms + 2));
+      };
+      try {
+        a.resume();
+        await withinPace(a);
+        a.pause();
+        const states = a.saveVcpuStates();
+        b.ram.set(a.ram);
+        b.loadVcpuStates(states);
+        a.close();
+        // b wrote no control page: the pace came with a's memory.
+        expect(b.control.opsPerMs).toBe(opsPerMs);
+        b.resume();
+        await withinPace(b);
+      } finally {
+        a.close();
+        b.close();
       }
     },
   );
