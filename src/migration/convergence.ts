@@ -24,11 +24,14 @@
  * the first that fits (a 2 GiB mixed guest paused with 12-19k pages after
  * one incremental round, 5-7k after two or three). Such a round runs only if
  * twice the set the guest is expected to dirty during it (the last round's
- * dirty rate over the time the round's sends take) would still fit: a
- * margin against a burst. It used to be twice the current set, which on a
- * slowed machine (a 2 GiB mixed guest's 22-25k pages estimated at 185-245
- * ms) stopped the round that would have left 4-6k, and paused with 160-190
- * ms of downtime.
+ * dirty rate over the round's length at the last round's rates) would still
+ * fit: a margin against a burst. It used to be twice the current set, which
+ * on a slowed machine (a 2 GiB mixed guest's 22-25k pages estimated at
+ * 185-245 ms) stopped the round that would have left 4-6k, and paused with
+ * 160-190 ms of downtime. The price: a burst of more than twice the
+ * expected set during such a round pauses over --max-downtime (reported
+ * converged, since an earlier round fit), where the old margin held up to
+ * twice the current set.
  *
  * When the target cannot be met within --max-rounds (or the dirty set stops
  * shrinking), the default is to abort with the dirty rate against the
@@ -116,9 +119,14 @@ export class Convergence {
   estimate(pagesLeft: number): number {
     const m = this.last;
     if (!m) return Number.POSITIVE_INFINITY;
-    const sendMsPerPage = m.pagesSent > 0 ? m.sendMs / m.pagesSent : 0;
     // Final round's reads and ack, the state messages and the verdict: three round trips.
-    return m.readsMs + pagesLeft * sendMsPerPage + this.stateMs + this.digestsMs + 3 * m.roundTripMs;
+    return m.readsMs + pagesLeft * sendMsPerPage(m) + this.stateMs + this.digestsMs + 3 * m.roundTripMs;
+  }
+
+  /** How long a live round sending `pages` would take at the last round's rates: reads, sends, acknowledgement. */
+  private roundMsFor(pages: number): number {
+    const m = this.last;
+    return m ? m.readsMs + pages * sendMsPerPage(m) + m.roundTripMs : 0;
   }
 
   /**
@@ -151,8 +159,8 @@ export class Convergence {
       this.fitAt ??= round;
       // Another round while it still halves the dirty set, if twice what the
       // guest should dirty meanwhile (at the last round's rate, for as long as
-      // sending this set takes) would still fit.
-      const expected = dirtyPagesPerSec * (estimatedDowntimeMs / 1000);
+      // a round sending this set takes) would still fit.
+      const expected = dirtyPagesPerSec * (this.roundMsFor(pagesLeft) / 1000);
       return { ...out, another: halved && this.estimate(2 * expected) <= this.maxDowntimeMs };
     }
     // A deferred pause whose extra round did not pay off: pause now, as the earlier fit would have.
@@ -177,4 +185,9 @@ export class Convergence {
       'raise --max-downtime or --max-rounds, lower the guest load, or pass --on-no-convergence pause to pause anyway'
     );
   }
+}
+
+/** Milliseconds per page sent in round `m`. */
+function sendMsPerPage(m: RoundMeasure): number {
+  return m.pagesSent > 0 ? m.sendMs / m.pagesSent : 0;
 }

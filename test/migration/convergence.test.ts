@@ -117,13 +117,13 @@ describe('convergence', () => {
     expect(d).toMatchObject({ another: false, converged: true });
     // No extra round when twice what the guest should dirty during it would no longer fit:
     // 1 + 100k × 0.002 + 3 = 204 ms fits; the guest dirtied 100k pages in the 201 ms round,
-    // so about 101k in the next 204 ms, and twice that (410 ms) does not fit.
+    // so about 100k in a next round of 202 ms, and twice that (406 ms) does not fit.
     d = afterBulk(400_000).decide(1, 100_000);
     fits(d);
     expect(d.another).toBe(false);
     // A slow round that dirtied little: 25k pages left of 100k (10 µs a page sent) is
     // 254 ms, and twice the set would not fit (504 ms); but the guest dirties 25k pages/s,
-    // about 6.3k during the next round, and twice that (131 ms) fits: one more round.
+    // about 6.3k during a next round of 252 ms, and twice that (130 ms) fits: one more round.
     const slow = new Convergence(300, 30);
     slow.recordRound({ readsMs: 1, pagesSent: 100_000, sendMs: 1000, roundTripMs: 1, roundMs: 1001 });
     expect(slow.decide(0, 100_000).another).toBe(true);
