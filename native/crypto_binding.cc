@@ -64,12 +64,12 @@ GcmArgs GetGcmArgs(const Napi::CallbackInfo& info, size_t src_unit, size_t dst_u
 // number firstSeq + i and its GPA gpas[i] (PageSeal, as the page pipeline).
 Napi::Value GcmSealPages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto [key, src, dst, gpas, seq, n] = GetGcmArgs(info, kPage, kSealed);
+  GcmArgs a = GetGcmArgs(info, kPage, kSealed);
   return GuardSteps(env, [&] {
-    PageSeal seal(key.Data());
-    for (size_t i = 0; i < n; ++i) {
-      uint64_t gpa = IndexAt(env, gpas, i, kMaxSafeInteger + 1, "gpas");
-      seal.Page(gpa, seq + i, src.Data() + i * kPage, dst.Data() + i * kSealed);
+    PageSeal seal(a.key.Data());
+    for (size_t i = 0; i < a.n; ++i) {
+      uint64_t gpa = IndexAt(env, a.gpas, i, kMaxSafeInteger + 1, "gpas");
+      seal.Page(gpa, a.seq + i, a.src.Data() + i * kPage, a.dst.Data() + i * kSealed);
     }
     return env.Undefined();
   });
@@ -79,12 +79,12 @@ Napi::Value GcmSealPages(const Napi::CallbackInfo& info) {
 // index of the first page whose tag does not verify, or -1 when all do.
 Napi::Value GcmOpenPages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto [key, src, dst, gpas, seq, n] = GetGcmArgs(info, kSealed, kPage);
+  GcmArgs a = GetGcmArgs(info, kSealed, kPage);
   return GuardSteps(env, [&] {
-    PageOpen open(key.Data());
-    for (size_t i = 0; i < n; ++i) {
-      uint64_t gpa = IndexAt(env, gpas, i, kMaxSafeInteger + 1, "gpas");
-      if (!open.Page(gpa, seq + i, src.Data() + i * kSealed, dst.Data() + i * kPage)) {
+    PageOpen open(a.key.Data());
+    for (size_t i = 0; i < a.n; ++i) {
+      uint64_t gpa = IndexAt(env, a.gpas, i, kMaxSafeInteger + 1, "gpas");
+      if (!open.Page(gpa, a.seq + i, a.src.Data() + i * kSealed, a.dst.Data() + i * kPage)) {
         return Napi::Number::New(env, static_cast<double>(i));
       }
     }
