@@ -405,20 +405,26 @@ export async function migrateLocally(
     // Whatever happened, the destination thread ends with the run.
     closeListener = d.stop;
   } else {
+    // The destination's memory is prepared before it listens (starting the
+    // incoming VM, not migrating: outside the source's time).
+    const prepared = p.backend === 'sim' ? prepareGuestMemory(guestPages(p)) : undefined;
     const dir = mkdtempSync(join(tmpdir(), 'sevtrack-mig-'));
+    const removeDir = () => rmSync(dir, { recursive: true, force: true });
     const ep: Endpoint =
       p.transport === 'tcp'
         ? { kind: 'tcp', host: '127.0.0.1', port: 0 }
         : { kind: 'unix', path: join(dir, 'm.sock') };
     // No handshake timeout: our own source connects at once and says HELLO
     // after booting its guest; a stray on this private address cannot block it.
-    // The destination's memory is prepared before it listens (starting the
-    // incoming VM, not migrating: outside the source's time).
-    const prepared = p.backend === 'sim' ? prepareGuestMemory(guestPages(p)) : undefined;
-    const listener = await listenChannel(ep, { peerTimeoutMs: p.peerTimeoutMs, handshakeTimeoutMs: 0 });
+    const listener = await listenChannel(ep, { peerTimeoutMs: p.peerTimeoutMs, handshakeTimeoutMs: 0 }).catch(
+      (err: Error) => {
+        removeDir();
+        throw err;
+      },
+    );
     closeListener = () => {
       listener.close();
-      rmSync(dir, { recursive: true, force: true });
+      removeDir();
     };
     // One log per migration: the source's (a two-process destination keeps its own).
     destination = listener.accept().then((ch) => runDestination({ ...p, log: undefined, prepared }, ch));
