@@ -30,9 +30,9 @@ const skip = kvmSkipReason();
 if (skip) console.warn(`kvm tests skipped: ${skip}`);
 
 /**
- * The guest runs unpaced: on a loaded machine the stream may not outrun it,
- * so the test pauses after a few rounds whatever the estimate (the
- * verdict, not convergence, is under test).
+ * On a loaded machine the stream may not outrun even a paced guest, so the
+ * test pauses after a few rounds whatever the estimate (the verdict, not
+ * convergence, is under test).
  */
 function params(protocol: Protocol, seed: number): MigrateParams {
   return {
@@ -119,10 +119,10 @@ describe('kvm: the migration engine between two real VMs', () => {
     'naive: for some seed the engine reports corrupted pages (those mid-conversion at the first sync), and the source guest runs on',
     async () => {
       // naive sends every page from the c-bit state of the first sync. churn
-      // converts a buffer to shared, writes it and converts it back, so only
-      // buffers between their two conversions at that sync end up sent from
-      // the wrong perspective: whether any were is up to the vCPUs' timing,
-      // so a few seeds are tried (each vCPU is mid-buffer about half the time).
+      // shares a buffer in one step and takes it back in a later one, so the
+      // buffers whose perspective changed after that sync end up sent from
+      // the wrong one: how many is up to the vCPUs' timing, so a few seeds
+      // are tried.
       const runs: Awaited<ReturnType<typeof migrate>>[] = [];
       for (let seed = 1; seed <= 6; seed++) {
         const r = await migrate({ ...params('naive', seed), vcpus: 4 });
