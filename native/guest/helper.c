@@ -115,17 +115,12 @@ static void write_page(volatile struct svt_vcpu_counters* c, uint64_t gfn, uint6
   c->writes += 8;
 }
 
-/*
- * The workloads return the operations they did, counted as the sim guest
- * counts them (src/guest/workloads.ts): one per page written and one per
- * conversion; ops_per_ms paces these.
- */
-
 /* DMA buffers of 1-16 pages in slots of 16 in the last eighth of the
  * partition, each step converting one to the other perspective and usually
  * filling it (as the sim guest's churn, src/guest/workloads.ts): a buffer
  * stays shared between the step that shares it and the one that takes it
- * back, resting or not. */
+ * back, resting or not. Returns its operations for the pacing, counted as
+ * the sim guest counts a churn step: 1 + n, filled or not. */
 static uint64_t churn(volatile struct svt_vcpu_counters* c, struct part p) {
   uint64_t region = p.npages / 8;
   if (region < 16) region = 16;
@@ -135,23 +130,20 @@ static uint64_t churn(volatile struct svt_vcpu_counters* c, struct part p) {
   uint64_t n = 1 + rnd(c) % slot_pages;
   uint64_t gfn = p.gfn + p.npages - region + (rnd(c) % slots) * slot_pages;
   convert(c, gfn, n, !encrypted(gfn));
-  /* Counted as the sim guest counts a churn step: 1 + n, filled or not. */
   if (rnd(c) % 10 != 0)
     for (uint64_t i = 0; i < n; i++) write_page(c, gfn + i, rnd(c));
   return 1 + n;
 }
 
-static uint64_t swiotlb(volatile struct svt_vcpu_counters* c, struct part p, struct part pool) {
+static void swiotlb(volatile struct svt_vcpu_counters* c, struct part p, struct part pool) {
   if (rnd(c) % 8 == 0) write_page(c, p.gfn + rnd(c) % p.npages, rnd(c));
   else write_page(c, pool.gfn + rnd(c) % pool.npages, rnd(c));
-  return 1;
 }
 
-static uint64_t iterate(volatile struct svt_vcpu_counters* c, struct part p, uint64_t vcpu) {
+static void iterate(volatile struct svt_vcpu_counters* c, struct part p, uint64_t vcpu) {
   uint64_t gfn = p.gfn + rnd(c) % p.npages;
   gwrite(gfn << 12, (CTL->iteration << 40) | (vcpu << 32) | (c->progress & 0xffffffffull));
   c->writes++;
-  return 1;
 }
 
 /* The k-th call: a valid range, or (every fifth) the same gpa one byte off, which must be refused. */
@@ -222,12 +214,12 @@ void _start(uint64_t vcpu) {
       while (CTL->stop == stop) relax();
       continue;
     }
-    uint64_t ops = 1;
+    uint64_t ops = 1; /* a page written or a call; a churn step says how many */
     switch (wl) {
       case SVT_WL_CHURN: ops = churn(c, p); break;
-      case SVT_WL_SWIOTLB: ops = swiotlb(c, p, pool); break;
+      case SVT_WL_SWIOTLB: swiotlb(c, p, pool); break;
       case SVT_WL_WRITE_HEAVY: write_page(c, p.gfn + rnd(c) % p.npages, rnd(c)); break;
-      case SVT_WL_ITERATE: ops = iterate(c, p, vcpu); break;
+      case SVT_WL_ITERATE: iterate(c, p, vcpu); break;
       case SVT_WL_SHIM_SEQ: shim_seq(c, p); break;
       case SVT_WL_STRIDE: {
         uint64_t iter = CTL->iteration;
