@@ -16,7 +16,7 @@ import { GuestEvent } from '../../../src/vmm/kvm/control-page.js';
 import { DRAIN_INTERVAL_MS, KvmGuest, type ShimCall } from '../../../src/vmm/kvm/kvm-guest.js';
 import { waitForEveryVcpu } from '../../../src/vmm/kvm/wait-for.js';
 import { tempDir } from '../../support/tmp.js';
-import { partition, until } from './support.js';
+import { copyVm, partition, twinVms, until } from './support.js';
 
 const skip = kvmSkipReason();
 const skipCpl0 = kvmSkipReason('cpl0');
@@ -149,8 +149,7 @@ describe('KvmGuest on real KVM', () => {
       const ramPages = 1024;
       const vcpus = 2;
       const key = new Uint8Array(16).fill(7);
-      const a = KvmGuest.create({ ramPages, vcpus, profile: 'cpl3', workload: 'shim-seq', key });
-      const b = KvmGuest.create({ ramPages, vcpus, profile: 'cpl3', workload: 'shim-seq', key, boot: false });
+      const { from: a, to: b } = twinVms({ ramPages, vcpus, profile: 'cpl3', workload: 'shim-seq', key });
       try {
         const callsA: ShimCall[] = [];
         a.onBatch((batch) => callsA.push(...batch.calls));
@@ -160,9 +159,7 @@ describe('KvmGuest on real KVM', () => {
         await until(() => each(callsA), '30 hypercalls of each vCPU on the source');
         a.pause();
         const next = checkSequence(callsA, ramPages, vcpus);
-        const states = a.saveVcpuStates();
-        b.ram.set(a.ram);
-        b.loadVcpuStates(states);
+        copyVm(a, b);
         const progress = [0, 1].map((v) => a.control.counters(v).progress);
         a.close();
         const callsB: ShimCall[] = [];
@@ -208,14 +205,13 @@ describe('KvmGuest on real KVM', () => {
       const opsPerMs = 5;
       const key = new Uint8Array(16).fill(9);
       // write-heavy: one operation (a page written) per step, so progress counts operations.
-      const a = KvmGuest.create({ ramPages, vcpus, profile: 'cpl3', workload: 'write-heavy', key, opsPerMs });
-      const b = KvmGuest.create({
+      const { from: a, to: b } = twinVms({
         ramPages,
         vcpus,
         profile: 'cpl3',
         workload: 'write-heavy',
         key,
-        boot: false,
+        opsPerMs,
       });
       /** Runs `vm` until every vCPU did 200 operations; each vCPU's ops within budget for the time it took. */
       const withinPace = async (vm: KvmGuest) => {
@@ -232,9 +228,7 @@ describe('KvmGuest on real KVM', () => {
         a.resume();
         await withinPace(a);
         a.pause();
-        const states = a.saveVcpuStates();
-        b.ram.set(a.ram);
-        b.loadVcpuStates(states);
+        copyVm(a, b);
         a.close();
         // b wrote no control page: the pace came with a's memory.
         expect(b.control.opsPerMs).toBe(opsPerMs);

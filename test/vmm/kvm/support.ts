@@ -1,5 +1,24 @@
 /** Helpers for tests on a real KVM guest. */
 import { kvmLayout } from '../../../src/vmm/kvm/control-page.js';
+import { KvmGuest, type KvmGuestOptions } from '../../../src/vmm/kvm/kvm-guest.js';
+
+/**
+ * A guest's VM booted with `options`, and an empty twin of the same size,
+ * vCPUs and key (boot: false) for copyVm to continue it on.
+ */
+export function twinVms(options: KvmGuestOptions & { key: Uint8Array }): { from: KvmGuest; to: KvmGuest } {
+  const from = KvmGuest.create(options);
+  const { ramPages, vcpus, profile, workload, key } = options;
+  const to = KvmGuest.create({ ramPages, vcpus, profile, workload, key, boot: false });
+  return { from, to };
+}
+
+/** Copies a paused VM's memory and vCPU state into its twin (a migration without the engine). */
+export function copyVm(from: KvmGuest, to: KvmGuest): void {
+  const states = from.saveVcpuStates();
+  to.ram.set(from.ram);
+  to.loadVcpuStates(states);
+}
 
 /**
  * Resolves once cond() holds, checking on every timer turn; rejects after
