@@ -5,6 +5,15 @@
  */
 import { FormatError } from './errors.js';
 
+/** The largest high word of a u64 below 2^53 (Number.MAX_SAFE_INTEGER's). */
+const MAX_SAFE_HIGH = 0x1fffff;
+
+/** Writes a u64 below 2^53 at `offset`, little-endian, as two u32 halves (no BigInt). */
+export function setU64n(view: DataView, offset: number, v: number): void {
+  view.setUint32(offset, v >>> 0, true);
+  view.setUint32(offset + 4, Math.floor(v / 2 ** 32), true);
+}
+
 export class BinaryReader {
   private off = 0;
   constructor(
@@ -65,14 +74,42 @@ export class BinaryReader {
     return v;
   }
 
-  /** A u64 that must fit a JS number exactly (gfns, counts, sequence numbers). */
+  /**
+   * A u64 that must fit a JS number exactly (gfns, counts, sequence numbers).
+   * Read as two u32 halves, not through a BigInt: a PAGES header holds 256 of
+   * these, and the BigInt round trip was most of decoding it.
+   */
   u64n(field: string): number {
     const at = this.off;
-    const v = this.u64(field);
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) {
+    this.need(8, field);
+    const lo = this.buf.readUInt32LE(at);
+    const hi = this.buf.readUInt32LE(at + 4);
+    this.off += 8;
+    if (hi > MAX_SAFE_HIGH) {
+      const v = (BigInt(hi) << 32n) | BigInt(lo);
       throw new FormatError(this.what, this.base + at, `${field} below 2^53`, `${v}`);
     }
-    return Number(v);
+    return hi * 2 ** 32 + lo;
+  }
+
+  /** `count` u64s that must each fit a JS number exactly, in one bounds check (a PAGES header's gfns). */
+  u64ns(count: number, field: string): Float64Array {
+    this.need(count * 8, `${count} ${field}s`);
+    const out = new Float64Array(count);
+    const view = new DataView(this.buf.buffer, this.buf.byteOffset + this.off, count * 8);
+    for (let i = 0; i < count; i++) {
+      const hi = view.getUint32(i * 8 + 4, true);
+      if (hi > MAX_SAFE_HIGH) return this.u64nAt(this.off + i * 8, field) as never;
+      out[i] = hi * 2 ** 32 + view.getUint32(i * 8, true);
+    }
+    this.off += count * 8;
+    return out;
+  }
+
+  /** Reads the u64 at `at` with u64n, which throws for one at or above 2^53. */
+  private u64nAt(at: number, field: string): number {
+    this.off = at;
+    return this.u64n(field);
   }
 
   bytes(n: number, field: string): Buffer {

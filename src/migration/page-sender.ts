@@ -46,26 +46,34 @@ export function* perspectiveBatches(
   perspective: PageStateMap,
   batch: number,
 ): Generator<{ gfns: Float64Array; encrypted: boolean }> {
-  const pending = { true: [] as number[], false: [] as number[] };
+  // One batch being filled per perspective, written in place (no array of
+  // numbers copied into a Float64Array per batch).
+  const pending = { true: new Float64Array(batch), false: new Float64Array(batch) };
+  const filled = { true: 0, false: 0 };
   for (const run of runs) {
     const end = run.gfn + run.npages;
     for (const r of perspective.ranges(run.gfn)) {
       if (r.gfn >= end) break;
       const from = Math.max(r.gfn, run.gfn);
       const to = Math.min(r.gfn + r.npages, end);
-      const list = pending[`${r.encrypted}`];
-      for (let g = from; g < to; g++) {
-        list.push(g);
-        if (list.length === batch) {
-          yield { gfns: Float64Array.from(list), encrypted: r.encrypted };
-          list.length = 0;
+      const key = `${r.encrypted}` as const;
+      for (let g = from; g < to; ) {
+        const list = pending[key];
+        let n = filled[key];
+        const take = Math.min(to - g, batch - n);
+        for (let i = 0; i < take; i++) list[n++] = g++;
+        filled[key] = n;
+        if (n === batch) {
+          yield { gfns: list, encrypted: r.encrypted };
+          pending[key] = new Float64Array(batch);
+          filled[key] = 0;
         }
       }
     }
   }
   for (const encrypted of [true, false]) {
-    const list = pending[`${encrypted}`];
-    if (list.length > 0) yield { gfns: Float64Array.from(list), encrypted };
+    const key = `${encrypted}` as const;
+    if (filled[key] > 0) yield { gfns: pending[key].slice(0, filled[key]), encrypted };
   }
 }
 

@@ -3,7 +3,7 @@
  * version 2 (16-byte view MACs in DIGESTS), and these messages. Every reader checks lengths and names the
  * field and offset of the first problem.
  */
-import { BinaryReader, BinaryWriter } from '../common/binary.js';
+import { BinaryReader, BinaryWriter, setU64n } from '../common/binary.js';
 import { FormatError } from '../common/errors.js';
 import type { FrameSpec } from '../common/frames.js';
 import { bitmapWordCount } from '../common/page-bitmap.js';
@@ -159,8 +159,8 @@ export function writePagesHeader(
   const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
   view.setUint32(0, round, true);
   view.setUint32(4, gfns.length, true);
-  view.setBigUint64(8, BigInt(firstSeq), true);
-  for (let i = 0; i < gfns.length; i++) view.setBigUint64(16 + i * 8, BigInt(gfns[i]), true);
+  setU64n(view, 8, firstSeq);
+  for (let i = 0; i < gfns.length; i++) setU64n(view, 16 + i * 8, gfns[i]);
   return pagesHeaderBytes(gfns.length);
 }
 
@@ -179,8 +179,7 @@ export function decodePagesHeader(payload: Buffer, sealed: boolean): PagesHeader
   const round = r.u32('round');
   const count = r.u32('count');
   const firstSeq = r.u64n('first sequence');
-  const gfns = new Float64Array(count);
-  for (let i = 0; i < count; i++) gfns[i] = r.u64n('gfn');
+  const gfns = r.u64ns(count, 'gfn');
   const dataOffset = pagesHeaderBytes(count);
   r.bytes(count * (sealed ? SEALED_PAGE_BYTES : PAGE_SIZE), 'page data'); // a view: checks the length
   r.end();

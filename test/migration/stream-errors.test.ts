@@ -11,6 +11,7 @@ import { FormatError, MisuseError } from '../../src/common/errors.js';
 import {
   decodeHello,
   decodeHelloAck,
+  decodePagesHeader,
   decodeResult,
   decodeRoundAck,
   decodeText,
@@ -25,8 +26,10 @@ import {
   encodeU64,
   type Hello,
   PROTOCOLS,
+  pagesFrameBytes,
   VERIFY_MODES,
   type VerifyResult,
+  writePagesHeader,
 } from '../../src/migration/stream.js';
 
 const buf = (u: Uint8Array) => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
@@ -162,6 +165,34 @@ describe('stream decoders refuse what is not exactly one message', () => {
     const e = thrown(() => decodeHello(b)) as FormatError;
     expect(e).toBeInstanceOf(FormatError);
     expect(e.offset).toBe(14);
+  });
+
+  it('PAGES: gfns and the first sequence up to 2^53 - 1 round-trip exactly; a gfn at 2^53 is refused at its offset', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }), { minLength: 1, maxLength: 8 }),
+        fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }),
+        (list, firstSeq) => {
+          const gfns = Float64Array.from(list);
+          const frame = Buffer.alloc(pagesFrameBytes(gfns.length, false));
+          writePagesHeader(frame, 3, gfns, firstSeq);
+          // The halves are the little-endian u64 a BigInt writer puts there.
+          list.forEach((g, i) => expect(frame.readBigUInt64LE(16 + i * 8)).toBe(BigInt(g)));
+          const h = decodePagesHeader(frame, false);
+          expect([...h.gfns]).toEqual(list);
+          expect(h.firstSeq).toBe(firstSeq);
+          expect(h.round).toBe(3);
+        },
+      ),
+      { seed: 21, numRuns: 200 },
+    );
+    const frame = Buffer.alloc(pagesFrameBytes(3, false));
+    writePagesHeader(frame, 0, Float64Array.from([1, 2, 3]), 0);
+    frame.writeBigUInt64LE(2n ** 53n, 16 + 8);
+    const e = thrown(() => decodePagesHeader(frame, false)) as FormatError;
+    expect(e).toBeInstanceOf(FormatError);
+    expect(e.offset).toBe(24);
+    expect(e.message).toBe(`PAGES_RAW: expected gfn below 2^53 at offset 24, got ${2n ** 53n}`);
   });
 
   it('HELLO_ACK: a refusal carries its reason; a status other than 0 or 1, or bytes after the reason, are refused', () => {
