@@ -177,7 +177,7 @@ describe('stream decoders refuse what is not exactly one message', () => {
           const frame = Buffer.alloc(pagesFrameBytes(gfns.length, false));
           writePagesHeader(frame, 3, gfns, firstSeq);
           // The halves are the little-endian u64 a BigInt writer puts there.
-          list.forEach((g, i) => expect(frame.readBigUInt64LE(16 + i * 8)).toBe(BigInt(g)));
+          expect(list.map((_, i) => frame.readBigUInt64LE(16 + i * 8))).toEqual(list.map(BigInt));
           const h = decodePagesHeader(frame, false);
           expect([...h.gfns]).toEqual(list);
           expect(h.firstSeq).toBe(firstSeq);
