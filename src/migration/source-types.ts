@@ -59,6 +59,7 @@ export interface RoundProgress {
   cbitRetransmits: number;
   dirtyLeft: number;
   expectedDowntimeMs: number;
+  /** The link's bandwidth the estimate uses (from the last round that moved at least the DIGESTS table). */
   bandwidthMBps: number;
 }
 
