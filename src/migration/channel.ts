@@ -57,11 +57,15 @@ export class Credits {
 
   acquire(): Promise<void> {
     if (this.dead) return Promise.reject(this.dead);
-    if (this.inFlight < this.window && this.waiters.length === 0) {
-      this.inFlight++;
-      return Promise.resolve();
-    }
+    if (this.tryAcquire()) return Promise.resolve();
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  /** Takes a credit if one is free now (and nobody waits before this caller); false otherwise, or once failed. */
+  tryAcquire(): boolean {
+    if (this.dead || this.inFlight >= this.window || this.waiters.length > 0) return false;
+    this.inFlight++;
+    return true;
   }
 
   release(): void {
