@@ -123,4 +123,29 @@ describe('frame channels fail cleanly', () => {
     expect((await b.next(5000)).type).toBe(Msg.ROUND_END);
     await expect(b.next(5000)).rejects.toThrow('the peer closed the connection');
   });
+
+  it('over a MessagePort: a lent buffer comes back once the peer moves on; if the peer closes first, the wait fails', async () => {
+    const { port1, port2 } = new MessageChannel();
+    const a = portChannel(port1, MIGRATION_FRAME.version);
+    const b = portChannel(port2, MIGRATION_FRAME.version);
+    const frame = new Uint8Array(64).fill(7);
+    const back = a.sendLent(Msg.PAGES_RAW, frame, 16);
+    const got = await b.next(5000);
+    expect([...got.payload]).toEqual(new Array(16).fill(7));
+    await b.send(Msg.ROUND_ACK, new Uint8Array(5)); // the frame is still b's: the buffer stays out
+    expect((await a.next(5000)).type).toBe(Msg.ROUND_ACK);
+    void b.next(5000).catch(() => {}); // taking the next frame releases the one before
+    const returned = await back;
+    expect(returned.byteLength).toBe(64); // the same memory, whole, transferred back
+    expect(returned[40]).toBe(7);
+    // A second lent frame whose receiver closes without taking it.
+    const lost = a.sendLent(Msg.PAGES_RAW, returned, 16);
+    await new Promise((r) => setTimeout(r, 20));
+    b.close();
+    await expect(lost).rejects.toThrow(PeerError);
+    await expect(lost).rejects.toThrow('the peer closed the connection');
+    await expect(a.sendLent(Msg.PAGES_RAW, new Uint8Array(8), 8)).rejects.toThrow(
+      'the peer closed the connection',
+    );
+  });
 });
