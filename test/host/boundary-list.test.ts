@@ -73,4 +73,38 @@ describe('BoundaryList against a Map model', () => {
       { numRuns: 60 },
     );
   });
+
+  it('fromSorted builds the list set() builds, over many blocks, and stays correct under later changes', () => {
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.integer({ min: 1, max: 20_000 }), { maxLength: 2500 }),
+        fc.array(op, { maxLength: 400 }),
+        (rest, ops) => {
+          const keys = Float64Array.from([0, ...rest.sort((a, b) => a - b)]);
+          const vals = Uint8Array.from(keys, (_, i) => i % 2);
+          const built = BoundaryList.fromSorted(keys, vals, keys.length);
+          const model = new BoundaryList(0, 0);
+          keys.forEach((k, i) => {
+            model.set(k, vals[i]);
+          });
+          expect([...built.entries()]).toEqual([...model.entries()]);
+          expect(built.size).toBe(keys.length);
+          for (const o of ops) {
+            if (o.kind === 'set') {
+              built.set(o.key, o.value);
+              model.set(o.key, o.value);
+            } else if (o.kind === 'delete') {
+              expect(built.delete(o.key)).toBe(model.delete(o.key));
+            } else if (o.kind === 'deleteRange') {
+              expect(built.deleteRange(o.lo, o.hi)).toBe(model.deleteRange(o.lo, o.hi));
+            }
+          }
+          expect([...built.entries()]).toEqual([...model.entries()]);
+          expect(built.size).toBe(model.size);
+          for (const probe of [0, 1, 383, 384, 385, 9999, 20_000]) expect(built.get(probe)).toBe(model.get(probe));
+        },
+      ),
+      { numRuns: 40 },
+    );
+  });
 });

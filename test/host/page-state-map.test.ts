@@ -127,6 +127,38 @@ describe('PageStateMap against a per-page model', () => {
     );
   });
 
+  it('a map of thousands of ranges round-trips, takes further changes like the original, and gives its encrypted frames as a bitmap', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 2 ** 31 }), fc.boolean(), (seed, initial) => {
+        const npages = 40_000;
+        const map = new PageStateMap(npages, initial);
+        let x = seed;
+        const next = () => {
+          x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+          return x;
+        };
+        for (let i = 0; i < 3000; i++) {
+          const g = next() % npages;
+          map.apply(g, Math.min(1 + (next() % 9), npages - g), (next() & 1) === 1);
+        }
+        const back = PageStateMap.deserialize(map.serialize());
+        expect(back.equals(map)).toBe(true);
+        expect(back.rangeCount).toBe(map.rangeCount);
+        for (let i = 0; i < 500; i++) {
+          const g = next() % npages;
+          const n = Math.min(1 + (next() % 50), npages - g);
+          const e = (next() & 1) === 1;
+          expect(back.apply(g, n, e)).toBe(map.apply(g, n, e));
+        }
+        expect(back.equals(map)).toBe(true);
+        const bits = back.encryptedBitmap();
+        expect(bits.count()).toBe(back.encryptedCount);
+        for (let g = 0; g < npages; g += 7) expect(bits.test(g)).toBe(back.isEncrypted(g));
+      }),
+      { numRuns: 15 },
+    );
+  });
+
   it('handles a 1 TiB guest: changes at gfn 0 and the last page cost ranges, not pages', () => {
     const npages = 2 ** 28;
     const map = new PageStateMap(npages);
