@@ -101,7 +101,8 @@ describe('BoundaryList against a Map model', () => {
           }
           expect([...built.entries()]).toEqual([...model.entries()]);
           expect(built.size).toBe(model.size);
-          for (const probe of [0, 1, 383, 384, 385, 9999, 20_000]) expect(built.get(probe)).toBe(model.get(probe));
+          for (const probe of [0, 1, 383, 384, 385, 9999, 20_000])
+            expect(built.get(probe)).toBe(model.get(probe));
         },
       ),
       { numRuns: 40 },
