@@ -56,6 +56,29 @@ describe('frame channels fail cleanly', () => {
     expect((await got).type).toBe(Msg.ROUND_END);
   });
 
+  it("each wait gets its own full timeout: a wait that starts late is not cut off at an earlier wait's deadline", async () => {
+    const inbox = new Inbox();
+    const frame = () => ({ version: 1, type: Msg.ROUND_END, id: 0, payload: Buffer.alloc(4) });
+    const t0 = performance.now();
+    const first = inbox.next(150, () => new Error('the first wait must not time out'));
+    await new Promise((r) => setTimeout(r, 30));
+    inbox.push(frame());
+    await first;
+    await new Promise((r) => setTimeout(r, 90)); // the first deadline passes while nobody waits
+    const t1 = performance.now();
+    const second = inbox.next(150, () => new Error('second wait timed out'));
+    await expect(second).rejects.toThrow('second wait timed out');
+    const waited = performance.now() - t1;
+    expect(waited).toBeGreaterThanOrEqual(140); // its own 150 ms (timer granularity: 1 ms), not what was left of the first
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(260);
+    // Two waiters with different timeouts: the shorter one fails alone; the other still gets its frame.
+    const long = inbox.next(5_000, () => new Error('the long wait must not time out'));
+    const short = inbox.next(50, () => new Error('short wait timed out'));
+    await expect(short).rejects.toThrow('short wait timed out');
+    inbox.push(frame());
+    expect((await long).type).toBe(Msg.ROUND_END);
+  });
+
   it('a peer that takes no data: the send fails after the send timeout, naming --peer-timeout, and the connection is cut', async () => {
     const { channel, near, far } = await socketPair({ sendTimeoutMs: 200 });
     far.pause(); // reads nothing: the kernel buffers fill and the writes wait
