@@ -45,14 +45,24 @@ export class Credits {
   private inFlight = 0;
   private waiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   private dead: Error | undefined;
-  private rejectFailed!: (e: Error) => void;
-  /** Rejects when the channel dies (a lent buffer's wait ends there). */
-  readonly failed: Promise<never> = new Promise<never>((_, reject) => {
-    this.rejectFailed = reject;
-  });
+  /** Waits (a lent buffer's) that end when the channel dies; each removes itself when it ends otherwise. */
+  private readonly failWatchers = new Set<(e: Error) => void>();
 
-  constructor(private readonly window = CHANNEL_WINDOW) {
-    this.failed.catch(() => {});
+  constructor(private readonly window = CHANNEL_WINDOW) {}
+
+  /**
+   * Calls `onFail` with the first error if the channel dies (at once if it
+   * is dead); returns the function that stops watching, for a wait that
+   * ended otherwise. Unlike a race against one shared failure promise, a
+   * finished wait leaves nothing behind.
+   */
+  watch(onFail: (e: Error) => void): () => void {
+    if (this.dead) {
+      onFail(this.dead);
+      return () => {};
+    }
+    this.failWatchers.add(onFail);
+    return () => this.failWatchers.delete(onFail);
   }
 
   acquire(): Promise<void> {
@@ -77,8 +87,9 @@ export class Credits {
 
   fail(e: Error): void {
     this.dead ??= e;
-    this.rejectFailed(this.dead);
     for (const w of this.waiters.splice(0)) w.reject(this.dead);
+    for (const watcher of [...this.failWatchers]) watcher(this.dead);
+    this.failWatchers.clear();
   }
 }
 
@@ -314,7 +325,13 @@ export function memoryChannelPair(spec: FrameSpec): [FrameChannel, FrameChannel]
           consumed = r;
         });
         await push(type, buffer.subarray(0, length), consumed);
-        await Promise.race([done, credits.failed]);
+        await new Promise<void>((resolve, reject) => {
+          const stop = credits.watch(reject);
+          void done.then(() => {
+            stop();
+            resolve();
+          });
+        });
         return buffer;
       },
       next: (t, e) => mine.next(t, e),

@@ -7,7 +7,9 @@
  *   final harvest + sync (with its diff)          the last live round's reads
  *   sends of the pages left (dirty ∪ converted)    ms per page of the last round
  *   c-bit state, vCPU state, RESULT                 round trips of the last round
- *   the reference's view MACs (16 bytes a page)    the last round's bandwidth
+ *   the reference's view MACs (16 bytes a page)    the link's bandwidth, from the
+ *                                                  last round that moved at least
+ *                                                  that many bytes
  *
  * Verification adds no per-page step: both sides take a page's view MAC in
  * the pass that seals or opens (or copies) it, so the pages left are hashed
@@ -96,7 +98,7 @@ export class Convergence {
   private fitAt: number | undefined;
   /** Milliseconds to serialize and send the c-bit state (measured at the last sync). */
   stateMs = 0;
-  /** Milliseconds to send the DIGESTS table (the guest's size / the last round's bandwidth), set by the source. */
+  /** Milliseconds to send the DIGESTS table (its bytes / the link's bandwidth, see MigrationSource.bandwidth), set by the source. */
   digestsMs = 0;
 
   /**

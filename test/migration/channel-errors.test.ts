@@ -134,6 +134,23 @@ describe('frame channels fail cleanly', () => {
     await expect(b.next(1000)).rejects.toThrow('the peer closed the connection');
   });
 
+  it('in memory: a lent frame comes back once the peer moves on; a peer that closes first fails the wait', async () => {
+    const [a, b] = memoryChannelPair(MIGRATION_FRAME);
+    const frame = new Uint8Array(32).fill(3);
+    let taking = b.next(1000);
+    for (let i = 0; i < 20; i++) {
+      const back = a.sendLent(Msg.PAGES_RAW, frame, 8);
+      expect((await taking).payload.length).toBe(8);
+      taking = b.next(1000); // releases the frame taken before
+      expect(await back).toBe(frame);
+    }
+    taking.catch(() => {});
+    const lost = a.sendLent(Msg.PAGES_RAW, frame, 8);
+    lost.catch(() => {});
+    b.close();
+    await expect(lost).rejects.toThrow('the peer closed the connection');
+  });
+
   it('over a MessagePort: a send after close is refused, a second close is a no-op, the peer learns of it', async () => {
     const { port1, port2 } = new MessageChannel();
     const a = portChannel(port1, MIGRATION_FRAME.version);
