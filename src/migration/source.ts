@@ -56,12 +56,16 @@ export class MigrationSource {
   /** The current round (0 = bulk; the paused round is the last). */
   private round = 0;
   /**
-   * Bytes per second of the link: from the last live round that moved at
-   * least the DIGESTS table's bytes. A round of a few pages measures its
-   * round trip, not the link: an idle 1 GiB guest's one-page rounds gave
-   * 2-3 MB/s, priced its 4 MiB table at 1.4-2 s and never converged.
+   * Bytes per second of the link, measured over at least the DIGESTS
+   * table's bytes: the bulk round's, then refreshed once the live rounds
+   * since have together moved that much (so a link that slows is followed).
+   * A round of a few pages measures its round trip, not the link: an idle
+   * 1 GiB guest's one-page rounds gave 2-3 MB/s, priced its 4 MiB table at
+   * 1.4-2 s and never converged.
    */
   private bandwidth = 0;
+  /** Bytes and send time of the live rounds since the bandwidth was last set. */
+  private unmeasured = { bytes: 0, ms: 0 };
   private pausedAt = 0;
   private readonly convergence: Convergence;
   private decision: Decision | undefined;
@@ -261,9 +265,15 @@ export class MigrationSource {
       roundMs: end - start + readsMs,
     });
     const table = this.digestsFrame?.payload.byteLength ?? 0;
-    const moved = this.stats.bytes - bytesBefore;
-    if (pages > 0 && (moved >= table || this.bandwidth === 0))
-      this.bandwidth = moved / Math.max(1e-3, (end - start) / 1000);
+    if (pages > 0) {
+      // The sends' own time: the ROUND_END / ROUND_ACK trip is latency, not transfer.
+      this.unmeasured.bytes += this.stats.bytes - bytesBefore;
+      this.unmeasured.ms += ackStart - start;
+      if (this.unmeasured.bytes >= table || this.bandwidth === 0) {
+        this.bandwidth = this.unmeasured.bytes / Math.max(1e-3, this.unmeasured.ms / 1000);
+        this.unmeasured = { bytes: 0, ms: 0 };
+      }
+    }
     if (this.bandwidth > 0) this.convergence.digestsMs = (table / this.bandwidth) * 1000;
   }
 

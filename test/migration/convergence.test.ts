@@ -1,9 +1,12 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CbitStore } from '../../src/host/cbit-store.js';
+import { type FrameChannel, memoryChannelPair } from '../../src/migration/channel.js';
 import { Convergence, NotConvergingError } from '../../src/migration/convergence.js';
+import { MigrationDestination } from '../../src/migration/destination.js';
 import { DEFAULT_PARAMS, migrateGuest, migrateLocally } from '../../src/migration/run-migration.js';
-import type { RoundProgress } from '../../src/migration/source.js';
+import { MigrationSource, type RoundProgress } from '../../src/migration/source.js';
+import { MIGRATION_FRAME, Msg } from '../../src/migration/stream.js';
 import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
 import { ScriptedGuest } from '../../src/vmm/sim/scripted-guest.js';
 import { tempDir } from '../support/tmp.js';
@@ -107,6 +110,59 @@ describe('convergence', () => {
     expect(rounds[1].pagesSent - rounds[0].pagesSent).toBeLessThan(64);
     expect(rounds[1].bandwidthMBps).toBe(rounds[0].bandwidthMBps);
     expect(rounds[1].expectedDowntimeMs).toBeLessThanOrEqual(DEFAULT_PARAMS.maxDowntimeMs);
+  });
+
+  it('a link that slows after the bulk round: the bandwidth the DIGESTS table is priced at follows it', async () => {
+    // A 256 MiB guest (a 1 MiB table) whose live rounds each dirty far less than the table.
+    const store = CbitStore.open(join(tempDir(), 'h.db'), { synchronous: 'NORMAL' });
+    store.registerVm(1, 65_536);
+    const guest = new ScriptedGuest(GuestMemory.create(65_536), store, 1, 3, {
+      opsPerTick: 20,
+      workingSet: 65_536,
+    });
+    const [a, b] = memoryChannelPair(MIGRATION_FRAME);
+    let roundsEnded = 0;
+    const slowing: FrameChannel = {
+      send: (type, payload) => {
+        if (type === Msg.ROUND_END) roundsEnded++;
+        return a.send(type, payload);
+      },
+      sendLent: async (type, buffer, length) => {
+        if (roundsEnded > 0) await new Promise((r) => setTimeout(r, 15)); // after the bulk round
+        return a.sendLent(type, buffer, length);
+      },
+      next: (t) => a.next(t),
+      close: () => a.close(),
+    };
+    const dest = new MigrationDestination({ channel: b, peerTimeoutMs: 10_000 }).run();
+    const rounds: RoundProgress[] = [];
+    const source = new MigrationSource({
+      ...DEFAULT_PARAMS,
+      maxDowntimeMs: 0,
+      maxRounds: 14,
+      onNoConvergence: 'pause',
+      log: undefined,
+      guest,
+      store,
+      vm: 1,
+      channel: slowing,
+      psp: DEFAULT_PARAMS.psp,
+      batchPages: 64,
+      onRound: (r) => rounds.push(r),
+    });
+    const summary = await source.run();
+    await dest;
+    expect(summary.verified).toBe(true);
+    const bulk = rounds[0].bandwidthMBps;
+    expect(bulk).toBeGreaterThan(0);
+    // A round of ~70 pages (280 KiB) measures too little of the link to set
+    // it; once the slowed rounds together moved the table's 1 MiB, the
+    // figure follows the link (each frame waited 15 ms).
+    const changed = rounds.findIndex((r) => r.bandwidthMBps !== bulk);
+    expect(changed).toBeGreaterThanOrEqual(2);
+    expect(changed).toBeLessThan(rounds.length - 1);
+    expect(rounds[changed].bandwidthMBps).toBeLessThan(bulk / 3);
+    store.close();
   });
 
   it('once the estimate fits, runs another round only while rounds still halve the dirty set', () => {
