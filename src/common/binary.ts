@@ -10,6 +10,8 @@ const MAX_SAFE_HIGH = 0x1fffff;
 
 /** Writes a u64 below 2^53 at `offset`, little-endian, as two u32 halves (no BigInt). */
 export function setU64n(view: DataView, offset: number, v: number): void {
+  if (!Number.isSafeInteger(v) || v < 0)
+    throw new RangeError(`a u64 field takes an integer in [0, 2^53), got ${v}`);
   view.setUint32(offset, v >>> 0, true);
   view.setUint32(offset + 4, Math.floor(v / 2 ** 32), true);
 }
@@ -94,7 +96,8 @@ export class BinaryReader {
 
   /** `count` u64s that must each fit a JS number exactly, in one bounds check (a PAGES header's gfns). */
   u64ns(count: number, field: string): Float64Array {
-    this.need(count * 8, `${count} ${field}s`);
+    // Short: read one by one, so the error names the first gfn cut off, at its offset.
+    if (this.remaining < count * 8) return Float64Array.from({ length: count }, () => this.u64n(field));
     const out = new Float64Array(count);
     const view = new DataView(this.buf.buffer, this.buf.byteOffset + this.off, count * 8);
     for (let i = 0; i < count; i++) {

@@ -60,6 +60,9 @@ export class BoundaryList {
    * filled to three quarters, leaving room for inserts.
    */
   static fromSorted(keys: Float64Array, vals: Uint8Array, n: number): BoundaryList {
+    if (!Number.isInteger(n) || n < 1 || n > keys.length || n > vals.length) {
+      throw new RangeError(`fromSorted: n must be in [1, ${Math.min(keys.length, vals.length)}], got ${n}`);
+    }
     const list = new BoundaryList(keys[0], vals[0]);
     const fill = (BLOCK_MAX * 3) >>> 2;
     list.blocks = [];

@@ -93,6 +93,9 @@ export class Credits {
   }
 }
 
+/** The longest delay setTimeout honours. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** A next() waiting for a frame, with the time it gives up (Infinity: never). */
 interface Waiter {
   resolve: (f: Frame) => void;
@@ -181,12 +184,14 @@ export class Inbox {
     }
     clearTimeout(this.watchdog);
     this.watchdogAt = deadline;
-    this.watchdog = setTimeout(() => this.expire(), Math.max(0, deadline - performance.now()));
+    // setTimeout takes at most 2^31 - 1 ms (longer fires at once); a later deadline re-arms when this fires.
+    const delay = Math.min(MAX_TIMER_MS, Math.max(0, deadline - performance.now()));
+    this.watchdog = setTimeout(() => this.expire(), delay);
   }
 
-  /** Nobody waits: the armed watchdog no longer holds the process open (as a cleared timer would not). */
+  /** No timed wait is left: the armed watchdog no longer holds the process open (as a cleared timer would not). */
   private idleWatchdog(): void {
-    if (this.waiters.length === 0) this.watchdog?.unref();
+    if (!this.waiters.some((w) => w.deadline !== Number.POSITIVE_INFINITY)) this.watchdog?.unref();
   }
 
   /** Rejects every waiter whose deadline has passed; re-arms for the earliest left. */

@@ -13,6 +13,7 @@
  * buffers, allocated and faulted in once, never zeroed again; waiting for a
  * free one is the backpressure that bounds the memory in flight.
  */
+import { InvalidArgumentError } from '../common/errors.js';
 import { copyPagesToFrame, type MacOutput } from '../common/page-crypto.js';
 import type { PageRange } from '../common/ranges.js';
 import type { PageStateMap } from '../host/page-state-map.js';
@@ -126,7 +127,14 @@ export class PageSender {
     private readonly log?: MigrationLog,
     /** Once aborted, both send loops stop before their next frame (the reason is thrown). */
     private readonly signal?: AbortSignal,
-  ) {}
+  ) {
+    if (!Number.isInteger(batch) || batch < 1) {
+      throw new InvalidArgumentError(
+        'batchPages',
+        `batchPages ${batch} must be a whole number of pages, at least 1`,
+      );
+    }
+  }
 
   private pools(): { sealed: FramePool; raw: FramePool } {
     this.sealedFrames ??= new FramePool(pagesFrameBytes(this.batch, true), FRAMES_PER_PIPELINE);

@@ -77,12 +77,13 @@ describe('BoundaryList against a Map model', () => {
   it('fromSorted builds the list set() builds, over many blocks, and stays correct under later changes', () => {
     fc.assert(
       fc.property(
-        fc.uniqueArray(fc.integer({ min: 1, max: 20_000 }), { maxLength: 2500 }),
+        fc.uniqueArray(fc.integer({ min: 1, max: 3000 }), { maxLength: 2500 }),
         fc.array(op, { maxLength: 400 }),
         (rest, ops) => {
           const keys = Float64Array.from([0, ...rest.sort((a, b) => a - b)]);
           const vals = Uint8Array.from(keys, (_, i) => i % 2);
           const built = BoundaryList.fromSorted(keys, vals, keys.length);
+          const snapshots: [BoundaryList, [number, number][]][] = [];
           const model = new BoundaryList(0, 0);
           keys.forEach((k, i) => {
             model.set(k, vals[i]);
@@ -97,15 +98,26 @@ describe('BoundaryList against a Map model', () => {
               expect(built.delete(o.key)).toBe(model.delete(o.key));
             } else if (o.kind === 'deleteRange') {
               expect(built.deleteRange(o.lo, o.hi)).toBe(model.deleteRange(o.lo, o.hi));
+            } else {
+              snapshots.push([built.clone(), [...model.entries()]]); // copy-on-write of the built blocks
             }
           }
           expect([...built.entries()]).toEqual([...model.entries()]);
           expect(built.size).toBe(model.size);
-          for (const probe of [0, 1, 383, 384, 385, 9999, 20_000])
+          for (const [c, entries] of snapshots) expect([...c.entries()]).toEqual(entries);
+          for (const probe of [0, 1, 383, 384, 385, 1500, 3000])
             expect(built.get(probe)).toBe(model.get(probe));
         },
       ),
       { numRuns: 40 },
     );
+  });
+
+  it('fromSorted refuses a count outside [1, keys given]', () => {
+    const keys = Float64Array.from([0, 5]);
+    const vals = Uint8Array.from([1, 0]);
+    expect(() => BoundaryList.fromSorted(keys, vals, 0)).toThrow('fromSorted: n must be in [1, 2], got 0');
+    expect(() => BoundaryList.fromSorted(keys, vals, 3)).toThrow(RangeError);
+    expect([...BoundaryList.fromSorted(keys, vals, 1).entries()]).toEqual([[0, 1]]);
   });
 });

@@ -56,7 +56,7 @@ describe('frame channels fail cleanly', () => {
     expect((await got).type).toBe(Msg.ROUND_END);
   });
 
-  it("each wait gets its own full timeout: a wait that starts late is not cut off at an earlier wait's deadline", async () => {
+  it('each wait gets its own full timeout, whether the watchdog is armed for an earlier wait or has fired already', async () => {
     const inbox = new Inbox();
     const frame = () => ({ version: 1, type: Msg.ROUND_END, id: 0, payload: Buffer.alloc(4) });
     const t0 = performance.now();
@@ -64,13 +64,24 @@ describe('frame channels fail cleanly', () => {
     await new Promise((r) => setTimeout(r, 30));
     inbox.push(frame());
     await first;
-    await new Promise((r) => setTimeout(r, 90)); // the first deadline passes while nobody waits
+    await new Promise((r) => setTimeout(r, 90)); // the watchdog, armed for the first deadline, is still pending
     const t1 = performance.now();
     const second = inbox.next(150, () => new Error('second wait timed out'));
     await expect(second).rejects.toThrow('second wait timed out');
     const waited = performance.now() - t1;
     expect(waited).toBeGreaterThanOrEqual(140); // its own 150 ms (timer granularity: 1 ms), not what was left of the first
     expect(performance.now() - t0).toBeGreaterThanOrEqual(260);
+    // A wait that starts after the watchdog has fired and found nothing due.
+    const third = inbox.next(60, () => new Error('third wait timed out'));
+    await new Promise((r) => setTimeout(r, 30));
+    inbox.push(frame());
+    await third;
+    await new Promise((r) => setTimeout(r, 100)); // the watchdog fires for the third deadline, idle
+    const t2 = performance.now();
+    await expect(inbox.next(60, () => new Error('fourth wait timed out'))).rejects.toThrow(
+      'fourth wait timed out',
+    );
+    expect(performance.now() - t2).toBeGreaterThanOrEqual(55);
     // Two waiters with different timeouts: the shorter one fails alone; the other still gets its frame.
     const long = inbox.next(5_000, () => new Error('the long wait must not time out'));
     const short = inbox.next(50, () => new Error('short wait timed out'));
@@ -147,6 +158,7 @@ describe('frame channels fail cleanly', () => {
     taking.catch(() => {});
     const lost = a.sendLent(Msg.PAGES_RAW, frame, 8);
     lost.catch(() => {});
+    await new Promise((r) => setTimeout(r, 20)); // the frame is out: its wait is registered
     b.close();
     await expect(lost).rejects.toThrow('the peer closed the connection');
   });

@@ -193,6 +193,14 @@ describe('stream decoders refuse what is not exactly one message', () => {
     expect(e).toBeInstanceOf(FormatError);
     expect(e.offset).toBe(24);
     expect(e.message).toBe(`PAGES_RAW: expected gfn below 2^53 at offset 24, got ${2n ** 53n}`);
+    // A header cut short names the first gfn that is missing, at its offset.
+    const cut = Buffer.from(frame.subarray(0, 16 + 8 + 3));
+    expect(() => decodePagesHeader(cut, false)).toThrow(
+      'PAGES_RAW: expected 8 more bytes for gfn at offset 24, got 3',
+    );
+    // The writer refuses what the reader would not read back.
+    for (const bad of [-1, 1.5, 2 ** 53, Number.NaN])
+      expect(() => writePagesHeader(Buffer.alloc(24), 0, Float64Array.from([bad]), 0)).toThrow(RangeError);
   });
 
   it('HELLO_ACK: a refusal carries its reason; a status other than 0 or 1, or bytes after the reason, are refused', () => {

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { PAGE_SIZE } from '../../src/common/ranges.js';
 import { PageStateMap } from '../../src/host/page-state-map.js';
-import { perspectiveBatches } from '../../src/migration/page-sender.js';
+import { PageSender, perspectiveBatches } from '../../src/migration/page-sender.js';
 import {
   decodeDigests,
   decodeHello,
@@ -115,6 +115,14 @@ describe('migration stream messages', () => {
     expect(() =>
       decodeDigests(buf(encodeDigests({ digests: new Uint8Array(32), defined: new Uint32Array(0) })), 2),
     ).toThrow(/DIGESTS: expected 2 bitmap words for 2 pages at offset 8, got 0/);
+  });
+
+  it('a page sender refuses a batch that is not a whole number of pages, naming batchPages', () => {
+    const none = undefined as never;
+    for (const bad of [0, -4, 2.5, Number.NaN])
+      expect(() => new PageSender(none, none, none, bad)).toThrow(
+        /batchPages .* must be a whole number of pages, at least 1/,
+      );
   });
 
   it('perspectiveBatches covers every page once, split by the perspective, in batches', () => {
