@@ -15,6 +15,8 @@ import { ENGINE_DIGEST, measurePageLimits, mixedLimit, type PageLimits } from '.
 import { pagesPerSecond } from '../support/throughput.js';
 
 const GIB = 2 ** 30;
+/** Migrations per throughput figure (the limit, too, is the best of 3 loops, before and after). */
+const BEST_OF = 3;
 
 /**
  * One migration, verified if the engine manages it in 3 tries: a run that
@@ -72,19 +74,27 @@ export const migrateGroup: BenchGroup = {
     };
     const limitName = `native per-page loop, ${ENGINE_DIGEST} digests, ${before.cores} cores`;
     for (const encrypted of [true, false]) {
+      // The best of 3 migrations, as the limit is the best of 3 loops: one
+      // run of this machine swung 0.40-0.59 of the limit between two runs.
       const {
         result: { summary, flag },
         limits,
-      } = await limitsAround(() =>
-        migrate({
-          memoryBytes: GIB,
-          workload: 'idle',
-          warmupMs: 0,
-          guestEncrypted: encrypted,
-        }),
-      );
+      } = await limitsAround(async () => {
+        let best: Awaited<ReturnType<typeof migrate>> | undefined;
+        for (let i = 0; i < BEST_OF; i++) {
+          const run = await migrate({
+            memoryBytes: GIB,
+            workload: 'idle',
+            warmupMs: 0,
+            guestEncrypted: encrypted,
+          });
+          if (run.flag) return run; // a corrupting run is the figure, flagged
+          if (!best || pagesPerSecond(run.summary) > pagesPerSecond(best.summary)) best = run;
+        }
+        return best!;
+      });
       report({
-        name: `migrate 1 GiB idle guest, all ${encrypted ? 'encrypted' : 'shared'}${flag}`,
+        name: `migrate 1 GiB idle guest, all ${encrypted ? 'encrypted' : 'shared'} (best of ${BEST_OF})${flag}`,
         value: pagesPerSecond(summary),
         unit: 'pages/s',
         limit: mixedLimit(limits, summary.sealedPages, summary.rawPages),
