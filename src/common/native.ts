@@ -28,6 +28,8 @@ export interface NativeAddon {
   /** setRange/clearRange with one atomic read-modify-write per word, for shared bitmaps. */
   bitmapSetRangeAtomic(bitmap: Uint32Array, gfn: number, npages: number): void;
   bitmapClearRangeAtomic(bitmap: Uint32Array, gfn: number, npages: number): void;
+  /** Sets every run of [gfn0, npages0, gfn1, npages1, ...] (bitmapToRuns' form) within the first nbits; all checked before any is set. */
+  bitmapSetRuns(bitmap: Uint32Array, runs: Float64Array, nbits: number): void;
   bitmapCountRange(bitmap: Uint32Array, gfn: number, npages: number): number;
   /** Runs of set bits among the first nbits bits: [gfn0, npages0, gfn1, npages1, ...], ascending. */
   bitmapToRuns(bitmap: Uint32Array, nbits: number): Float64Array;

@@ -81,6 +81,14 @@ export class PageBitmap {
     nativeAddon().bitmapSetRange(this.words, gfn, npages);
   }
 
+  /**
+   * Sets every run of `runs` = [gfn0, npages0, gfn1, npages1, ...] in one
+   * native call; a run outside the bitmap is refused before any bit is set.
+   */
+  setRuns(runs: Float64Array): void {
+    nativeAddon().bitmapSetRuns(this.words, runs, this.npages);
+  }
+
   clearRange(gfn: number, npages: number): void {
     this.checkRange(gfn, npages);
     nativeAddon().bitmapClearRange(this.words, gfn, npages);

@@ -141,21 +141,32 @@ export class PageStateMap {
   }
 
   /**
-   * The encrypted frames as a bitmap. Walks the range starts with a
-   * callback, not the ranges() generator: at 2 GiB mixed the destination
-   * builds this for ~9k ranges while the guest is paused, and the generator
-   * took 8-12 ms there (code that runs once per process is never optimized).
+   * The encrypted frames as a bitmap. The destination builds it while the
+   * guest is paused, in code that runs once per process (never optimized):
+   * through the ranges() generator it took 8-12 ms for a 2 GiB mixed guest's
+   * ~9k ranges, and one setRange call per range 10 ms for a booted guest's
+   * 37k. So the range starts are walked with a callback into a run list,
+   * set in one native call.
    */
   encryptedBitmap(): PageBitmap {
     const bits = new PageBitmap(this.npages);
+    const runs = new Float64Array(this.tree.size + 1); // at most ceil(ranges / 2) runs, two numbers each
+    let n = 0;
     let start = 0;
     let encrypted = this.tree.get(0) === 1;
     this.tree.forRange(1, this.npages, (key, value) => {
-      if (encrypted) bits.setRange(start, key - start);
+      if (encrypted) {
+        runs[n++] = start;
+        runs[n++] = key - start;
+      }
       start = key;
       encrypted = value === 1;
     });
-    if (encrypted) bits.setRange(start, this.npages - start);
+    if (encrypted) {
+      runs[n++] = start;
+      runs[n++] = this.npages - start;
+    }
+    bits.setRuns(runs.subarray(0, n));
     return bits;
   }
 
@@ -173,6 +184,10 @@ export class PageStateMap {
         `cannot diff maps of ${this.npages} and ${other.npages} pages: both must describe one guest`,
       );
     }
+    // Equal maps (the destination's record of arrivals against the final
+    // state, usually) are told apart in one tight pass, not a merge walk:
+    // for a booted guest's 37k ranges the walk took 7-13 ms while paused.
+    if (!windows && this.rangeCount === other.rangeCount && this.equals(other)) return [];
     const out: StateRange[] = [];
     for (const w of windows ?? [{ gfn: 0, npages: this.npages }])
       this.diffWindow(other, w.gfn, w.gfn + w.npages, out);
@@ -221,13 +236,11 @@ export class PageStateMap {
 
   /** Whether both maps hold the same state for every frame. */
   equals(other: PageStateMap): boolean {
-    if (other.npages !== this.npages || other.rangeCount !== this.rangeCount) return false;
-    const a = this.tree.entries();
-    for (const [key, state] of other.tree.entries()) {
-      const mine = a.next().value as [number, number];
-      if (mine[0] !== key || mine[1] !== state) return false;
-    }
-    return true;
+    return (
+      other.npages === this.npages &&
+      other.encryptedPages === this.encryptedPages &&
+      this.tree.sameEntries(other.tree)
+    );
   }
 
   /** An independent copy (copy-on-write: O(1) until either side changes). */

@@ -74,6 +74,35 @@ describe('PageBitmap native kernels match the TypeScript reference', () => {
     );
   });
 
+  it("setRuns of a bitmap's runs rebuilds it, over bits already set; a bad run list changes nothing", () => {
+    fc.assert(
+      fc.property(bitmapArb, bitmapArb, (bm, base) => {
+        const flat = Float64Array.from(bm.runs().flatMap((r) => [r.gfn, r.npages]));
+        const rebuilt = new PageBitmap(bm.npages);
+        rebuilt.setRuns(flat);
+        expect(Array.from(rebuilt.words)).toEqual(Array.from(bm.words));
+        if (base.npages === bm.npages) {
+          const over = base.clone();
+          over.setRuns(flat); // or-ed in, as setRange would
+          expect(Array.from(over.words)).toEqual(Array.from(base.clone().or(bm).words));
+        }
+      }),
+    );
+    const bm = new PageBitmap(100);
+    bm.setRange(3, 4);
+    const before = Array.from(bm.words);
+    for (const [bad, message] of [
+      [[0, 5, 7], /runs must hold \(gfn, npages\) pairs; got 3 numbers/],
+      [[0, 5, 98, 3], /run \(gfn 98, npages 3\) exceeds the bitmap's 100 pages/],
+      [[0, 5, 200, 1], /runs \(gfn\)/],
+      [[Number.NaN, 1], /runs \(gfn\)/],
+      [[1, 2.5], /runs \(npages\)/],
+    ] as const) {
+      expect(() => bm.setRuns(Float64Array.from(bad))).toThrow(message);
+      expect(Array.from(bm.words)).toEqual(before); // checked before any bit is set
+    }
+  });
+
   it('runs handle full, empty and last-bit bitmaps', () => {
     const bm = new PageBitmap(130);
     expect(bm.runs()).toEqual([]);

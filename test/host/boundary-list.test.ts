@@ -120,4 +120,33 @@ describe('BoundaryList against a Map model', () => {
     expect(() => BoundaryList.fromSorted(keys, vals, 3)).toThrow(RangeError);
     expect([...BoundaryList.fromSorted(keys, vals, 1).entries()]).toEqual([[0, 1]]);
   });
+
+  it('sameEntries: lists of the same entries built differently are the same; one changed entry is not', () => {
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.integer({ min: 1, max: 5000 }), { minLength: 1, maxLength: 2000 }),
+        fc.nat(),
+        (rest, pick) => {
+          const keys = Float64Array.from([0, ...rest.sort((a, b) => a - b)]);
+          const vals = Uint8Array.from(keys, (_, i) => i % 2);
+          const bulk = BoundaryList.fromSorted(keys, vals, keys.length);
+          const grown = new BoundaryList(0, 0);
+          for (let i = keys.length - 1; i >= 0; i--) grown.set(keys[i], vals[i]); // other block splits
+          expect(bulk.sameEntries(grown)).toBe(true);
+          expect(grown.sameEntries(bulk)).toBe(true);
+          const i = pick % keys.length;
+          const changed = grown.clone();
+          changed.set(keys[i], 1 - vals[i]);
+          expect(bulk.sameEntries(changed)).toBe(false);
+          if (i > 0) {
+            changed.set(keys[i], vals[i]);
+            changed.delete(keys[i]);
+            changed.set(keys[i] + 0.5, vals[i]); // same count, one key moved
+            expect(bulk.sameEntries(changed)).toBe(false);
+          }
+        },
+      ),
+      { numRuns: 40 },
+    );
+  });
 });

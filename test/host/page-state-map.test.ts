@@ -159,6 +159,24 @@ describe('PageStateMap against a per-page model', () => {
     );
   });
 
+  it('diff of two equal maps built differently is empty; with the same range count but a moved boundary it is that boundary', () => {
+    const a = new PageStateMap(10_000);
+    for (let g = 0; g < 10_000; g += 10) a.apply(g, 3, false);
+    const b = PageStateMap.deserialize(a.serialize()); // other block splits
+    expect(a.diff(b)).toEqual([]);
+    expect(b.equals(a)).toBe(true);
+    // Move one boundary by one page: the same number of ranges, one page differs.
+    b.apply(503, 1, false);
+    b.apply(500, 1, true);
+    expect(b.rangeCount).toBe(a.rangeCount);
+    expect(b.encryptedCount).toBe(a.encryptedCount);
+    expect(a.equals(b)).toBe(false);
+    expect(a.diff(b)).toEqual([
+      { gfn: 500, npages: 1, encrypted: true },
+      { gfn: 503, npages: 1, encrypted: false },
+    ]);
+  });
+
   it('handles a 1 TiB guest: changes at gfn 0 and the last page cost ranges, not pages', () => {
     const npages = 2 ** 28;
     const map = new PageStateMap(npages);
