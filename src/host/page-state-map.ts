@@ -187,7 +187,7 @@ export class PageStateMap {
     // Equal maps (the destination's record of arrivals against the final
     // state, usually) are told apart in one tight pass, not a merge walk:
     // for a booted guest's 37k ranges the walk took 7-13 ms while paused.
-    if (!windows && this.rangeCount === other.rangeCount && this.equals(other)) return [];
+    if (!windows && this.equals(other)) return [];
     const out: StateRange[] = [];
     for (const w of windows ?? [{ gfn: 0, npages: this.npages }])
       this.diffWindow(other, w.gfn, w.gfn + w.npages, out);

@@ -71,6 +71,11 @@ export class Credits {
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
   }
 
+  /** The error the channel died of (undefined while it lives). */
+  get failure(): Error | undefined {
+    return this.dead;
+  }
+
   /** Takes a credit if one is free now (and nobody waits before this caller); false otherwise, or once failed. */
   tryAcquire(): boolean {
     if (this.dead || this.inFlight >= this.window || this.waiters.length > 0) return false;

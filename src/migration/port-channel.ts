@@ -23,34 +23,22 @@ type PortMessage =
 export function portChannel(port: MessagePort, version: number, sendTimeoutMs = 30_000): FrameChannel {
   const inbox = new Inbox();
   const credits = new Credits();
-  /**
-   * Lent frames waiting for their buffer, by id: each is rejected when the
-   * channel dies (a race against a shared failure promise per frame would
-   * leave one reaction on it per frame for the channel's life).
-   */
-  const lent = new Map<number, { back: (buffer: Uint8Array) => void; fail: (e: Error) => void }>();
+  /** Lent frames waiting for their buffer, by id (each also watches the credits, which fail it if the channel dies). */
+  const lent = new Map<number, (buffer: Uint8Array) => void>();
   let nextId = 1;
   let closed = false;
-  let dead: Error | undefined;
-  /** The channel is dead: every credit wait and every lent frame's wait fails with the first reason. */
-  const die = (e: Error) => {
-    dead ??= e;
-    credits.fail(dead);
-    for (const w of lent.values()) w.fail(dead);
-    lent.clear();
-  };
   const gone = () => {
     const e = new PeerError('the peer closed the connection');
     inbox.fail(e);
-    die(e);
+    credits.fail(e);
   };
   port.on('message', (m: PortMessage) => {
     if (m.kind === 'close') gone();
     else if (m.kind === 'consumed') {
       credits.release();
-      const w = lent.get(m.id);
+      const back = lent.get(m.id);
       lent.delete(m.id);
-      if (w && m.buffer) w.back(new Uint8Array(m.buffer));
+      if (back && m.buffer) back(new Uint8Array(m.buffer));
     } else {
       const payload = Buffer.from(m.payload.buffer, m.payload.byteOffset, m.payload.byteLength);
       const release = () => {
@@ -116,17 +104,21 @@ export function portChannel(port: MessagePort, version: number, sendTimeoutMs = 
         throw new PeerError('sendLent: the buffer must own its ArrayBuffer from offset 0');
       }
       await credit();
-      if (dead) throw dead;
+      if (credits.failure) throw credits.failure; // died while the credit's wait resumed
       return new Promise<Uint8Array>((back, fail) => {
+        const stop = credits.watch(fail);
         const id = post(type, new Uint8Array(buffer.buffer, 0, length), true);
-        lent.set(id, { back, fail });
+        lent.set(id, (b) => {
+          stop();
+          back(b);
+        });
       });
     },
     next: (t, e) => inbox.next(t, e),
     close() {
       if (closed) return;
       closed = true;
-      die(new PeerError('the channel is closed'));
+      credits.fail(new PeerError('the channel is closed'));
       port.postMessage({ kind: 'close' } satisfies PortMessage);
       port.close();
     },
