@@ -30,11 +30,16 @@ async function stopServiceMidMigration(vm: number, signal: NodeJS.Signals) {
   return { db, socket, serve, cli };
 }
 
+/** What a failed exit assertion prints: the signal, if one ended the process (exit null), and its stderr. */
+function exitReport(cli: ReturnType<typeof startCli>): string {
+  return `migrate ended by signal ${cli.child.signalCode ?? 'none'}; its stderr:\n${cli.err()}`;
+}
+
 describe('sevtrack migrate --service when the service fails', () => {
   it('kill -9 of the service mid-migration aborts it (exit 3), the source guest running; a restart holds everything acknowledged', async () => {
     const { db, socket, serve, cli } = await stopServiceMidMigration(5, 'SIGKILL');
     expect((await serve.exited).signal).toBe('SIGKILL');
-    expect(await cli.exit).toBe(3);
+    expect(await cli.exit, exitReport(cli)).toBe(3);
     expect(cli.out()).toBe('');
     const err = cli.err();
     expect(err).toMatch(/migration aborted: the host service at .* went away/);
@@ -72,7 +77,7 @@ describe('sevtrack migrate --service when the service fails', () => {
 
   it('a service shut down mid-migration (SIGTERM) aborts it too, and keeps its record', async () => {
     const { db, serve, cli } = await stopServiceMidMigration(2, 'SIGTERM');
-    expect(await cli.exit).toBe(3);
+    expect(await cli.exit, exitReport(cli)).toBe(3);
     expect(cli.err()).toMatch(/the host service at .* went away \(it is shutting down\)/);
     expect(cli.err()).toMatch(/the source guest is running, unpaused/);
     expect((await serve.exited).code).toBe(0);
