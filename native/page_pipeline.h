@@ -6,6 +6,7 @@
 // 4 KiB scratch page per call, wiped when the call ends.
 #pragma once
 #include <openssl/evp.h>
+#include <openssl/modes.h>
 
 #include <cstdint>
 #include <memory>
@@ -21,6 +22,10 @@ struct MdDeleter {
   void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
 };
 
+struct Gcm128Deleter {
+  void operator()(GCM128_CONTEXT* c) const { CRYPTO_gcm128_release(c); }
+};
+
 // Thrown by the steps; the bindings turn it into a JS Error.
 struct StepError {
   const char* what;
@@ -32,13 +37,21 @@ struct StepError {
 // difference confined to one 16-byte block (every single-bit difference)
 // changes the tag, and two different pages collide with probability at most
 // 257 / 2^128 for a key chosen independently of them.
+//
+// Computed with OpenSSL's GCM mode functions (modes.h: the same GHASH code,
+// CLMUL/AVX where the CPU has it) over an AES-128-ECB context for the block
+// cipher (AES-NI), not through an EVP AES-GCM context: EVP re-initialises
+// the cipher with a new nonce per page through the provider's parameter
+// lookups, which cost 0.12 us of a 0.61 us tag (measured, 4 KiB pages).
+// The tags are the same as EVP's (tested against node:crypto's AES-128-GCM).
 class ViewMac {
  public:
   explicit ViewMac(const uint8_t* key16);
   void Page(uint64_t gpa, const uint8_t* page, uint8_t* out16);
 
  private:
-  CipherCtx ctx_;
+  CipherCtx block_;
+  std::unique_ptr<GCM128_CONTEXT, Gcm128Deleter> gcm_;
 };
 
 // SHA-256 of a page (the digest the engine used before the view MAC).
