@@ -1,10 +1,14 @@
 /**
  * The destination of a one-process migration, on its own worker thread: it
- * says when it is ready (memory prepared), receives frames through a
- * MessagePort, resumes the guest it verified (it runs until its heartbeat
- * moved), and answers with its verdict.
+ * says when it is ready (memory prepared; listening, for a socket link),
+ * receives frames through a MessagePort or from the one source that
+ * connects to its socket, resumes the guest it verified (it runs until its
+ * heartbeat moved), and answers with its verdict.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import type { GuestMemory } from '../vmm/sim/guest-memory.js';
+import type { FrameChannel } from './channel.js';
+import { type Endpoint, listenChannel } from './endpoints.js';
 import { portChannel } from './port-channel.js';
 import {
   type DestinationWorkerData,
@@ -15,9 +19,12 @@ import {
 import { MIGRATION_FRAME } from './stream.js';
 
 const data = workerData as DestinationWorkerData;
-const channel = portChannel(data.port, MIGRATION_FRAME.version);
-// Async, so a guest too large to prepare is a failed verdict like any other.
-const receive = async () =>
+const ready = (endpoint?: Endpoint) =>
+  parentPort!.postMessage({ ready: true, endpoint } satisfies DestinationWorkerMessage);
+// A port is wrapped at once, so nothing the source sends can miss the channel.
+const port = 'port' in data.link ? portChannel(data.link.port, MIGRATION_FRAME.version) : undefined;
+
+const run = (channel: FrameChannel, prepared: GuestMemory | undefined, onReady?: () => void) =>
   runDestination(
     {
       peerTimeoutMs: data.peerTimeoutMs,
@@ -26,11 +33,30 @@ const receive = async () =>
       log: undefined,
       guestOpsPerMs: data.guestOpsPerMs,
       db: data.db,
-      prepared: data.preparedNpages === undefined ? undefined : prepareGuestMemory(data.preparedNpages),
-      onReady: () => parentPort!.postMessage({ ready: true } satisfies DestinationWorkerMessage),
+      prepared,
+      onReady,
     },
     channel,
   );
+
+// Async, so a guest too large to prepare is a failed verdict like any other.
+const receive = async () => {
+  const prepared = data.preparedNpages === undefined ? undefined : prepareGuestMemory(data.preparedNpages);
+  if (port) return run(port, prepared, () => ready());
+  if (!('listen' in data.link)) throw new Error('destination worker: no link to the source');
+  // No handshake timeout: our own source connects at once and says HELLO
+  // after booting its guest; a stray on this private address cannot block it.
+  const listener = await listenChannel(data.link.listen, {
+    peerTimeoutMs: data.peerTimeoutMs,
+    handshakeTimeoutMs: 0,
+  });
+  try {
+    ready(listener.endpoint);
+    return await run(await listener.accept(), prepared);
+  } finally {
+    listener.close();
+  }
+};
 receive().then(
   (r) => parentPort!.postMessage({ ok: true, ...r } satisfies DestinationWorkerMessage),
   (err: Error) =>

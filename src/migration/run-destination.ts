@@ -21,6 +21,7 @@ import type { FrameChannel } from './channel.js';
 import { type DestinationResult, MigrationDestination } from './destination.js';
 import { type ResumeReport, type RunningGuest, resumeGuest } from './destination-resume.js';
 import { DestinationTracker } from './destination-tracker.js';
+import type { Endpoint } from './endpoints.js';
 import { guestPagesFor } from './guest-size.js';
 import { allocateKvmGuest } from './kvm-guests.js';
 import { MigrationLog } from './migration-log.js';
@@ -195,15 +196,23 @@ export interface DestinationOutcome extends DestinationVerdict {
 export interface DestinationWorkerData extends Pick<DestinationParams, 'db'> {
   /** The guest's size: the worker prepares its memory before it says it is ready. */
   preparedNpages?: number;
-  port: MessagePort;
+  /**
+   * How the source reaches the worker: a MessagePort (`inproc`), or an
+   * address the worker listens on for one source (`unix`, `tcp`: a real
+   * socket between the two threads).
+   */
+  link: { port: MessagePort } | { listen: Endpoint };
   peerTimeoutMs: number;
   handshakeTimeoutMs: number;
   psp: PspLimits;
   guestOpsPerMs: number;
 }
 
-/** What the worker reports back: that it is ready (once), then the verdict, without the guest. */
-export type DestinationWorkerMessage = { ready: true } | DestinationWorkerResult;
+/**
+ * What the worker reports back: that it is ready (once; with the bound
+ * address when it listens), then the verdict, without the guest.
+ */
+export type DestinationWorkerMessage = { ready: true; endpoint?: Endpoint } | DestinationWorkerResult;
 
 export interface DestinationWorkerResult extends Partial<DestinationOutcome> {
   ready?: undefined;

@@ -32,7 +32,6 @@ import {
   type DestinationVerdict,
   type DestinationWorkerData,
   type DestinationWorkerMessage,
-  prepareGuestMemory,
   runDestination,
 } from './run-destination.js';
 import { MigrationSource, type MigrationSummary, type RoundProgress } from './source.js';
@@ -329,17 +328,22 @@ export async function migrateGuest(
   }
 }
 
-/** Runs the destination on a worker thread (its own core), talking through a MessagePort. */
-function destinationOnWorker(p: MigrateParams): {
-  channel: FrameChannel;
-  /** Resolves once the destination can take the HELLO (its memory prepared). */
-  ready: Promise<void>;
+/**
+ * Runs the destination on a worker thread (its own core), reached through a
+ * MessagePort or, given `listen`, through a socket it listens on.
+ */
+function destinationOnWorker(
+  p: MigrateParams,
+  listen?: Endpoint,
+): {
+  /** The channel to the destination, once it can take the HELLO (its memory prepared, its socket listening). */
+  connect: () => Promise<FrameChannel>;
   verdict: Promise<DestinationVerdict>;
   stop: () => Promise<number>;
 } {
-  const { port1, port2 } = new MessageChannel();
+  const ports = listen ? undefined : new MessageChannel();
   const workerData: DestinationWorkerData = {
-    port: port2,
+    link: ports ? { port: ports.port2 } : { listen: listen! },
     peerTimeoutMs: p.peerTimeoutMs,
     // The source is this process: it says HELLO after booting its guest, or closes the channel.
     handshakeTimeoutMs: 0,
@@ -351,15 +355,15 @@ function destinationOnWorker(p: MigrateParams): {
   };
   const worker = startWorker(import.meta.url, './destination-worker.js', {
     workerData,
-    transferList: [port2],
+    transferList: ports ? [ports.port2] : [],
   });
-  let readyNow!: () => void;
-  const ready = new Promise<void>((r) => {
+  let readyNow!: (endpoint?: Endpoint) => void;
+  const ready = new Promise<Endpoint | undefined>((r) => {
     readyNow = r;
   });
   const verdict = new Promise<DestinationVerdict>((resolve, reject) => {
     worker.on('message', (r: DestinationWorkerMessage) => {
-      if (r.ready) return readyNow();
+      if (r.ready) return readyNow(r.endpoint);
       if (r.ok) resolve(r as DestinationVerdict);
       else reject(new PeerError(r.error ?? 'the destination failed'));
     });
@@ -368,11 +372,19 @@ function destinationOnWorker(p: MigrateParams): {
     );
     worker.once('exit', () => reject(new PeerError('the destination thread exited')));
   });
-  // A destination that failed before it was ready: the source connects and learns it from the channel.
+  // A destination that failed before it was ready: over a port, the source
+  // connects and learns it from the channel; with no socket to connect to,
+  // it is told the destination's error.
   verdict.catch(() => readyNow());
+  const channel = ports && portChannel(ports.port1, MIGRATION_FRAME.version);
   return {
-    channel: portChannel(port1, MIGRATION_FRAME.version),
-    ready,
+    connect: async () => {
+      const endpoint = await ready;
+      if (channel) return channel;
+      if (endpoint) return connectChannel(endpoint, p.peerTimeoutMs);
+      await verdict; // rejects with the destination's failure
+      throw new PeerError('the destination thread ended before it listened');
+    },
     verdict,
     stop: () => worker.terminate(),
   };
@@ -396,18 +408,29 @@ export async function migrateLocally(
     const [a, b] = memoryChannelPair(MIGRATION_FRAME);
     srcChannel = a;
     destination = runDestination({ ...p, log: undefined, handshakeTimeoutMs: 0 }, b);
-  } else if (p.transport === 'inproc') {
-    const d = destinationOnWorker(p);
+  } else if (p.transport === 'inproc' || p.backend === 'sim') {
+    // The destination on its own thread (and core), reached through a
+    // MessagePort (inproc) or a real socket it listens on (unix, tcp).
+    const dir = p.transport === 'unix' ? mkdtempSync(join(tmpdir(), 'sevtrack-mig-')) : undefined;
+    const listen: Endpoint | undefined =
+      p.transport === 'tcp'
+        ? { kind: 'tcp', host: '127.0.0.1', port: 0 }
+        : dir
+          ? { kind: 'unix', path: join(dir, 'm.sock') }
+          : undefined;
+    const d = destinationOnWorker(p, listen);
     // The source boots its guest meanwhile and connects once the destination
     // is ready: preparing its memory is starting the incoming VM, not migrating.
-    srcChannel = () => d.ready.then(() => d.channel);
+    srcChannel = d.connect;
     destination = d.verdict;
     // Whatever happened, the destination thread ends with the run.
-    closeListener = d.stop;
+    closeListener = async () => {
+      await d.stop();
+      if (dir) rmSync(dir, { recursive: true, force: true });
+    };
   } else {
-    // The destination's memory is prepared before it listens (starting the
-    // incoming VM, not migrating: outside the source's time).
-    const prepared = p.backend === 'sim' ? prepareGuestMemory(guestPages(p)) : undefined;
+    // A kvm guest's destination VM lives in this thread (the addon's VMs
+    // are the main thread's), and so does its end of the socket.
     const dir = mkdtempSync(join(tmpdir(), 'sevtrack-mig-'));
     const removeDir = () => rmSync(dir, { recursive: true, force: true });
     const ep: Endpoint =
@@ -427,14 +450,14 @@ export async function migrateLocally(
       removeDir();
     };
     // One log per migration: the source's (a two-process destination keeps its own).
-    destination = listener.accept().then((ch) => runDestination({ ...p, log: undefined, prepared }, ch));
+    destination = listener.accept().then((ch) => runDestination({ ...p, log: undefined }, ch));
     srcChannel = await connectChannel(listener.endpoint, p.peerTimeoutMs);
   }
   destination.catch(() => {});
   try {
     const where =
       p.transport !== 'inproc'
-        ? `${p.transport} socket in this process`
+        ? `${p.transport} socket in this process (destination on ${p.backend === 'kvm' ? 'this' : 'a worker'} thread)`
         : p.backend === 'kvm'
           ? 'in-process destination (this thread)'
           : 'in-process destination (worker thread)';

@@ -1,0 +1,37 @@
+/**
+ * A one-process migration over a real socket (`--transport unix|tcp`
+ * without --role): the destination runs on its own worker thread and
+ * listens; the source connects once it is ready. The guest arrives
+ * verified, and the run leaves no socket directory behind.
+ */
+import { readdirSync } from 'node:fs';
+import { afterEach, describe, expect, it } from 'vitest';
+import { DEFAULT_PARAMS, migrateLocally } from '../../src/migration/run-migration.js';
+import { tempDir } from '../support/tmp.js';
+
+// The run's socket directory goes under os.tmpdir(): a private one per test,
+// so other test files' runs cannot show up in it.
+const savedTmp = process.env.TMPDIR;
+afterEach(() => {
+  if (savedTmp === undefined) delete process.env.TMPDIR;
+  else process.env.TMPDIR = savedTmp;
+});
+
+describe('one-process migration over a socket', () => {
+  for (const transport of ['unix', 'tcp'] as const) {
+    it(`over ${transport}: verified, the destination resumed, nothing left behind`, async () => {
+      const tmp = tempDir();
+      process.env.TMPDIR = tmp;
+      const { summary, destination } = await migrateLocally({
+        ...DEFAULT_PARAMS,
+        transport,
+        memoryBytes: 16 * 2 ** 20,
+        warmupMs: 50,
+      });
+      expect(summary).toMatchObject({ verified: true, mismatchedPages: 0, generationAfter: 1 });
+      expect(destination).toMatchObject({ verified: true, resumed: true });
+      expect(destination.pagesReceived).toBe(summary.pagesSent);
+      expect(readdirSync(tmp).filter((n) => n.startsWith('sevtrack-mig-'))).toEqual([]);
+    });
+  }
+});
