@@ -8,7 +8,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type { GuestMemory } from '../vmm/sim/guest-memory.js';
 import type { FrameChannel } from './channel.js';
-import { type Endpoint, listenChannel } from './endpoints.js';
+import { type Endpoint, type Listener, listenChannel } from './endpoints.js';
 import { portChannel } from './port-channel.js';
 import {
   type DestinationWorkerData,
@@ -23,6 +23,24 @@ const ready = (endpoint?: Endpoint) =>
   parentPort!.postMessage({ ready: true, endpoint } satisfies DestinationWorkerMessage);
 // A port is wrapped at once, so nothing the source sends can miss the channel.
 const port = 'port' in data.link ? portChannel(data.link.port, MIGRATION_FRAME.version) : undefined;
+
+/**
+ * 'stop' from the parent: the run is over (the source finished or gave up).
+ * What is still open is closed, so a destination waiting for its source, or
+ * for the rest of a stream the source abandoned, ends through its error path
+ * (which closes its tracker and removes the tracker's temporary database)
+ * and posts its verdict; the parent then ends the thread.
+ */
+let stopping = false;
+let listener: Listener | undefined;
+let channel: FrameChannel | undefined = port;
+parentPort!.on('message', (m: unknown) => {
+  if (m !== 'stop') return;
+  stopping = true;
+  listener?.close();
+  channel?.close();
+});
+parentPort!.unref(); // waiting for 'stop' must not keep a finished thread alive
 
 const run = (channel: FrameChannel, prepared: GuestMemory | undefined, onReady?: () => void) =>
   runDestination(
@@ -46,13 +64,16 @@ const receive = async () => {
   if (!('listen' in data.link)) throw new Error('destination worker: no link to the source');
   // No handshake timeout: our own source connects at once and says HELLO
   // after booting its guest; a stray on this private address cannot block it.
-  const listener = await listenChannel(data.link.listen, {
+  listener = await listenChannel(data.link.listen, {
     peerTimeoutMs: data.peerTimeoutMs,
     handshakeTimeoutMs: 0,
   });
   try {
+    if (stopping) throw new Error('the run ended before the source connected');
     ready(listener.endpoint);
-    return await run(await listener.accept(), prepared);
+    channel = await listener.accept();
+    if (stopping) channel.close();
+    return await run(channel, prepared);
   } finally {
     listener.close();
   }

@@ -328,6 +328,9 @@ export async function migrateGuest(
   }
 }
 
+/** How long stopping waits for a destination thread to end on its own before terminating it. */
+const STOP_GRACE_MS = 5000;
+
 /**
  * Runs the destination on a worker thread (its own core), reached through a
  * MessagePort or, given `listen`, through a socket it listens on.
@@ -386,7 +389,26 @@ function destinationOnWorker(
       throw new PeerError('the destination thread ended before it listened');
     },
     verdict,
-    stop: () => worker.terminate(),
+    stop: async () => {
+      // The thread is asked to end first and given a moment: a destination
+      // still taking frames the source sent before it gave up (a unix run
+      // cancelled in its bulk round) would otherwise be cut off before its
+      // error path removed its tracker's temporary database (left behind in
+      // 2 of 12 cancelled CLI runs).
+      worker.postMessage('stop');
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        verdict.then(
+          () => {},
+          () => {},
+        ),
+        new Promise<void>((r) => {
+          timer = setTimeout(r, STOP_GRACE_MS);
+        }),
+      ]);
+      clearTimeout(timer);
+      return worker.terminate();
+    },
   };
 }
 
