@@ -38,13 +38,13 @@ void SealNonceAndAad(uint64_t seq, uint64_t gpa, uint8_t nonce[12], uint8_t aad[
 
 namespace {
 
-// GCM's block cipher: one AES-128 block through the ECB context passed as `key`.
+// GCM's block cipher: one AES-128 block through the ECB context passed as
+// `key`. GCM's callback cannot report an error; the constructor makes the
+// same call (AES_K(0), GHASH's H) under Check() first, so a context that
+// could fail here never gets this far.
 void AesBlock(const unsigned char in[16], unsigned char out[16], const void* key) {
   auto* ecb = static_cast<EVP_CIPHER_CTX*>(const_cast<void*>(key));
   int outl = 0;
-  // Cannot fail for a 16-byte block on an initialised ECB context without
-  // padding; a failure would leave `out` as it was, and the tag then fails
-  // the comparison: never a false "equal".
   EVP_EncryptUpdate(ecb, out, &outl, in, 16);
 }
 
@@ -54,8 +54,10 @@ ViewMac::ViewMac(const uint8_t* key16) : block_(NewCipher(EVP_aes_128_ecb(), key
   Check(EVP_CIPHER_CTX_set_padding(block_.get(), 0), "view MAC (AES-128) init");
   // H = AES_K(0^128) is GHASH's evaluation point; H = 0 would make every tag
   // independent of the page (probability 2^-128 for a random key).
-  uint8_t zero[16] = {0}, h[16];
-  AesBlock(zero, h, block_.get());
+  uint8_t zero[16] = {0}, h[16] = {0};
+  int outl = 0;
+  Check(EVP_EncryptUpdate(block_.get(), h, &outl, zero, sizeof zero), "view MAC key check");
+  if (outl != 16) throw StepError{"view MAC key check"};
   uint8_t any = 0;
   for (int i = 0; i < 16; ++i) any |= h[i];
   if (any == 0) throw StepError{"view MAC key check (this key gives GHASH key H = 0: use another key)"};

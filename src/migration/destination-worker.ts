@@ -62,8 +62,8 @@ const receive = async () => {
   const prepared = data.preparedNpages === undefined ? undefined : prepareGuestMemory(data.preparedNpages);
   if (port) return run(port, prepared, () => ready());
   if (!('listen' in data.link)) throw new Error('destination worker: no link to the source');
-  // No handshake timeout: our own source connects at once and says HELLO
-  // after booting its guest; a stray on this private address cannot block it.
+  // No handshake timeout: our own source connects once it has booted its
+  // guest, and says HELLO at once; the address is private to this run.
   listener = await listenChannel(data.link.listen, {
     peerTimeoutMs: data.peerTimeoutMs,
     handshakeTimeoutMs: 0,
@@ -72,7 +72,6 @@ const receive = async () => {
     if (stopping) throw new Error('the run ended before the source connected');
     ready(listener.endpoint);
     channel = await listener.accept();
-    if (stopping) channel.close();
     return await run(channel, prepared);
   } finally {
     listener.close();

@@ -32,6 +32,7 @@ import {
   type DestinationVerdict,
   type DestinationWorkerData,
   type DestinationWorkerMessage,
+  prepareGuestMemory,
   runDestination,
 } from './run-destination.js';
 import { MigrationSource, type MigrationSummary, type RoundProgress } from './source.js';
@@ -384,7 +385,20 @@ function destinationOnWorker(
     connect: async () => {
       const endpoint = await ready;
       if (channel) return channel;
-      if (endpoint) return connectChannel(endpoint, p.peerTimeoutMs);
+      if (endpoint) {
+        return connectChannel(endpoint, p.peerTimeoutMs).catch(async (err: Error) => {
+          // A destination that failed after it listened (its listener
+          // gone): its own error says why, not the refused connection.
+          const failure = await Promise.race([
+            verdict.then(
+              () => undefined,
+              (e: Error) => e,
+            ),
+            new Promise<undefined>((r) => setTimeout(() => r(undefined), 1000).unref()),
+          ]);
+          throw failure ?? err;
+        });
+      }
       await verdict; // rejects with the destination's failure
       throw new PeerError('the destination thread ended before it listened');
     },
@@ -430,7 +444,7 @@ export async function migrateLocally(
     const [a, b] = memoryChannelPair(MIGRATION_FRAME);
     srcChannel = a;
     destination = runDestination({ ...p, log: undefined, handshakeTimeoutMs: 0 }, b);
-  } else if (p.transport === 'inproc' || p.backend === 'sim') {
+  } else if (p.transport === 'inproc' || (p.backend === 'sim' && !p.watchers)) {
     // The destination on its own thread (and core), reached through a
     // MessagePort (inproc) or a real socket it listens on (unix, tcp).
     const dir = p.transport === 'unix' ? mkdtempSync(join(tmpdir(), 'sevtrack-mig-')) : undefined;
@@ -440,7 +454,13 @@ export async function migrateLocally(
         : dir
           ? { kind: 'unix', path: join(dir, 'm.sock') }
           : undefined;
-    const d = destinationOnWorker(p, listen);
+    let d: ReturnType<typeof destinationOnWorker>;
+    try {
+      d = destinationOnWorker(p, listen);
+    } catch (err) {
+      if (dir) rmSync(dir, { recursive: true, force: true });
+      throw err;
+    }
     // The source boots its guest meanwhile and connects once the destination
     // is ready: preparing its memory is starting the incoming VM, not migrating.
     srcChannel = d.connect;
@@ -452,7 +472,11 @@ export async function migrateLocally(
     };
   } else {
     // A kvm guest's destination VM lives in this thread (the addon's VMs
-    // are the main thread's), and so does its end of the socket.
+    // are the main thread's), and so does its end of the socket; so does a
+    // sim destination with sysgenid watchers (the worker does not run them).
+    // Its memory is prepared before it listens (starting the incoming VM,
+    // not migrating: outside the source's time).
+    const prepared = p.backend === 'sim' ? prepareGuestMemory(guestPages(p)) : undefined;
     const dir = mkdtempSync(join(tmpdir(), 'sevtrack-mig-'));
     const removeDir = () => rmSync(dir, { recursive: true, force: true });
     const ep: Endpoint =
@@ -472,7 +496,7 @@ export async function migrateLocally(
       removeDir();
     };
     // One log per migration: the source's (a two-process destination keeps its own).
-    destination = listener.accept().then((ch) => runDestination({ ...p, log: undefined }, ch));
+    destination = listener.accept().then((ch) => runDestination({ ...p, log: undefined, prepared }, ch));
     srcChannel = await connectChannel(listener.endpoint, p.peerTimeoutMs);
   }
   destination.catch(() => {});

@@ -31,7 +31,20 @@ describe('one-process migration over a socket', () => {
       expect(summary).toMatchObject({ verified: true, mismatchedPages: 0, generationAfter: 1 });
       expect(destination).toMatchObject({ verified: true, resumed: true });
       expect(destination.pagesReceived).toBe(summary.pagesSent);
-      expect(readdirSync(tmp).filter((n) => n.startsWith('sevtrack-mig-'))).toEqual([]);
+      // Neither the socket's directory nor the destination's temporary tracker database.
+      expect(readdirSync(tmp).filter((n) => n.startsWith('sevtrack-'))).toEqual([]);
     });
   }
+
+  it('over unix with sysgenid watchers (a library run): the destination that runs them acknowledges every one', async () => {
+    const { summary, destination } = await migrateLocally({
+      ...DEFAULT_PARAMS,
+      transport: 'unix',
+      memoryBytes: 16 * 2 ** 20,
+      warmupMs: 50,
+      watchers: 3,
+    });
+    expect(summary.verified).toBe(true);
+    expect(destination.resume).toMatchObject({ watchersAcked: 3, watchersTimedOut: 0 });
+  });
 });
