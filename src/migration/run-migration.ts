@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MessageChannel } from 'node:worker_threads';
 import { InvalidArgumentError, PeerError } from '../common/errors.js';
+import { MAX_UNIX_PATH_BYTES } from '../common/unix-socket.js';
 import { startWorker } from '../common/worker-script.js';
 import type { WorkloadName } from '../guest/workloads.js';
 import { CbitStore } from '../host/cbit-store.js';
@@ -29,7 +30,7 @@ import { MigrationLog } from './migration-log.js';
 import { portChannel } from './port-channel.js';
 import type { PspLimits } from './psp.js';
 import {
-  type DestinationVerdict,
+  type DestinationOutcome,
   type DestinationWorkerData,
   type DestinationWorkerMessage,
   prepareGuestMemory,
@@ -329,6 +330,26 @@ export async function migrateGuest(
   }
 }
 
+/** The socket file of a one-process unix run, in the directory privateSocketDir() made. */
+const SOCKET_NAME = 'm.sock';
+
+/**
+ * A fresh directory under os.tmpdir() for a one-process unix run's socket.
+ * Refuses (exit 2, naming TMPDIR) a temp directory so deep that the socket
+ * path would not fit a unix socket address, before anything starts.
+ */
+function privateSocketDir(): string {
+  // mkdtemp adds 6 characters to the prefix.
+  const longest = join(tmpdir(), 'sevtrack-mig-XXXXXX', SOCKET_NAME);
+  if (Buffer.byteLength(longest) > MAX_UNIX_PATH_BYTES) {
+    throw new InvalidArgumentError(
+      'TMPDIR',
+      `a one-process unix migration's socket would be ${longest} (${Buffer.byteLength(longest)} bytes); a unix socket path has at most ${MAX_UNIX_PATH_BYTES}: set TMPDIR to a shorter directory, or use --transport tcp or inproc`,
+    );
+  }
+  return mkdtempSync(join(tmpdir(), 'sevtrack-mig-'));
+}
+
 /** How long stopping waits for a destination thread to end on its own before terminating it. */
 const STOP_GRACE_MS = 5000;
 
@@ -342,7 +363,7 @@ function destinationOnWorker(
 ): {
   /** The channel to the destination, once it can take the HELLO (its memory prepared, its socket listening). */
   connect: () => Promise<FrameChannel>;
-  verdict: Promise<DestinationVerdict>;
+  verdict: Promise<DestinationOutcome>;
   stop: () => Promise<number>;
 } {
   const ports = listen ? undefined : new MessageChannel();
@@ -365,10 +386,10 @@ function destinationOnWorker(
   const ready = new Promise<Endpoint | undefined>((r) => {
     readyNow = r;
   });
-  const verdict = new Promise<DestinationVerdict>((resolve, reject) => {
+  const verdict = new Promise<DestinationOutcome>((resolve, reject) => {
     worker.on('message', (r: DestinationWorkerMessage) => {
       if (r.ready) return readyNow(r.endpoint);
-      if (r.ok) resolve(r as DestinationVerdict);
+      if (r.ok) resolve(r as DestinationOutcome);
       else reject(new PeerError(r.error ?? 'the destination failed'));
     });
     worker.once('error', (e) =>
@@ -433,10 +454,10 @@ function destinationOnWorker(
  */
 export async function migrateLocally(
   p: MigrateParams,
-): Promise<{ summary: MigrationSummary; destination: DestinationVerdict }> {
+): Promise<{ summary: MigrationSummary; destination: DestinationOutcome }> {
   guestPages(p, 2); // both guests live in this process: refuse a size it cannot hold before starting
   let srcChannel: FrameChannel | (() => Promise<FrameChannel>);
-  let destination: Promise<DestinationVerdict>;
+  let destination: Promise<DestinationOutcome>;
   let closeListener: () => unknown = () => {};
   if (p.transport === 'inproc' && p.backend === 'kvm') {
     // A VM's vCPUs are native threads: its destination runs in this thread,
@@ -447,12 +468,12 @@ export async function migrateLocally(
   } else if (p.transport === 'inproc' || (p.backend === 'sim' && !p.watchers)) {
     // The destination on its own thread (and core), reached through a
     // MessagePort (inproc) or a real socket it listens on (unix, tcp).
-    const dir = p.transport === 'unix' ? mkdtempSync(join(tmpdir(), 'sevtrack-mig-')) : undefined;
+    const dir = p.transport === 'unix' ? privateSocketDir() : undefined;
     const listen: Endpoint | undefined =
       p.transport === 'tcp'
         ? { kind: 'tcp', host: '127.0.0.1', port: 0 }
         : dir
-          ? { kind: 'unix', path: join(dir, 'm.sock') }
+          ? { kind: 'unix', path: join(dir, SOCKET_NAME) }
           : undefined;
     let d: ReturnType<typeof destinationOnWorker>;
     try {
@@ -477,12 +498,12 @@ export async function migrateLocally(
     // Its memory is prepared before it listens (starting the incoming VM,
     // not migrating: outside the source's time).
     const prepared = p.backend === 'sim' ? prepareGuestMemory(guestPages(p)) : undefined;
-    const dir = mkdtempSync(join(tmpdir(), 'sevtrack-mig-'));
+    const dir = p.transport === 'unix' ? privateSocketDir() : mkdtempSync(join(tmpdir(), 'sevtrack-mig-'));
     const removeDir = () => rmSync(dir, { recursive: true, force: true });
     const ep: Endpoint =
       p.transport === 'tcp'
         ? { kind: 'tcp', host: '127.0.0.1', port: 0 }
-        : { kind: 'unix', path: join(dir, 'm.sock') };
+        : { kind: 'unix', path: join(dir, SOCKET_NAME) };
     // No handshake timeout: our own source connects at once and says HELLO
     // after booting its guest; a stray on this private address cannot block it.
     const listener = await listenChannel(ep, { peerTimeoutMs: p.peerTimeoutMs, handshakeTimeoutMs: 0 }).catch(

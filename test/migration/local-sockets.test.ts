@@ -4,8 +4,10 @@
  * listens; the source connects once it is ready. The guest arrives
  * verified, and the run leaves no socket directory behind.
  */
-import { readdirSync } from 'node:fs';
+import { mkdirSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { InvalidArgumentError } from '../../src/common/errors.js';
 import { DEFAULT_PARAMS, migrateLocally } from '../../src/migration/run-migration.js';
 import { tempDir } from '../support/tmp.js';
 
@@ -46,5 +48,17 @@ describe('one-process migration over a socket', () => {
     });
     expect(summary.verified).toBe(true);
     expect(destination.resume).toMatchObject({ watchersAcked: 3, watchersTimedOut: 0 });
+  });
+
+  it('over unix from a temp directory too deep for a socket address: refused before anything starts, naming TMPDIR', async () => {
+    const tmp = tempDir();
+    const deep = join(tmp, 'd'.repeat(100));
+    mkdirSync(deep);
+    process.env.TMPDIR = deep;
+    const run = migrateLocally({ ...DEFAULT_PARAMS, transport: 'unix', memoryBytes: 16 * 2 ** 20 });
+    await expect(run).rejects.toThrow(InvalidArgumentError);
+    await expect(run).rejects.toThrow(/at most 107: set TMPDIR to a shorter directory/);
+    await expect(run).rejects.toMatchObject({ field: 'TMPDIR', code: 'ERR_INVALID_ARGUMENT' });
+    expect(readdirSync(deep)).toEqual([]);
   });
 });
