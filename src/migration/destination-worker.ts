@@ -6,8 +6,10 @@
  * heartbeat moved), and answers with its verdict.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { MisuseError, SevtrackError } from '../common/errors.js';
 import type { GuestMemory } from '../vmm/sim/guest-memory.js';
 import type { FrameChannel } from './channel.js';
+import { DestinationTracker } from './destination-tracker.js';
 import { type Endpoint, type Listener, listenChannel } from './endpoints.js';
 import { portChannel } from './port-channel.js';
 import {
@@ -62,6 +64,10 @@ const receive = async () => {
   const prepared = data.preparedNpages === undefined ? undefined : prepareGuestMemory(data.preparedNpages);
   if (port) return run(port, prepared, () => ready());
   if (!('listen' in data.link)) throw new Error('destination worker: no link to the source');
+  // The tracker opens once the source has connected; a --db it cannot use
+  // is refused now, before listening, so the source is told why instead of
+  // finding its connection closed.
+  if (data.db !== undefined) DestinationTracker.open(data.db).close();
   // No handshake timeout: our own source connects once it has booted its
   // guest, and says HELLO at once; the address is private to this run.
   listener = await listenChannel(data.link.listen, {
@@ -80,5 +86,10 @@ const receive = async () => {
 receive().then(
   (r) => parentPort!.postMessage({ ok: true, ...r } satisfies DestinationWorkerMessage),
   (err: Error) =>
-    parentPort!.postMessage({ ok: false, error: err.message } satisfies DestinationWorkerMessage),
+    parentPort!.postMessage({
+      ok: false,
+      error: err.message,
+      code: err instanceof SevtrackError ? err.code : undefined,
+      misuse: err instanceof MisuseError,
+    } satisfies DestinationWorkerMessage),
 );

@@ -80,7 +80,13 @@ export async function receiveGuest<B extends BackendName = 'sim'>(
 ): Promise<Received<GuestOf<B>>> {
   let log: MigrationLog | undefined;
   const prepared = p.prepared;
-  const tracker = DestinationTracker.open(p.db);
+  let tracker: DestinationTracker;
+  try {
+    tracker = DestinationTracker.open(p.db);
+  } catch (err) {
+    channel.close(); // a source already connected must not wait out its --peer-timeout for an answer
+    throw err;
+  }
   p.onReady?.();
   const dest = new MigrationDestination<MigratableMemory>({
     channel,
@@ -219,6 +225,9 @@ export interface DestinationWorkerResult extends Partial<DestinationOutcome> {
   ready?: undefined;
   ok: boolean;
   error?: string;
+  /** The failure's code (SevtrackError), and whether it was a misuse (bad input: exit 2), so the parent rebuilds its kind. */
+  code?: string;
+  misuse?: boolean;
 }
 
 /** The verdict part of a destination result (what crosses a thread). */

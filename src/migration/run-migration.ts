@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MessageChannel } from 'node:worker_threads';
-import { InvalidArgumentError, PeerError } from '../common/errors.js';
+import { InvalidArgumentError, MisuseError, PeerError } from '../common/errors.js';
 import { MAX_UNIX_PATH_BYTES } from '../common/unix-socket.js';
 import { startWorker } from '../common/worker-script.js';
 import type { WorkloadName } from '../guest/workloads.js';
@@ -390,21 +390,36 @@ function destinationOnWorker(
     worker.on('message', (r: DestinationWorkerMessage) => {
       if (r.ready) return readyNow(r.endpoint);
       if (r.ok) resolve(r as DestinationOutcome);
-      else reject(new PeerError(r.error ?? 'the destination failed'));
+      else {
+        const message = r.error ?? 'the destination failed';
+        // A misuse (a --db that already holds the VM, say) stays one: exit 2, its code kept.
+        reject(
+          r.misuse ? new MisuseError(r.code ?? 'ERR_INVALID_ARGUMENT', message) : new PeerError(message),
+        );
+      }
     });
     worker.once('error', (e) =>
       reject(new PeerError(`the destination thread failed: ${e.message}`, { cause: e })),
     );
     worker.once('exit', () => reject(new PeerError('the destination thread exited')));
   });
-  // A destination that failed before it was ready: over a port, the source
-  // connects and learns it from the channel; with no socket to connect to,
-  // it is told the destination's error.
-  verdict.catch(() => readyNow());
+  // A destination that failed before the source connects (before it was
+  // ready, e.g. a --db that already holds the VM, or while the source
+  // booted): the source is told its error at once. Over a port it used to
+  // send its HELLO to a thread that would never answer, and waited out
+  // --peer-timeout (30 s) for a misleading "the peer sent nothing".
+  let failedEarly: Error | undefined;
+  verdict.catch((e: Error) => {
+    failedEarly ??= e;
+    readyNow();
+  });
   const channel = ports && portChannel(ports.port1, MIGRATION_FRAME.version);
   return {
     connect: async () => {
       const endpoint = await ready;
+      // Failed before it was ready (it opens its tracker first): nothing
+      // would answer the HELLO, so its own error is the source's.
+      if (failedEarly) throw failedEarly;
       if (channel) return channel;
       if (endpoint) {
         return connectChannel(endpoint, p.peerTimeoutMs).catch(async (err: Error) => {

@@ -5,13 +5,16 @@
  * source that refuses its size closes the channel so its peer learns at
  * once; a PSP key of the wrong length is named.
  */
+
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { InvalidArgumentError } from '../../src/common/errors.js';
+import { InvalidArgumentError, MisuseError } from '../../src/common/errors.js';
 import { memoryChannelPair } from '../../src/migration/channel.js';
 import { guestPagesFor, MAX_GUEST_PAGES } from '../../src/migration/guest-size.js';
 import { PspSession } from '../../src/migration/psp.js';
 import { DEFAULT_PARAMS, migrateLocally, runSource } from '../../src/migration/run-migration.js';
 import { MIGRATION_FRAME } from '../../src/migration/stream.js';
+import { tempDir } from '../support/tmp.js';
 
 const GiB = 2 ** 30;
 
@@ -96,4 +99,22 @@ describe('refusals before a migration starts', () => {
       'PSP: SEND_START/RECEIVE_START has not run',
     );
   });
+
+  for (const transport of ['inproc', 'unix', 'tcp'] as const) {
+    it(`${transport}: a --db that already holds the destination's VM is refused (the destination's own error, a misuse), not waited on`, async () => {
+      const db = join(tempDir(), 'dest.db');
+      const first = await migrateLocally({ ...DEFAULT_PARAMS, transport, memoryBytes: 4 * 2 ** 20, db });
+      expect(first.summary.verified).toBe(true);
+      // Before, the source sent its HELLO to a destination that had already
+      // failed and waited out --peer-timeout (30 s, beyond this test's 20 s).
+      const e = await migrateLocally({ ...DEFAULT_PARAMS, transport, memoryBytes: 4 * 2 ** 20, db }).catch(
+        (err) => err,
+      );
+      expect(e).toBeInstanceOf(MisuseError);
+      expect(e.code).toBe('ERR_INVALID_ARGUMENT');
+      expect(e.message).toBe(
+        `${db} already holds vm 1 (a guest migrated here before); choose a new --db file`,
+      );
+    }, 20_000);
+  }
 });
