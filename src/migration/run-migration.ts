@@ -545,6 +545,21 @@ export async function migrateLocally(
           : 'in-process destination (worker thread)';
     const summary = await runSource({ ...p, destination: p.destination ?? where }, srcChannel);
     return { summary, destination: await destination };
+  } catch (err) {
+    // The source saw only its peer go. A destination that refused its input
+    // (a --db that already holds the VM: a kvm destination on this thread
+    // closes the channel) says why: that error, a misuse, is the run's.
+    if (err instanceof PeerError) {
+      const own = await Promise.race([
+        destination.then(
+          () => undefined,
+          (e: unknown) => e,
+        ),
+        new Promise<undefined>((r) => setTimeout(() => r(undefined), 1000).unref()),
+      ]);
+      if (own instanceof MisuseError) throw own;
+    }
+    throw err;
   } finally {
     await closeListener();
   }

@@ -14,6 +14,7 @@ import { guestPagesFor, MAX_GUEST_PAGES } from '../../src/migration/guest-size.j
 import { PspSession } from '../../src/migration/psp.js';
 import { DEFAULT_PARAMS, migrateLocally, runSource } from '../../src/migration/run-migration.js';
 import { MIGRATION_FRAME } from '../../src/migration/stream.js';
+import { kvmSkipReason } from '../../src/vmm/kvm/availability.js';
 import { tempDir } from '../support/tmp.js';
 
 const GiB = 2 ** 30;
@@ -100,21 +101,31 @@ describe('refusals before a migration starts', () => {
     );
   });
 
-  for (const transport of ['inproc', 'unix', 'tcp'] as const) {
-    it(`${transport}: a --db that already holds the destination's VM is refused (the destination's own error, a misuse), not waited on`, async () => {
-      const db = join(tempDir(), 'dest.db');
-      const first = await migrateLocally({ ...DEFAULT_PARAMS, transport, memoryBytes: 4 * 2 ** 20, db });
-      expect(first.summary.verified).toBe(true);
-      // Before, the source sent its HELLO to a destination that had already
-      // failed and waited out --peer-timeout (30 s, beyond this test's 20 s).
-      const e = await migrateLocally({ ...DEFAULT_PARAMS, transport, memoryBytes: 4 * 2 ** 20, db }).catch(
-        (err) => err,
-      );
-      expect(e).toBeInstanceOf(MisuseError);
-      expect(e.code).toBe('ERR_INVALID_ARGUMENT');
-      expect(e.message).toBe(
-        `${db} already holds vm 1 (a guest migrated here before); choose a new --db file`,
-      );
-    }, 20_000);
+  const kvmSkip = kvmSkipReason();
+  for (const [backend, transport] of [
+    ['sim', 'inproc'],
+    ['sim', 'unix'],
+    ['sim', 'tcp'],
+    ['kvm', 'inproc'],
+  ] as const) {
+    it.skipIf(backend === 'kvm' && kvmSkip)(
+      `${backend} over ${transport}: a --db that already holds the destination's VM is refused (the destination's own error, a misuse), not waited on`,
+      async () => {
+        const db = join(tempDir(), 'dest.db');
+        const workload = backend === 'kvm' ? 'churn' : DEFAULT_PARAMS.workload;
+        const p = { ...DEFAULT_PARAMS, backend, transport, workload, memoryBytes: 4 * 2 ** 20, db };
+        const first = await migrateLocally(p);
+        expect(first.summary.verified).toBe(true);
+        // Before, the source sent its HELLO to a destination that had already
+        // failed and waited out --peer-timeout (30 s, beyond this test's 20 s).
+        const e = await migrateLocally(p).catch((err) => err);
+        expect(e).toBeInstanceOf(MisuseError);
+        expect(e.code).toBe('ERR_INVALID_ARGUMENT');
+        expect(e.message).toBe(
+          `${db} already holds vm 1 (a guest migrated here before); choose a new --db file`,
+        );
+      },
+      20_000,
+    );
   }
 });
