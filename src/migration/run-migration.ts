@@ -8,7 +8,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MessageChannel } from 'node:worker_threads';
-import { InvalidArgumentError, MisuseError, PeerError } from '../common/errors.js';
+import { rejectionWithin } from '../common/bounded-wait.js';
+import { InvalidArgumentError, InvariantError, MisuseError, PeerError } from '../common/errors.js';
 import { MAX_UNIX_PATH_BYTES } from '../common/unix-socket.js';
 import { startWorker } from '../common/worker-script.js';
 import type { WorkloadName } from '../guest/workloads.js';
@@ -330,24 +331,25 @@ export async function migrateGuest(
   }
 }
 
-/** The socket file of a one-process unix run, in the directory privateSocketDir() made. */
-const SOCKET_NAME = 'm.sock';
-
 /**
- * A fresh directory under os.tmpdir() for a one-process unix run's socket.
- * Refuses (exit 2, naming TMPDIR) a temp directory so deep that the socket
- * path would not fit a unix socket address, before anything starts.
+ * Where a one-process socket run's destination listens: tcp on loopback (any
+ * port), or a unix socket in a fresh directory under os.tmpdir() (`dir`, for
+ * the caller to remove). Refuses (exit 2, naming TMPDIR) a temp directory so
+ * deep that the socket path would not fit a unix socket address, before
+ * anything starts.
  */
-function privateSocketDir(): string {
-  // mkdtemp adds 6 characters to the prefix.
-  const longest = join(tmpdir(), 'sevtrack-mig-XXXXXX', SOCKET_NAME);
+function localEndpoint(transport: 'unix' | 'tcp'): { endpoint: Endpoint; dir?: string } {
+  if (transport === 'tcp') return { endpoint: { kind: 'tcp', host: '127.0.0.1', port: 0 } };
+  const prefix = join(tmpdir(), 'sevtrack-mig-');
+  const longest = join(`${prefix}XXXXXX`, 'm.sock'); // mkdtemp adds 6 characters
   if (Buffer.byteLength(longest) > MAX_UNIX_PATH_BYTES) {
     throw new InvalidArgumentError(
       'TMPDIR',
       `a one-process unix migration's socket would be ${longest} (${Buffer.byteLength(longest)} bytes); a unix socket path has at most ${MAX_UNIX_PATH_BYTES}: set TMPDIR to a shorter directory, or use --transport tcp or inproc`,
     );
   }
-  return mkdtempSync(join(tmpdir(), 'sevtrack-mig-'));
+  const dir = mkdtempSync(prefix);
+  return { endpoint: { kind: 'unix', path: join(dir, 'm.sock') }, dir };
 }
 
 /** How long stopping waits for a destination thread to end on its own before terminating it. */
@@ -421,22 +423,13 @@ function destinationOnWorker(
       // would answer the HELLO, so its own error is the source's.
       if (failedEarly) throw failedEarly;
       if (channel) return channel;
-      if (endpoint) {
-        return connectChannel(endpoint, p.peerTimeoutMs).catch(async (err: Error) => {
-          // A destination that failed after it listened (its listener
-          // gone): its own error says why, not the refused connection.
-          const failure = await Promise.race([
-            verdict.then(
-              () => undefined,
-              (e: Error) => e,
-            ),
-            new Promise<undefined>((r) => setTimeout(() => r(undefined), 1000).unref()),
-          ]);
-          throw failure ?? err;
-        });
-      }
-      await verdict; // rejects with the destination's failure
-      throw new PeerError('the destination thread ended before it listened');
+      // A listening worker says where (a failed one set failedEarly first).
+      if (!endpoint) throw new InvariantError('the destination thread was ready without an address');
+      return connectChannel(endpoint, p.peerTimeoutMs).catch(async (err: Error) => {
+        // A destination that failed after it listened (its listener gone):
+        // its own error says why, not the refused connection.
+        throw (await rejectionWithin(verdict, 1000)) ?? err;
+      });
     },
     verdict,
     stop: async () => {
@@ -446,17 +439,7 @@ function destinationOnWorker(
       // error path removed its tracker's temporary database (left behind in
       // 2 of 12 cancelled CLI runs).
       worker.postMessage('stop');
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        verdict.then(
-          () => {},
-          () => {},
-        ),
-        new Promise<void>((r) => {
-          timer = setTimeout(r, STOP_GRACE_MS);
-        }),
-      ]);
-      clearTimeout(timer);
+      await rejectionWithin(verdict, STOP_GRACE_MS);
       return worker.terminate();
     },
   };
@@ -483,13 +466,7 @@ export async function migrateLocally(
   } else if (p.transport === 'inproc' || (p.backend === 'sim' && !p.watchers)) {
     // The destination on its own thread (and core), reached through a
     // MessagePort (inproc) or a real socket it listens on (unix, tcp).
-    const dir = p.transport === 'unix' ? privateSocketDir() : undefined;
-    const listen: Endpoint | undefined =
-      p.transport === 'tcp'
-        ? { kind: 'tcp', host: '127.0.0.1', port: 0 }
-        : dir
-          ? { kind: 'unix', path: join(dir, SOCKET_NAME) }
-          : undefined;
+    const { endpoint: listen, dir } = p.transport === 'inproc' ? {} : localEndpoint(p.transport);
     let d: ReturnType<typeof destinationOnWorker>;
     try {
       d = destinationOnWorker(p, listen);
@@ -513,12 +490,10 @@ export async function migrateLocally(
     // Its memory is prepared before it listens (starting the incoming VM,
     // not migrating: outside the source's time).
     const prepared = p.backend === 'sim' ? prepareGuestMemory(guestPages(p)) : undefined;
-    const dir = p.transport === 'unix' ? privateSocketDir() : mkdtempSync(join(tmpdir(), 'sevtrack-mig-'));
-    const removeDir = () => rmSync(dir, { recursive: true, force: true });
-    const ep: Endpoint =
-      p.transport === 'tcp'
-        ? { kind: 'tcp', host: '127.0.0.1', port: 0 }
-        : { kind: 'unix', path: join(dir, SOCKET_NAME) };
+    const { endpoint: ep, dir } = localEndpoint(p.transport);
+    const removeDir = () => {
+      if (dir) rmSync(dir, { recursive: true, force: true });
+    };
     // No handshake timeout: our own source connects at once and says HELLO
     // after booting its guest; a stray on this private address cannot block it.
     const listener = await listenChannel(ep, { peerTimeoutMs: p.peerTimeoutMs, handshakeTimeoutMs: 0 }).catch(
@@ -550,13 +525,7 @@ export async function migrateLocally(
     // (a --db that already holds the VM: a kvm destination on this thread
     // closes the channel) says why: that error, a misuse, is the run's.
     if (err instanceof PeerError) {
-      const own = await Promise.race([
-        destination.then(
-          () => undefined,
-          (e: unknown) => e,
-        ),
-        new Promise<undefined>((r) => setTimeout(() => r(undefined), 1000).unref()),
-      ]);
+      const own = await rejectionWithin(destination, 1000);
       if (own instanceof MisuseError) throw own;
     }
     throw err;

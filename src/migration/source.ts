@@ -18,6 +18,7 @@
  * Any failure before the destination's verdict leaves the source guest
  * running, unpaused, its memory and c-bit state untouched (rule 6).
  */
+import { rejectionWithin } from '../common/bounded-wait.js';
 import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { KVM_MIGRATION_READY } from '../common/kvm-abi.js';
 import type { PageBitmap } from '../common/page-bitmap.js';
@@ -497,10 +498,7 @@ export class MigrationSource {
     const reason = err instanceof Error ? err.message : String(err);
     this.o.log?.abort(this.round, reason);
     // Tell the peer if it still listens; a peer that takes no frame does not hold the abort up.
-    await Promise.race([
-      this.o.channel.send(Msg.ABORT, encodeText(reason)).catch(() => {}),
-      new Promise((r) => setTimeout(r, 1000).unref()),
-    ]);
+    await rejectionWithin(this.o.channel.send(Msg.ABORT, encodeText(reason)), 1000);
     if (err instanceof MisuseError || err instanceof RuntimeFailure) return err;
     return new RuntimeFailure('ERR_MIGRATION', `migration aborted: ${reason}`, { cause: err });
   }

@@ -1,0 +1,27 @@
+/**
+ * A wait that cannot hang: for a promise that should settle soon (a peer's
+ * last word, a thread asked to end) but might never, when the caller goes on
+ * either way and only wants its failure if there is one in time.
+ */
+
+/**
+ * Waits for `p` to settle, at most `ms`: resolves with its rejection reason
+ * if it rejected in time, undefined if it fulfilled or the time ran out. The
+ * timer is cleared as soon as `p` settles.
+ */
+export async function rejectionWithin(p: Promise<unknown>, ms: number): Promise<unknown> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p.then(
+        () => undefined,
+        (e: unknown) => e,
+      ),
+      new Promise<undefined>((resolve) => {
+        timer = setTimeout(() => resolve(undefined), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

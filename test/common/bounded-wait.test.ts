@@ -1,0 +1,20 @@
+import { describe, expect, it } from 'vitest';
+import { rejectionWithin } from '../../src/common/bounded-wait.js';
+
+describe('rejectionWithin', () => {
+  it('gives the reason of a promise that rejects in time, undefined for one that fulfils', async () => {
+    const reason = new Error('the destination failed');
+    expect(await rejectionWithin(Promise.reject(reason), 60_000)).toBe(reason);
+    expect(await rejectionWithin(Promise.resolve(7), 60_000)).toBeUndefined();
+  });
+
+  it('gives undefined once the time runs out for a promise that never settles, and a late rejection is not unhandled', async () => {
+    let fail!: (e: Error) => void;
+    const never = new Promise<never>((_, reject) => {
+      fail = reject;
+    });
+    expect(await rejectionWithin(never, 5)).toBeUndefined();
+    fail(new Error('too late')); // handled by the wait's own reaction: no unhandled rejection
+    await new Promise((r) => setImmediate(r));
+  });
+});
