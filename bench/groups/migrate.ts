@@ -6,8 +6,12 @@
  * of the same work measured in this run (bench/support/limits.ts): pages/s
  * for all-encrypted, all-shared and mixed 1 GiB guests, and the downtime of a
  * mixed 2 GiB guest against the cost of the work that must happen while
- * paused (the paused round's pages through the same per-page limit).
+ * paused (the paused round's pages through the same per-page limit). Beside
+ * them, the native two-thread handoff: the same work in the engine's shape
+ * (source thread, frame ring, destination thread) with no engine around it.
  */
+import { nativeAddon } from '../../src/common/native.js';
+import { FRAMES_PER_PIPELINE } from '../../src/migration/page-sender.js';
 import { DEFAULT_PARAMS, type MigrateParams, migrateLocally } from '../../src/migration/run-migration.js';
 import type { MigrationSummary } from '../../src/migration/source.js';
 import type { BenchGroup } from '../harness.js';
@@ -15,6 +19,9 @@ import { ENGINE_DIGEST, measurePageLimits, mixedLimit, type PageLimits } from '.
 import { pagesPerSecond } from '../support/throughput.js';
 
 const GIB = 2 ** 30;
+/** The handoff's memory on each side (128 MiB: far beyond the caches) and its passes (1 GiB of pages in all). */
+const HANDOFF_PAGES = 32_768;
+const HANDOFF_PASSES = 8;
 /** Migrations per throughput figure (the limit, too, is the best of 3 loops, before and after). */
 const BEST_OF = 3;
 
@@ -98,6 +105,37 @@ export const migrateGroup: BenchGroup = {
         value: pagesPerSecond(summary),
         unit: 'pages/s',
         limit: mixedLimit(limits, summary.sealedPages, summary.rawPages),
+        limitName,
+      });
+    }
+    // What the two-thread shape itself allows: the same per-page work with a
+    // source thread and a destination thread and a ring of FRAMES_PER_PIPELINE
+    // frames between them, with nothing of the engine around each frame.
+    // Between this figure and the limit lies the cost of the shape (frames
+    // crossing cores, a side waiting for the other); between the engine's
+    // figure and this one, the engine's own cost per frame.
+    for (const encrypted of [true, false]) {
+      const { result: rate, limits } = await limitsAround(async () => {
+        let best = 0;
+        for (let i = 0; i < BEST_OF; i++) {
+          best = Math.max(
+            best,
+            nativeAddon().pipelineHandoff(
+              encrypted,
+              ENGINE_DIGEST,
+              HANDOFF_PAGES,
+              HANDOFF_PASSES,
+              FRAMES_PER_PIPELINE,
+            ),
+          );
+        }
+        return best;
+      });
+      report({
+        name: `native source -> destination handoff, 1 GiB of ${encrypted ? 'encrypted' : 'shared'} pages, two threads, ${FRAMES_PER_PIPELINE}-frame ring (best of ${BEST_OF})`,
+        value: rate,
+        unit: 'pages/s',
+        limit: encrypted ? limits.encrypted : limits.shared,
         limitName,
       });
     }

@@ -239,6 +239,20 @@ export interface NativeAddon {
     passes: number,
     threads: number,
   ): number;
+  /**
+   * The same per-page work split as a migration splits it: a source thread
+   * fills frames of 256 pages from its `pages`-page memory into a ring of
+   * `slots` frames, a destination thread empties them into its own, `passes`
+   * times over. Returns pages/s: what a two-thread engine could reach with
+   * no cost of its own around each frame.
+   */
+  pipelineHandoff(
+    encrypted: boolean,
+    hash: 'sha256' | 'mac' | 'none',
+    pages: number,
+    passes: number,
+    slots: number,
+  ): number;
 }
 
 /** What the PSP driver reports (read only). */
