@@ -1,8 +1,10 @@
 /**
- * A wait that cannot hang: for a promise that should settle soon (a peer's
+ * Waits that cannot hang: for a promise that should settle soon (a peer's
  * last word, a thread asked to end) but might never, when the caller goes on
- * either way and only wants its failure if there is one in time.
+ * either way and only wants its failure if there is one in time; and a sleep
+ * that a cancel cuts short.
  */
+import { setTimeout as delay } from 'node:timers/promises';
 
 /**
  * Waits for `p` to settle, at most `ms`: resolves with its rejection reason
@@ -24,4 +26,16 @@ export async function rejectionWithin(p: Promise<unknown>, ms: number): Promise<
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * Sleeps `ms`; once `signal` is aborted (before or during), rejects at once
+ * with its reason (not Node's AbortError), so a cancelled run says why.
+ */
+export async function sleepUnlessAborted(ms: number, signal?: AbortSignal): Promise<void> {
+  signal?.throwIfAborted();
+  await delay(ms, undefined, { signal }).catch((err: unknown) => {
+    signal?.throwIfAborted();
+    throw err;
+  });
 }

@@ -34,11 +34,14 @@ const port = 'port' in data.link ? portChannel(data.link.port, MIGRATION_FRAME.v
  * and posts its verdict; the parent then ends the thread.
  */
 let stopping = false;
+/** Aborted by 'stop': a guest still being prepared stops between two steps. */
+const stopped = new AbortController();
 let listener: Listener | undefined;
 let channel: FrameChannel | undefined = port;
 parentPort!.on('message', (m: unknown) => {
   if (m !== 'stop') return;
   stopping = true;
+  stopped.abort(new Error('the run ended before the source connected'));
   listener?.close();
   channel?.close();
 });
@@ -61,7 +64,10 @@ const run = (channel: FrameChannel, prepared: GuestMemory | undefined, onReady?:
 
 // Async, so a guest too large to prepare is a failed verdict like any other.
 const receive = async () => {
-  const prepared = data.preparedNpages === undefined ? undefined : prepareGuestMemory(data.preparedNpages);
+  const prepared =
+    data.preparedNpages === undefined
+      ? undefined
+      : await prepareGuestMemory(data.preparedNpages, stopped.signal);
   if (port) return run(port, prepared, () => ready());
   if (!('listen' in data.link)) throw new Error('destination worker: no link to the source');
   // The tracker opens once the source has connected; a --db it cannot use

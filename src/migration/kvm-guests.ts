@@ -9,6 +9,7 @@
  * run on. The destination's heartbeat is the counter page: every vCPU's
  * `progress` must move past where it arrived.
  */
+import { sleepUnlessAborted } from '../common/bounded-wait.js';
 import { InvalidArgumentError, RuntimeFailure } from '../common/errors.js';
 import type { WorkloadName } from '../guest/workloads.js';
 import type { CbitStore } from '../host/cbit-store.js';
@@ -66,6 +67,8 @@ export interface KvmSourceParams {
   warmupMs: number;
   /** The guest's load: workload operations per ms per vCPU (0 = unpaced; --guest-rate). */
   guestOpsPerMs: number;
+  /** Cancels the warm-up (the run was cancelled while the guest booted). */
+  signal?: AbortSignal;
 }
 
 /** A booted source VM whose exits go into `store` (vm `vm`); stop() closes it. */
@@ -102,7 +105,7 @@ export async function bootKvmSource(
     const booted = waitForEveryVcpu(vmGuest, GuestEvent.booted, 'the source guest to boot');
     vmGuest.resume();
     await booted;
-    await new Promise((r) => setTimeout(r, p.warmupMs));
+    await sleepUnlessAborted(p.warmupMs, p.signal);
     return { guest: new KvmSourceGuest(vmGuest, link), stop };
   } catch (err) {
     await stop();

@@ -111,6 +111,7 @@ export class MigrationLog {
   private readonly stmts;
   /** The round of the newest event (events without their own round take it). */
   lastRound = 0;
+  private events = 0;
   /** The sync sequence number of each state a sync returned, so a send can name the state it used. */
   private readonly stateSeqs = new WeakMap<object, number>();
 
@@ -183,7 +184,13 @@ export class MigrationLog {
     return new MigrationLog(path, db, first);
   }
 
+  /** No event recorded yet: the migration has not started (start or abort comes first). */
+  get empty(): boolean {
+    return this.events === 0;
+  }
+
   private push(kind: string, round: number, detail: Detail, runs?: PendingRun[]): PendingEvent {
+    this.events++;
     this.lastRound = round;
     const e: PendingEvent = {
       t: Math.round((performance.now() - this.t0) * 1000),

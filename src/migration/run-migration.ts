@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MessageChannel } from 'node:worker_threads';
-import { rejectionWithin } from '../common/bounded-wait.js';
+import { rejectionWithin, sleepUnlessAborted } from '../common/bounded-wait.js';
 import { InvalidArgumentError, InvariantError, MisuseError, PeerError } from '../common/errors.js';
 import { MAX_UNIX_PATH_BYTES } from '../common/unix-socket.js';
 import { startWorker } from '../common/worker-script.js';
@@ -171,6 +171,9 @@ export async function runSource(
     // A lost service is named as the cause, with the source guest's state.
     const reported = (host?.explain(err, started?.running() ?? false) ?? err) as Error;
     await host?.aborted(reported);
+    // Failed or cancelled before the migration started (while the guest
+    // booted, say): the log says so with its abort, as a log must begin.
+    if (log?.empty) log.abort(0, reported.message);
     log?.close({ aborted: reported.message });
     throw reported;
   } finally {
@@ -217,7 +220,10 @@ async function startGuest(p: MigrateParams, npages: number, host: SourceHost): P
 /**
  * Starts the guest's vCPUs over `memory`, their exits going to `host`, and
  * resolves once setup is done and the guest ran for p.warmupMs. A failure
- * before that stops the vCPUs, so the caller has nothing to clean up.
+ * before that stops the vCPUs, so the caller has nothing to clean up; a
+ * cancel (p.signal) ends the wait at once and abandons the guest (its vCPUs
+ * are terminated: a 4 GiB guest's setup runs for seconds before its vCPUs
+ * reach a point where they could stop).
  */
 async function startVcpus(
   p: MigrateParams,
@@ -234,11 +240,11 @@ async function startVcpus(
     opsPerMs: p.guestOpsPerMs,
   });
   try {
-    await pool.waitSetup();
-    await new Promise((r) => setTimeout(r, p.warmupMs));
+    await pool.waitSetup(p.signal);
+    await sleepUnlessAborted(p.warmupMs, p.signal);
     return pool;
   } catch (err) {
-    await pool.stop().catch(() => {});
+    await pool.stop({ now: p.signal?.aborted }).catch(() => {});
     throw err;
   }
 }
@@ -489,7 +495,7 @@ export async function migrateLocally(
     // sim destination with sysgenid watchers (the worker does not run them).
     // Its memory is prepared before it listens (starting the incoming VM,
     // not migrating: outside the source's time).
-    const prepared = p.backend === 'sim' ? prepareGuestMemory(guestPages(p)) : undefined;
+    const prepared = p.backend === 'sim' ? await prepareGuestMemory(guestPages(p), p.signal) : undefined;
     const { endpoint: ep, dir } = localEndpoint(p.transport);
     const removeDir = () => {
       if (dir) rmSync(dir, { recursive: true, force: true });

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { rejectionWithin } from '../../src/common/bounded-wait.js';
+import { rejectionWithin, sleepUnlessAborted } from '../../src/common/bounded-wait.js';
 
 describe('rejectionWithin', () => {
   it('gives the reason of a promise that rejects in time, undefined for one that fulfils', async () => {
@@ -16,5 +16,23 @@ describe('rejectionWithin', () => {
     expect(await rejectionWithin(never, 5)).toBeUndefined();
     fail(new Error('too late')); // handled by the wait's own reaction: no unhandled rejection
     await new Promise((r) => setImmediate(r));
+  });
+});
+
+describe('sleepUnlessAborted', () => {
+  it('sleeps its time when nothing cancels it', async () => {
+    await expect(sleepUnlessAborted(1, new AbortController().signal)).resolves.toBeUndefined();
+    await expect(sleepUnlessAborted(1)).resolves.toBeUndefined();
+  });
+
+  it("ends with the signal's own reason, not Node's AbortError, aborted before or during the sleep", async () => {
+    const before = new AbortController();
+    const reason = new Error('cancelled by SIGINT');
+    before.abort(reason);
+    await expect(sleepUnlessAborted(60_000, before.signal)).rejects.toBe(reason);
+    const during = new AbortController();
+    const sleeping = sleepUnlessAborted(60_000, during.signal);
+    during.abort(reason);
+    await expect(sleeping).rejects.toBe(reason);
   });
 });

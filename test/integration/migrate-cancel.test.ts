@@ -35,7 +35,9 @@ describe('cancelling a migration', () => {
       const tmp = tempDir();
       process.env.TMPDIR = tmp;
       const cli = startCli([...SLOW, '--transport', transport, '--log', log, '--json']);
-      // The log exists once the source runs, and the handlers are installed before it.
+      // The log exists once the source starts, before its guest boots (the
+      // handlers are installed before it): the cancel lands while the guest
+      // boots or early in the bulk round, and is honoured at once either way.
       await waitFor(() => existsSync(log), 'the migration log');
       cli.child.kill(signal);
       expect(await cli.exit).toBe(3);
@@ -80,4 +82,24 @@ describe('cancelling a migration', () => {
       expect(readdirSync(tmp).filter((n) => n.startsWith('sevtrack-'))).toEqual([]);
     }, 60_000);
   }
+
+  it('through the library, while the source boots and the destination prepares its memory: no round runs, nothing is left behind', async () => {
+    const tmp = tempDir();
+    process.env.TMPDIR = tmp;
+    const controller = new AbortController();
+    const rounds: number[] = [];
+    const run = migrateLocally({
+      ...DEFAULT_PARAMS,
+      // 1 GiB: the destination faults its memory in and the 'boot' guest runs
+      // 20,000 conversions in its setup, each for far longer than one tick.
+      memoryBytes: 2 ** 30,
+      workload: 'boot',
+      signal: controller.signal,
+      onRound: (r) => rounds.push(r.round),
+    });
+    setImmediate(() => controller.abort(new CancelledError('cancelled by the test')));
+    await expect(run).rejects.toThrow('cancelled by the test');
+    expect(rounds).toEqual([]);
+    expect(readdirSync(tmp).filter((n) => n.startsWith('sevtrack-'))).toEqual([]);
+  }, 60_000);
 });

@@ -480,7 +480,7 @@ export function registerMigrate(program: Command): void {
             // source of another size is refused (a relay allocates at the HELLO).
             const prepared =
               cmd.getOptionValueSource('memory') === 'cli' && p.backend === 'sim' && !f.thenConnect
-                ? prepareGuestMemory(guestPages(p))
+                ? await prepareGuestMemory(guestPages(p))
                 : undefined;
             // Always on stderr (also with --json): a script reads the bound port from it.
             process.stderr.write(`destination listening on ${describeEndpoint(listener.endpoint)}\n`);

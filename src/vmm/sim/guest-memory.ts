@@ -115,13 +115,10 @@ export class GuestMemory implements MigratableMemory {
    * `hugePages`: advise transparent huge pages (a running guest, whose
    * never-written pages a migration source then reads at one fault per
    * 2 MiB; native/memory_advice.cc says why a destination does not).
-   * `prefault`: fault every page in now, writable (a destination prepared
-   * before its source connects, as a VMM preallocates guest RAM), so the
-   * receive path writes mapped memory.
    */
   static create(
     npages: number,
-    options: { encrypted?: boolean; key?: Uint8Array; hugePages?: boolean; prefault?: boolean } = {},
+    options: { encrypted?: boolean; key?: Uint8Array; hugePages?: boolean } = {},
   ): GuestMemory {
     if (!Number.isInteger(npages) || npages < 1 || npages > 2 ** 28) {
       throw new InvalidArgumentError('npages', `guest size ${npages} pages must be from 1 to 2^28 (1 TiB)`);
@@ -138,9 +135,21 @@ export class GuestMemory implements MigratableMemory {
       key: options.key ?? newMemoryKey(),
     });
     if (options.encrypted ?? true) mem.cbits.setRange(0, npages);
-    // Best effort: on a kernel without MADV_POPULATE_WRITE the pages fault in as they are received.
-    if (options.prefault) nativeAddon().prefaultMemory(mem.bytes);
     return mem;
+  }
+
+  /**
+   * Faults pages [first, first + count) in now, writable, contents unchanged
+   * (a destination prepared before its source connects, as a VMM
+   * preallocates guest RAM), so the receive path writes mapped memory. Best
+   * effort: on a kernel without MADV_POPULATE_WRITE they fault in as they are
+   * received.
+   */
+  prefault(first: number, count: number): void {
+    // One page more in front: a page that straddles the edge of the range
+    // (the memory need not start on a page boundary) lies wholly inside it.
+    const from = Math.max(0, first - 1) * PAGE_SIZE;
+    nativeAddon().prefaultMemory(this.bytes.subarray(from, Math.min(first + count, this.npages) * PAGE_SIZE));
   }
 
   private static allocateMemory(npages: number, hugePages: boolean): SharedArrayBuffer {

@@ -156,9 +156,10 @@ export class VcpuPool {
       throw new RuntimeFailure('ERR_VCPU', `a vCPU failed: ${this.failure.message}`, { cause: this.failure });
   }
 
-  /** Resolves once vCPU 0 has finished the workload's setup (boot storm, pool). */
-  async waitSetup(): Promise<void> {
+  /** Resolves once vCPU 0 has finished the workload's setup (boot storm, pool); rejects with the reason of `signal` once aborted. */
+  async waitSetup(signal?: AbortSignal): Promise<void> {
     while (Atomics.load(this.control, SETUP_DONE) === 0) {
+      signal?.throwIfAborted();
       this.check();
       if (this.running < this.options.vcpus)
         throw new RuntimeFailure('ERR_VCPU', 'a vCPU exited during setup');
@@ -240,13 +241,15 @@ export class VcpuPool {
    * Stops and joins every vCPU; returns the final statistics. After a
    * failure the vCPU threads are terminated: one waiting for room in an exit
    * ring whose backend is gone (a killed host service) would wait forever.
+   * `now`: terminated at once, not at a clean point (a guest abandoned
+   * while it boots: its setup may run for seconds before the next one).
    */
-  async stop(): Promise<GuestStats> {
+  async stop(options: { now?: boolean } = {}): Promise<GuestStats> {
     Atomics.store(this.control, CMD, CMD_STOP);
     Atomics.notify(this.control, CMD);
     const all = Promise.all(this.exited);
-    await Promise.race([all, this.failed]);
-    if (this.failure) await Promise.all(this.workers.map((w) => w.terminate()));
+    if (!options.now) await Promise.race([all, this.failed]);
+    if (this.failure || options.now) await Promise.all(this.workers.map((w) => w.terminate()));
     await all;
     await this.drainer.stop().catch((e: Error) => this.fail(e));
     return this.stats();

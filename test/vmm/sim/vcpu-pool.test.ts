@@ -162,4 +162,30 @@ describe('simulated vCPUs', () => {
     await pool.stop();
     store.close();
   });
+
+  it('a cancel ends the wait for setup with its reason, and stop({ now }) ends vCPUs still in setup', async () => {
+    // 'boot' runs 20,000 conversions in vCPU 0's setup before any vCPU reaches a clean point.
+    const npages = 262_144;
+    const mem = GuestMemory.create(npages);
+    const store = CbitStore.open(join(tempDir(), 'h.db'));
+    store.registerVm(1, npages);
+    const pool = VcpuPool.start({
+      memory: mem,
+      backend: new InProcessBackend(store),
+      vm: 1,
+      vcpus: 2,
+      workload: 'boot',
+      seed: 9,
+    });
+    const controller = new AbortController();
+    const reason = new Error('cancelled by the test');
+    const waiting = pool.waitSetup(controller.signal);
+    controller.abort(reason);
+    await expect(waiting).rejects.toBe(reason);
+    const stats = await pool.stop({ now: true });
+    // Abandoned during its boot storm: the storm did not finish.
+    expect(stats.conversions).toBeLessThan(20_000);
+    expect(pool.paused).toBe(false);
+    store.close();
+  });
 });
