@@ -63,8 +63,9 @@ Napi::Value AdviseHugePages(const Napi::CallbackInfo& info) {
 }
 
 // prefaultMemory(memory: Uint8Array) -> { populatedBytes, error }
-// Maps every whole page of memory writable (MADV_POPULATE_WRITE, Linux 5.14)
-// without changing its content: a destination started for a guest of known
+// Maps every page that holds a byte of memory writable (MADV_POPULATE_WRITE,
+// Linux 5.14) without changing any content (rounded outward: the pages at
+// either end, shared with whatever lies beside the buffer, are mapped already): a destination started for a guest of known
 // size takes its one fault per page here, at start, as a VMM that
 // preallocates guest RAM does, instead of on the receive path. A kernel
 // without it answers EINVAL: nothing is populated and `error` says why.
@@ -72,8 +73,8 @@ Napi::Value PrefaultMemory(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto memory = GetBytes(info, 0, "memory");
   auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  auto begin = (reinterpret_cast<uintptr_t>(memory.Data()) + page - 1) & ~(page - 1);
-  auto end = (reinterpret_cast<uintptr_t>(memory.Data()) + memory.ByteLength()) & ~(page - 1);
+  auto begin = reinterpret_cast<uintptr_t>(memory.Data()) & ~(page - 1);
+  auto end = (reinterpret_cast<uintptr_t>(memory.Data()) + memory.ByteLength() + page - 1) & ~(page - 1);
   constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, absent from older headers
   std::string error;
   size_t populated = 0;

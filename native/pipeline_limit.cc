@@ -9,6 +9,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -127,12 +128,14 @@ class FrameRing {
  public:
   FrameRing(size_t slots, size_t frame_bytes) : slots_(slots), frame_bytes_(frame_bytes), buf_(slots * frame_bytes, 1) {}
   uint8_t* Slot(uint64_t f) { return buf_.data() + (f % slots_) * frame_bytes_; }
-  void WaitFree(uint64_t f) {
-    Wait([&] { return f - consumed_.load(std::memory_order_acquire) < slots_; });
+  // Each wait returns false when the other side failed: the frame is not
+  // ready and must not be touched.
+  bool WaitFree(uint64_t f) {
+    return Wait([&] { return f - consumed_.load(std::memory_order_acquire) < slots_; });
   }
   void Publish(uint64_t f) { Advance(&published_, f + 1); }
-  void WaitPublished(uint64_t f) {
-    Wait([&] { return published_.load(std::memory_order_acquire) > f; });
+  bool WaitPublished(uint64_t f) {
+    return Wait([&] { return published_.load(std::memory_order_acquire) > f; });
   }
   void Consume(uint64_t f) { Advance(&consumed_, f + 1); }
   // A side failed: the other stops waiting (and sees failed()).
@@ -145,13 +148,15 @@ class FrameRing {
  private:
   static constexpr int kSpins = 4000;
   template <class Ready>
-  void Wait(Ready ready) {
+  bool Wait(Ready ready) {
     auto done = [&] { return ready() || failed_.load(); };
-    for (int i = 0; i < kSpins; ++i) {
-      if (done()) return;
+    bool now = false;
+    for (int i = 0; i < kSpins && !now; ++i) now = done();
+    if (!now) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, done);
     }
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, done);
+    return !failed_.load();
   }
   void Advance(std::atomic<uint64_t>* counter, uint64_t value) {
     counter->store(value, std::memory_order_release);
@@ -197,24 +202,34 @@ Napi::Value PipelineHandoff(const Napi::CallbackInfo& info) {
   const auto start = Clock::now() + std::chrono::milliseconds(20);
   Clock::time_point end;
   std::string errors[2];
-  // Runs `frame_work` over every frame on its own thread; a failure stops both sides.
-  auto run = [&](int which, auto&& frame_work) {
-    try {
-      SpinUntil(start);
-      for (uint64_t f = 0; f < frames && !ring.failed(); ++f) {
-        size_t first = (f % per_pass) * kBatch;
-        frame_work(f, first, std::min<size_t>(kBatch, npages - first));
+  // One side on its own thread: its state built and every frame run inside
+  // the guard, so a failure (an OpenSSL step, an allocation) is recorded and
+  // stops both sides instead of escaping the thread (std::terminate).
+  auto guarded = [&](int which, auto side) {
+    return [&, which, side] {
+      try {
+        side();
+      } catch (const StepError& e) {
+        errors[which] = std::string("OpenSSL ") + e.what + " failed";
+        ring.Fail();
+      } catch (const std::exception& e) {
+        errors[which] = e.what();
+        ring.Fail();
       }
-    } catch (const StepError& e) {
-      errors[which] = e.what;
-      ring.Fail();
+    };
+  };
+  auto frames_of = [&](auto&& frame_work) {
+    SpinUntil(start);
+    for (uint64_t f = 0; f < frames && !ring.failed(); ++f) {
+      size_t first = (f % per_pass) * kBatch;
+      frame_work(f, first, std::min<size_t>(kBatch, npages - first));
     }
   };
   auto source_side = [&] {
     PageStep source(encrypted, hash, keys);
     std::vector<uint8_t> digests(kBatch * kSha256, 1);
-    run(0, [&](uint64_t f, size_t first, size_t n) {
-      ring.WaitFree(f);
+    frames_of([&](uint64_t f, size_t first, size_t n) {
+      if (!ring.WaitFree(f)) return;
       uint8_t* frame = ring.Slot(f);
       for (size_t i = 0; i < n; ++i) {
         uint64_t gpa = (first + i) * kPage;
@@ -226,8 +241,8 @@ Napi::Value PipelineHandoff(const Napi::CallbackInfo& info) {
   auto destination_side = [&] {
     PageStep destination(encrypted, hash, keys);
     std::vector<uint8_t> digests(kBatch * kSha256, 1);
-    run(1, [&](uint64_t f, size_t first, size_t n) {
-      ring.WaitPublished(f);
+    frames_of([&](uint64_t f, size_t first, size_t n) {
+      if (!ring.WaitPublished(f)) return;
       const uint8_t* frame = ring.Slot(f);
       for (size_t i = 0; i < n; ++i) {
         uint64_t gpa = (first + i) * kPage;
@@ -237,11 +252,19 @@ Napi::Value PipelineHandoff(const Napi::CallbackInfo& info) {
     });
     end = Clock::now();
   };
-  std::thread source_thread(source_side), destination_thread(destination_side);
+  std::thread source_thread(guarded(0, source_side));
+  std::thread destination_thread;
+  try {
+    destination_thread = std::thread(guarded(1, destination_side));
+  } catch (const std::system_error& e) {
+    ring.Fail();
+    source_thread.join();
+    throw Napi::Error::New(env, std::string("pipelineHandoff: cannot start a thread: ") + e.what());
+  }
   source_thread.join();
   destination_thread.join();
   for (auto& e : errors) {
-    if (!e.empty()) throw Napi::Error::New(env, "OpenSSL " + e + " failed");
+    if (!e.empty()) throw Napi::Error::New(env, e);
   }
   double seconds = std::chrono::duration<double>(end - start).count();
   return Napi::Number::New(env, static_cast<double>(npages * passes) / seconds);

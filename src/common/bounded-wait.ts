@@ -2,7 +2,7 @@
  * Waits that cannot hang: for a promise that should settle soon (a peer's
  * last word, a thread asked to end) but might never, when the caller goes on
  * either way and only wants its failure if there is one in time; and a sleep
- * that a cancel cuts short.
+ * and a wait that a cancel cuts short.
  */
 import { setTimeout as delay } from 'node:timers/promises';
 
@@ -38,4 +38,25 @@ export async function sleepUnlessAborted(ms: number, signal?: AbortSignal): Prom
     signal?.throwIfAborted();
     throw err;
   });
+}
+
+/**
+ * `p`, or its signal's reason once `signal` is aborted (before or while `p`
+ * is pending), whichever comes first; the abort listener goes when `p` settles.
+ */
+export async function untilAborted<T>(p: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (!signal) return p;
+  signal.throwIfAborted();
+  let onAbort: (() => void) | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        onAbort = () => reject(signal.reason);
+        signal.addEventListener('abort', onAbort, { once: true });
+      }),
+    ]);
+  } finally {
+    if (onAbort) signal.removeEventListener('abort', onAbort);
+  }
 }

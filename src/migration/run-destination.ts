@@ -158,19 +158,15 @@ const PREPARE_STEP_PAGES = 2048;
  */
 export async function prepareGuestMemory(npages: number, signal?: AbortSignal): Promise<GuestMemory> {
   guestPagesFor(npages * PAGE_SIZE, { guests: 1 });
+  // Abandoned on a cancel: its memory goes with its last reference.
   const memory = GuestMemory.create(npages);
-  try {
-    for (let first = 0; first < npages; first += PREPARE_STEP_PAGES) {
-      signal?.throwIfAborted();
-      memory.prefault(first, PREPARE_STEP_PAGES);
-      await new Promise((r) => setImmediate(r));
-    }
+  for (let first = 0; first < npages; first += PREPARE_STEP_PAGES) {
     signal?.throwIfAborted();
-    return memory;
-  } catch (err) {
-    memory.close();
-    throw err;
+    memory.prefault(first, PREPARE_STEP_PAGES);
+    await new Promise((r) => setImmediate(r));
   }
+  signal?.throwIfAborted();
+  return memory;
 }
 
 /** Starts the guest's sysgenid when watchers are asked for. */

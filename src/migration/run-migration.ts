@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MessageChannel } from 'node:worker_threads';
-import { rejectionWithin, sleepUnlessAborted } from '../common/bounded-wait.js';
+import { rejectionWithin, sleepUnlessAborted, untilAborted } from '../common/bounded-wait.js';
 import { InvalidArgumentError, InvariantError, MisuseError, PeerError } from '../common/errors.js';
 import { MAX_UNIX_PATH_BYTES } from '../common/unix-socket.js';
 import { startWorker } from '../common/worker-script.js';
@@ -154,6 +154,7 @@ export async function runSource(
   let host: SourceHost | undefined;
   let started: StartedGuest | undefined;
   try {
+    p.signal?.throwIfAborted(); // cancelled already: boot nothing
     host = p.service ? await serviceHost(p.service, npages, encrypted) : inProcessHost(npages, encrypted);
     started = await startGuest(p, npages, host);
     channel ??= await (connect as () => Promise<FrameChannel>)();
@@ -424,7 +425,8 @@ function destinationOnWorker(
   const channel = ports && portChannel(ports.port1, MIGRATION_FRAME.version);
   return {
     connect: async () => {
-      const endpoint = await ready;
+      // A cancel while the destination still prepares its memory ends the wait.
+      const endpoint = await untilAborted(ready, p.signal);
       // Failed before it was ready (it opens its tracker first): nothing
       // would answer the HELLO, so its own error is the source's.
       if (failedEarly) throw failedEarly;

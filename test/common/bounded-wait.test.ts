@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { rejectionWithin, sleepUnlessAborted } from '../../src/common/bounded-wait.js';
+import { rejectionWithin, sleepUnlessAborted, untilAborted } from '../../src/common/bounded-wait.js';
 
 describe('rejectionWithin', () => {
   it('gives the reason of a promise that rejects in time, undefined for one that fulfils', async () => {
@@ -34,5 +34,27 @@ describe('sleepUnlessAborted', () => {
     const sleeping = sleepUnlessAborted(60_000, during.signal);
     during.abort(reason);
     await expect(sleeping).rejects.toBe(reason);
+  });
+});
+
+describe('untilAborted', () => {
+  it("gives the promise's own outcome when nothing cancels it", async () => {
+    const signal = new AbortController().signal;
+    expect(await untilAborted(Promise.resolve(7), signal)).toBe(7);
+    const failure = new Error('the destination failed');
+    await expect(untilAborted(Promise.reject(failure), signal)).rejects.toBe(failure);
+    expect(await untilAborted(Promise.resolve('no signal'))).toBe('no signal');
+  });
+
+  it("ends a wait that would never end with the signal's reason, aborted before or during it", async () => {
+    const never = new Promise<never>(() => {});
+    const reason = new Error('cancelled by SIGINT');
+    const before = new AbortController();
+    before.abort(reason);
+    await expect(untilAborted(never, before.signal)).rejects.toBe(reason);
+    const during = new AbortController();
+    const waiting = untilAborted(never, during.signal);
+    during.abort(reason);
+    await expect(waiting).rejects.toBe(reason);
   });
 });

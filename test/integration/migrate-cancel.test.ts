@@ -83,13 +83,15 @@ describe('cancelling a migration', () => {
     }, 60_000);
   }
 
-  it('through the library, while the source boots and the destination prepares its memory: no round runs, nothing is left behind', async () => {
+  it('through the library, while the source boots and the destination prepares its memory: no round runs, the log begins with the abort, nothing is left behind', async () => {
+    const log = join(tempDir(), 'early.db');
     const tmp = tempDir();
     process.env.TMPDIR = tmp;
     const controller = new AbortController();
     const rounds: number[] = [];
     const run = migrateLocally({
       ...DEFAULT_PARAMS,
+      log,
       // 1 GiB: the destination faults its memory in and the 'boot' guest runs
       // 20,000 conversions in its setup, each for far longer than one tick.
       memoryBytes: 2 ** 30,
@@ -100,6 +102,11 @@ describe('cancelling a migration', () => {
     setImmediate(() => controller.abort(new CancelledError('cancelled by the test')));
     await expect(run).rejects.toThrow('cancelled by the test');
     expect(rounds).toEqual([]);
+    // A log must begin with start, or with abort for a migration that never started.
+    const r = MigrationLogReader.open(log);
+    expect(r.events.map((e) => e.kind)).toEqual(['abort', 'end']);
+    expect(r.events[0].detail.reason).toBe('cancelled by the test');
+    r.close();
     expect(readdirSync(tmp).filter((n) => n.startsWith('sevtrack-'))).toEqual([]);
   }, 60_000);
 });

@@ -88,10 +88,15 @@ export class ExitDrainer {
   /** The first error a backend gave; once set, the drainer forwards nothing more. */
   private failure: Error | undefined;
 
-  /** Stops the periodic drains after one last drain of everything published. */
-  async stop(): Promise<void> {
+  /**
+   * Stops the periodic drains after one last drain of everything published;
+   * `abandon`: without it (the vCPUs were terminated, the guest and its host
+   * are discarded: a slot a killed vCPU claimed but never published would
+   * hold the last drain up).
+   */
+  async stop(options: { abandon?: boolean } = {}): Promise<void> {
     try {
-      await this.drain();
+      if (!options.abandon) await this.drain();
     } finally {
       this.stopped = true;
     }

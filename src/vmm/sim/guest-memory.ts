@@ -146,10 +146,8 @@ export class GuestMemory implements MigratableMemory {
    * received.
    */
   prefault(first: number, count: number): void {
-    // One page more in front: a page that straddles the edge of the range
-    // (the memory need not start on a page boundary) lies wholly inside it.
-    const from = Math.max(0, first - 1) * PAGE_SIZE;
-    nativeAddon().prefaultMemory(this.bytes.subarray(from, Math.min(first + count, this.npages) * PAGE_SIZE));
+    const end = Math.min(first + count, this.npages);
+    nativeAddon().prefaultMemory(this.bytes.subarray(first * PAGE_SIZE, end * PAGE_SIZE));
   }
 
   private static allocateMemory(npages: number, hugePages: boolean): SharedArrayBuffer {

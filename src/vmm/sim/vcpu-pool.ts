@@ -241,8 +241,9 @@ export class VcpuPool {
    * Stops and joins every vCPU; returns the final statistics. After a
    * failure the vCPU threads are terminated: one waiting for room in an exit
    * ring whose backend is gone (a killed host service) would wait forever.
-   * `now`: terminated at once, not at a clean point (a guest abandoned
-   * while it boots: its setup may run for seconds before the next one).
+   * `now`: terminated at once, not at a clean point, and what they
+   * published is not drained (a guest abandoned while it boots: its setup
+   * may run for seconds before the next clean point).
    */
   async stop(options: { now?: boolean } = {}): Promise<GuestStats> {
     Atomics.store(this.control, CMD, CMD_STOP);
@@ -251,7 +252,7 @@ export class VcpuPool {
     if (!options.now) await Promise.race([all, this.failed]);
     if (this.failure || options.now) await Promise.all(this.workers.map((w) => w.terminate()));
     await all;
-    await this.drainer.stop().catch((e: Error) => this.fail(e));
+    await this.drainer.stop({ abandon: options.now }).catch((e: Error) => this.fail(e));
     return this.stats();
   }
 }
