@@ -1,9 +1,10 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { NativeAddonMissingError } from '../../src/common/errors.js';
 import { loadNativeAddon, nativeAddon } from '../../src/common/native.js';
+import { tempDir } from '../support/tmp.js';
 
 describe('native addon loader', () => {
   it('loads the built addon with every listed function', () => {
@@ -29,7 +30,7 @@ describe('native addon loader', () => {
   });
 
   it('rethrows a real load error (a file that is not a shared object) instead of hiding it', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'sevtrack-native-'));
+    const dir = tempDir('sevtrack-native-');
     const bogus = join(dir, 'bogus.node');
     writeFileSync(bogus, 'not an ELF file');
     expect(() => loadNativeAddon([bogus])).toThrow(/invalid ELF header|file too short|ERR_DLOPEN/);

@@ -16,6 +16,10 @@ import { tempDir } from '../support/tmp.js';
 describe('migrate --log killed mid-way', () => {
   it('leaves a log that opens and holds every finished round', async () => {
     const log = join(tempDir(), 'killed.db');
+    // The killed CLI cannot remove its temporary trackers: they go in a
+    // directory of this test's own (removed after it), not in /tmp.
+    const savedTmp = process.env.TMPDIR;
+    process.env.TMPDIR = tempDir();
     const cli = startCli([
       'migrate',
       '--memory',
@@ -37,6 +41,8 @@ describe('migrate --log killed mid-way', () => {
     await waitForStderr(cli, /^round 3: /m, 60_000);
     cli.child.kill('SIGKILL');
     await cli.exit;
+    if (savedTmp === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = savedTmp;
 
     const r = MigrationLogReader.open(log);
     expect(r.contents.complete).toBe(false);

@@ -6,7 +6,7 @@
 import { statSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { encodeFrame } from '../../src/common/frames.js';
 import { newMemoryKey } from '../../src/common/page-crypto.js';
 import { PspSession } from '../../src/migration/psp.js';
@@ -17,9 +17,17 @@ import { tempDir } from '../support/tmp.js';
 
 const running: RunningCli[] = [];
 const sockets: net.Socket[] = [];
+// Destinations still running after a test are killed, and cannot remove
+// their temporary trackers: every CLI's TMPDIR is a directory of the test's own.
+const savedTmp = process.env.TMPDIR;
+beforeEach(() => {
+  process.env.TMPDIR = tempDir();
+});
 afterEach(() => {
   for (const s of sockets.splice(0)) s.destroy();
   for (const c of running.splice(0)) if (c.child.exitCode === null) c.child.kill('SIGKILL');
+  if (savedTmp === undefined) delete process.env.TMPDIR;
+  else process.env.TMPDIR = savedTmp;
 });
 
 type Transport = 'tcp' | 'unix';

@@ -21,9 +21,15 @@ async function stopServiceMidMigration(vm: number, signal: NodeJS.Signals) {
   const db = join(dir, 'host.db');
   const socket = join(dir, 'host.sock');
   const serve = await startServe(db, socket, ['--quiet']);
+  // Pre-copy rounds go on until the service is gone (--max-downtime 0: no
+  // pause before --max-rounds), so it always goes away during a live round.
+  // With the default target the source could pause first, while a SIGTERM'd
+  // service still drained its clients (seen once in a full run): a guest
+  // caught in its pause by the loss stays paused ("NOT running").
   const cli = startCli([
     ...['migrate', '--service', socket, '--vm', String(vm)],
     ...['--memory', '16M', '--psp-rate', '3000', '--workload', 'churn'],
+    ...['--max-downtime', '0', '--max-rounds', '10000', '--on-no-convergence', 'pause'],
   ]);
   await waitForStderr(cli, /round 0: /);
   serve.child.kill(signal);
