@@ -149,7 +149,13 @@ describe('migration failure paths leave the source guest running and intact', ()
   it('the destination process killed mid-stream: the source aborts and its guest runs on, memory intact', async () => {
     const dir = tempDir();
     const sock = join(dir, 'dest.sock');
+    // Killed on purpose, the destination cannot remove its temporary tracker:
+    // it goes in this test's directory (its TMPDIR), not in /tmp.
+    const savedTmp = process.env.TMPDIR;
+    process.env.TMPDIR = dir;
     const dest = startCli(['migrate', '--role', 'destination', '--transport', 'unix', '--listen', sock]);
+    if (savedTmp === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = savedTmp;
     const child = dest.child;
     cleanups.push(async () => {
       child.kill('SIGKILL');
