@@ -3,7 +3,7 @@
  * brings: silent clients, strays before the real source, stale and live
  * socket files. Every destination and source is a real CLI process.
  */
-import { statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -14,6 +14,7 @@ import { encodeHello, MIGRATION_FRAME, Msg } from '../../src/migration/stream.js
 import { type RunningCli, runCli, startCli, waitForStderr } from '../support/cli.js';
 import { leaveStaleSocket } from '../support/stale-socket.js';
 import { tempDir } from '../support/tmp.js';
+import { waitFor } from '../support/wait.js';
 
 const running: RunningCli[] = [];
 const sockets: net.Socket[] = [];
@@ -169,4 +170,43 @@ describe('a --listen destination and its peers', () => {
       expect(await first.cli.exit).toBe(0);
     });
   }
+
+  it('SIGINT to a destination mid-migration: it exits 3 naming the cancel and removes its temporary tracker; the source aborts, its guest running', async () => {
+    const tmp = process.env.TMPDIR!; // this test's own (beforeEach): the destination's temporary tracker goes there
+    const trackers = () => readdirSync(tmp).filter((n) => n.startsWith('sevtrack-dst-'));
+    const { cli: dest, address } = await destination('unix', listenAddress('unix'));
+    // 16384 encrypted pages through a PSP of 500 pages/s: the bulk round alone takes half a minute.
+    const src = runCli(
+      ['migrate', '--role', 'source', '--transport', 'unix', '--connect', address].concat([
+        '--memory',
+        '64M',
+        '--workload',
+        'idle',
+        '--psp-rate',
+        '500',
+        '--psp-batch',
+        '64',
+        '--json',
+      ]),
+    );
+    // The destination opens its tracker once its source connected.
+    await waitFor(() => trackers().length > 0, "the destination's temporary tracker");
+    dest.child.kill('SIGINT');
+    expect(await dest.exit).toBe(3);
+    expect(dest.err()).toMatch(/SIGINT: cancelling the incoming migration/);
+    expect(dest.err()).toMatch(/cancelled by SIGINT \[ERR_CANCELLED\]/);
+    expect(trackers()).toEqual([]);
+    const s = await src;
+    expect(s.code).toBe(3);
+    expect(JSON.parse(s.stdout)).toMatchObject({ aborted: true, sourceGuestRunning: true });
+  }, 60_000);
+
+  it('SIGINT to a destination still waiting for its source: it stops listening and exits 3', async () => {
+    const listen = listenAddress('unix');
+    const { cli: dest } = await destination('unix', listen);
+    dest.child.kill('SIGINT');
+    expect(await dest.exit).toBe(3);
+    expect(dest.err()).toMatch(/cancelled by SIGINT \[ERR_CANCELLED\]/);
+    expect(existsSync(listen)).toBe(false); // its socket file removed
+  });
 });

@@ -7,6 +7,7 @@ import type { Command } from 'commander';
 import { InvalidArgumentError, SevtrackError } from '../../common/errors.js';
 import { formatBytes, parseIntIn, parseSize } from '../../common/units.js';
 import { parseWorkload, WORKLOADS } from '../../guest/workloads.js';
+import type { FrameChannel } from '../../migration/channel.js';
 import { ON_NO_CONVERGENCE, type OnNoConvergence } from '../../migration/convergence.js';
 import type { ResumeReport } from '../../migration/destination-resume.js';
 import {
@@ -474,17 +475,31 @@ export function registerMigrate(program: Command): void {
             // Always on stderr: the destination keeps listening for its source.
             onStray: (reason) => process.stderr.write(`destination: ${reason}; still listening\n`),
           });
+          // SIGINT/SIGTERM: the destination stops listening, or stops taking
+          // its source's frames, and ends through its error path (which
+          // removes its temporary tracker); exit 3. A run that finished
+          // meanwhile reports its outcome. With --then-connect, the onward
+          // source stops as any source does.
+          const cancel = cancelOnSignals('the incoming migration (nothing is resumed here)');
+          p.signal = cancel.signal;
+          let channel: FrameChannel | undefined;
+          const stop = () => {
+            listener.close();
+            channel?.close();
+          };
+          cancel.signal.addEventListener('abort', stop);
           try {
             // --memory given: the guest's memory is prepared now, before this
             // side says it listens (a source connects only then), and a
             // source of another size is refused (a relay allocates at the HELLO).
             const prepared =
               cmd.getOptionValueSource('memory') === 'cli' && p.backend === 'sim' && !f.thenConnect
-                ? await prepareGuestMemory(guestPages(p))
+                ? await prepareGuestMemory(guestPages(p), cancel.signal)
                 : undefined;
             // Always on stderr (also with --json): a script reads the bound port from it.
             process.stderr.write(`destination listening on ${describeEndpoint(listener.endpoint)}\n`);
-            const channel = await listener.accept();
+            channel = await listener.accept();
+            if (cancel.signal.aborted) channel.close();
             let r: DestinationOutcome;
             let onward: MigrationSummary | undefined;
             if (f.thenConnect) {
@@ -507,7 +522,13 @@ export function registerMigrate(program: Command): void {
             if (!r.verified) throw new CheckFailedError(r.message);
             if (onward && !onward.verified) throw new CheckFailedError(`onward: ${onward.message}`);
             return 0;
+          } catch (err) {
+            // What the cancel broke (the listener, the channel) says less than the cancel itself.
+            if (cancel.signal.aborted && !(err instanceof CheckFailedError)) throw cancel.signal.reason;
+            throw err;
           } finally {
+            cancel.signal.removeEventListener('abort', stop);
+            cancel.dispose();
             listener.close();
           }
         }
