@@ -65,9 +65,10 @@ Napi::Value AdviseHugePages(const Napi::CallbackInfo& info) {
 // prefaultMemory(memory: Uint8Array) -> { populatedBytes, error }
 // Maps every page that holds a byte of memory writable (MADV_POPULATE_WRITE,
 // Linux 5.14) without changing any content (rounded outward: the pages at
-// either end, shared with whatever lies beside the buffer, are mapped already): a destination started for a guest of known
-// size takes its one fault per page here, at start, as a VMM that
-// preallocates guest RAM does, instead of on the receive path. A kernel
+// either end, shared with whatever lies beside the buffer, are mapped
+// already). A destination started for a guest of known size takes its one
+// fault per page here, at start, as a VMM that preallocates guest RAM does,
+// instead of on the receive path. A kernel
 // without it answers EINVAL: nothing is populated and `error` says why.
 Napi::Value PrefaultMemory(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

@@ -33,14 +33,12 @@ const port = 'port' in data.link ? portChannel(data.link.port, MIGRATION_FRAME.v
  * (which closes its tracker and removes the tracker's temporary database)
  * and posts its verdict; the parent then ends the thread.
  */
-let stopping = false;
-/** Aborted by 'stop': a guest still being prepared stops between two steps. */
+/** Aborted by 'stop': a guest still being prepared stops between two steps, a listener not yet used is closed. */
 const stopped = new AbortController();
 let listener: Listener | undefined;
 let channel: FrameChannel | undefined = port;
 parentPort!.on('message', (m: unknown) => {
   if (m !== 'stop') return;
-  stopping = true;
   stopped.abort(new Error('the run ended before the source connected'));
   listener?.close();
   channel?.close();
@@ -81,7 +79,7 @@ const receive = async () => {
     handshakeTimeoutMs: 0,
   });
   try {
-    if (stopping) throw new Error('the run ended before the source connected');
+    stopped.signal.throwIfAborted();
     ready(listener.endpoint);
     channel = await listener.accept();
     return await run(channel, prepared);
