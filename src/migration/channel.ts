@@ -30,6 +30,12 @@ export interface FrameChannel {
    * the frame it returned before (its credit, and its buffer when lent).
    */
   next(timeoutMs?: number, timeoutError?: () => Error): Promise<Frame>;
+  /**
+   * Stops taking frames: a pending next() and every later one reject with
+   * `reason`, while sends still go out, so a side that gives up can still
+   * tell its peer why (ABORT) before it closes.
+   */
+  stopReceiving(reason: Error): void;
   close(): void;
 }
 
@@ -129,8 +135,16 @@ export class Inbox {
   /** When the watchdog fires (Infinity when it is not armed). */
   private watchdogAt = Number.POSITIVE_INFINITY;
 
-  /** Queues a frame; `release` runs when the receiver calls next() after taking it. */
+  /**
+   * Queues a frame; `release` runs when the receiver calls next() after
+   * taking it. A failed inbox takes nothing more (what it queued before
+   * stays readable): the frame is released at once, unread.
+   */
   push(f: Frame, release?: () => void): void {
+    if (this.dead) {
+      release?.();
+      return;
+    }
     if (release) this.releases.set(f, release);
     const w = this.waiters.shift();
     if (w) {
@@ -284,6 +298,10 @@ export class SocketChannel implements FrameChannel {
     return this.inbox.next(timeoutMs, timeoutError);
   }
 
+  stopReceiving(reason: Error): void {
+    this.inbox.fail(reason);
+  }
+
   /** Ends the connection; a peer that does not finish closing within 2 s (link down) is cut off. */
   close(): void {
     if (this.socket.destroyed) return;
@@ -345,6 +363,7 @@ export function memoryChannelPair(spec: FrameSpec): [FrameChannel, FrameChannel]
         return buffer;
       },
       next: (t, e) => mine.next(t, e),
+      stopReceiving: (reason) => mine.fail(reason),
       close() {
         closed = true;
         const gone = new PeerError('the peer closed the connection');

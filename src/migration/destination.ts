@@ -13,6 +13,7 @@
  * generation (docs/design.md §3 rule 6). On any failure the partial guest
  * and its tracker state are discarded.
  */
+import { rejectionWithin } from '../common/bounded-wait.js';
 import { GuestMismatchError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { PageBitmap } from '../common/page-bitmap.js';
 import { copyFrameToPages, VIEW_MAC_BYTES } from '../common/page-crypto.js';
@@ -60,6 +61,14 @@ export interface DestinationOptions<M extends MigratableMemory = GuestMemory> {
   minGeneration?: number;
   /** The destination's own tracker (a SQLite CbitStore); its VM is discarded if the guest does not resume. */
   tracker?: DestinationTracker;
+  /**
+   * Once aborted (an operator's cancel), the destination stops taking
+   * frames and ends through its error path: the source is told the reason
+   * (ABORT) and runs its guest on; the partial guest is discarded. Once the
+   * source's digests are in it has no effect: the destination verifies, and
+   * resumes the guest if it verified (the source has paused it for good).
+   */
+  signal?: AbortSignal;
 }
 
 export interface DestinationResult<M extends MigratableMemory = MigratableMemory> extends VerifyResult {
@@ -99,6 +108,19 @@ export class MigrationDestination<M extends MigratableMemory = GuestMemory> {
    * throws when the migration aborted, the partial guest discarded.
    */
   async run(): Promise<DestinationResult<M>> {
+    const { signal, channel } = this.o;
+    // One listener for the whole run, not a race per frame on the data path.
+    const cancel = () => channel.stopReceiving(signal!.reason as Error);
+    if (signal?.aborted) cancel();
+    signal?.addEventListener('abort', cancel, { once: true });
+    try {
+      return await this.receiveAndResume();
+    } finally {
+      signal?.removeEventListener('abort', cancel);
+    }
+  }
+
+  private async receiveAndResume(): Promise<DestinationResult<M>> {
     const inc = await this.handshake();
     try {
       const source = await this.receive(inc);
@@ -110,7 +132,8 @@ export class MigrationDestination<M extends MigratableMemory = GuestMemory> {
       this.o.tracker?.discard();
       inc.memory.close();
       this.o.log?.abort(this.o.log.lastRound, (err as Error).message);
-      await this.o.channel.send(Msg.ABORT, encodeText((err as Error).message)).catch(() => {});
+      // A source that takes no frame does not hold the abort up.
+      await rejectionWithin(this.o.channel.send(Msg.ABORT, encodeText((err as Error).message)), 1000);
       // Closing ends the source's wait for frames it lent us (their buffers never come back).
       this.o.channel.close();
       throw err;
@@ -124,13 +147,15 @@ export class MigrationDestination<M extends MigratableMemory = GuestMemory> {
   private async handshake(): Promise<Incoming<M>> {
     const ch = this.o.channel;
     const handshakeMs = this.o.handshakeTimeoutMs ?? this.o.peerTimeoutMs;
-    const first = await ch.next(
-      handshakeMs,
-      () =>
-        new PeerError(`the source sent no handshake (HELLO) within ${handshakeMs} ms (--handshake-timeout)`),
-    );
     let hello: Hello;
     try {
+      const first = await ch.next(
+        handshakeMs,
+        () =>
+          new PeerError(
+            `the source sent no handshake (HELLO) within ${handshakeMs} ms (--handshake-timeout)`,
+          ),
+      );
       if (first.type !== Msg.HELLO)
         throw new PeerError(`expected HELLO from the source, got message ${first.type}`);
       hello = decodeHello(first.payload);

@@ -283,6 +283,10 @@ function withFirstFrame(channel: FrameChannel, first: Frame): FrameChannel {
       pending = undefined;
       return f ? Promise.resolve(f) : channel.next(timeoutMs, timeoutError);
     },
+    stopReceiving: (reason) => {
+      pending = undefined;
+      channel.stopReceiving(reason);
+    },
     close: () => channel.close(),
   };
 }

@@ -122,6 +122,7 @@ export function portChannel(port: MessagePort, version: number, sendTimeoutMs = 
       return credits.tryAcquire() ? lend() : credit().then(lend);
     },
     next: (t, e) => inbox.next(t, e),
+    stopReceiving: (reason) => inbox.fail(reason),
     close() {
       if (closed) return;
       closed = true;

@@ -59,6 +59,8 @@ export interface DestinationParams<B extends BackendName = 'sim'> {
    * starts the incoming VM before migrating into it.
    */
   onReady?: () => void;
+  /** An operator's cancel (MigrationDestination's `signal`): the source is told, the partial guest discarded. */
+  signal?: AbortSignal;
 }
 
 /** What receiving a guest gave: the verdict, and the running guest when it resumed. */
@@ -94,6 +96,7 @@ export async function receiveGuest<B extends BackendName = 'sim'>(
     handshakeTimeoutMs: p.handshakeTimeoutMs,
     psp: p.psp,
     tracker,
+    signal: p.signal,
     allocate: (npages, hello) => {
       if (prepared && npages !== prepared.npages)
         throw new GuestMismatchError(

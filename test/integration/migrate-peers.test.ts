@@ -171,7 +171,7 @@ describe('a --listen destination and its peers', () => {
     });
   }
 
-  it('SIGINT to a destination mid-migration: it exits 3 naming the cancel and removes its temporary tracker; the source aborts, its guest running', async () => {
+  it('SIGINT to a destination mid-migration: it exits 3 naming the cancel and removes its temporary tracker; the source aborts, told why, its guest running', async () => {
     const tmp = process.env.TMPDIR!; // this test's own (beforeEach): the destination's temporary tracker goes there
     const trackers = () => readdirSync(tmp).filter((n) => n.startsWith('sevtrack-dst-'));
     const { cli: dest, address } = await destination('unix', listenAddress('unix'));
@@ -198,7 +198,12 @@ describe('a --listen destination and its peers', () => {
     expect(trackers()).toEqual([]);
     const s = await src;
     expect(s.code).toBe(3);
-    expect(JSON.parse(s.stdout)).toMatchObject({ aborted: true, sourceGuestRunning: true });
+    // The destination said why before it closed: the source names the cancel, not a lost peer.
+    expect(JSON.parse(s.stdout)).toMatchObject({
+      aborted: true,
+      sourceGuestRunning: true,
+      reason: expect.stringContaining('the destination aborted: cancelled by SIGINT'),
+    });
   }, 60_000);
 
   it('SIGINT to a destination still waiting for its source: it stops listening and exits 3', async () => {

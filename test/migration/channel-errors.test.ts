@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { MessageChannel } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PeerError } from '../../src/common/errors.js';
-import { Inbox, memoryChannelPair, SocketChannel } from '../../src/migration/channel.js';
+import { type FrameChannel, Inbox, memoryChannelPair, SocketChannel } from '../../src/migration/channel.js';
 import { portChannel } from '../../src/migration/port-channel.js';
 import { MIGRATION_FRAME, Msg } from '../../src/migration/stream.js';
 import { tempDir } from '../support/tmp.js';
@@ -200,4 +200,42 @@ describe('frame channels fail cleanly', () => {
       'the peer closed the connection',
     );
   });
+
+  /** Each kind of channel end, with its peer. */
+  const ends: [string, () => Promise<[FrameChannel, FrameChannel]>][] = [
+    ['in memory', async () => memoryChannelPair(MIGRATION_FRAME)],
+    [
+      'over a MessagePort',
+      async () => {
+        const { port1, port2 } = new MessageChannel();
+        return [portChannel(port1, MIGRATION_FRAME.version), portChannel(port2, MIGRATION_FRAME.version)];
+      },
+    ],
+    [
+      'over a socket',
+      async () => {
+        const { channel, far } = await socketPair();
+        return [channel, new SocketChannel(far, MIGRATION_FRAME)];
+      },
+    ],
+  ];
+  for (const [kind, pair] of ends) {
+    it(`${kind}: stopReceiving fails the pending and every later wait with its reason, and sends still reach the peer`, async () => {
+      const [a, b] = await pair();
+      cleanups.push(() => {
+        a.close();
+        b.close();
+      });
+      const waiting = a.next(60_000);
+      const reason = new Error('cancelled by SIGINT');
+      a.stopReceiving(reason);
+      await expect(waiting).rejects.toBe(reason);
+      await b.send(Msg.ROUND_END, new Uint8Array(4)); // arrives, but is not taken
+      await expect(a.next(60_000)).rejects.toBe(reason);
+      await a.send(Msg.ABORT, Buffer.from('cancelled by SIGINT'));
+      const told = await b.next(5000);
+      expect(told.type).toBe(Msg.ABORT);
+      expect(Buffer.from(told.payload).toString()).toBe('cancelled by SIGINT');
+    });
+  }
 });

@@ -132,6 +132,7 @@ describe('convergence', () => {
         return a.sendLent(type, buffer, length);
       },
       next: (t) => a.next(t),
+      stopReceiving: (reason) => a.stopReceiving(reason),
       close: () => a.close(),
     };
     const dest = new MigrationDestination({ channel: b, peerTimeoutMs: 10_000 }).run();

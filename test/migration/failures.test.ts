@@ -89,6 +89,7 @@ describe('migration failure paths leave the source guest running and intact', ()
         return a.sendLent(type, buffer, length);
       },
       next: (t) => a.next(t),
+      stopReceiving: (reason) => a.stopReceiving(reason),
       close: () => a.close(),
     };
     const dest = new MigrationDestination({ channel: b, peerTimeoutMs: 5000 }).run();
@@ -109,6 +110,48 @@ describe('migration failure paths leave the source guest running and intact', ()
     await expect(dest).rejects.toThrow(/failed authentication/);
     expect(guest.paused).toBe(false);
     expect(memory.npages).toBe(256);
+  });
+
+  it('a destination cancelled mid-stream tells the source why: the source aborts naming it, its guest running', async () => {
+    const { store, guest } = scriptedSetup();
+    const [a, b] = memoryChannelPair(MIGRATION_FRAME);
+    const cancel = new AbortController();
+    let frames = 0;
+    // The operator's cancel lands while the source is still sending pages.
+    const cancelling: FrameChannel = {
+      ...a,
+      sendLent: (type, buffer, length) => {
+        if (++frames === 3) cancel.abort(new Error('cancelled by the operator'));
+        return a.sendLent(type, buffer, length);
+      },
+    };
+    const dest = new MigrationDestination({ channel: b, peerTimeoutMs: 5000, signal: cancel.signal }).run();
+    dest.catch(() => {});
+    const source = new MigrationSource({
+      ...DEFAULT_PARAMS,
+      log: undefined,
+      guest,
+      store,
+      vm: 1,
+      channel: cancelling,
+      psp: DEFAULT_PARAMS.psp,
+      batchPages: 16,
+    });
+    await expect(source.run()).rejects.toThrow(/the destination aborted: cancelled by the operator/);
+    await expect(dest).rejects.toThrow('cancelled by the operator');
+    expect(frames).toBeLessThan(256 / 16); // it stopped mid-round, not at the end
+    expect(guest.paused).toBe(false);
+  });
+
+  it('a destination cancelled before the HELLO answers it with ABORT naming the cancel', async () => {
+    const [a, b] = memoryChannelPair(MIGRATION_FRAME);
+    const cancel = new AbortController();
+    cancel.abort(new Error('cancelled by SIGTERM'));
+    const dest = new MigrationDestination({ channel: b, peerTimeoutMs: 5000, signal: cancel.signal }).run();
+    await expect(dest).rejects.toThrow('cancelled by SIGTERM');
+    const reply = await a.next(1000);
+    expect(reply.type).toBe(Msg.ABORT);
+    expect(Buffer.from(reply.payload).toString()).toContain('cancelled by SIGTERM');
   });
 
   it('a bad frame on the wire: the destination aborts naming the offset and the expected magic', async () => {

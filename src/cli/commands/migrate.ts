@@ -7,7 +7,6 @@ import type { Command } from 'commander';
 import { InvalidArgumentError, SevtrackError } from '../../common/errors.js';
 import { formatBytes, parseIntIn, parseSize } from '../../common/units.js';
 import { parseWorkload, WORKLOADS } from '../../guest/workloads.js';
-import type { FrameChannel } from '../../migration/channel.js';
 import { ON_NO_CONVERGENCE, type OnNoConvergence } from '../../migration/convergence.js';
 import type { ResumeReport } from '../../migration/destination-resume.js';
 import {
@@ -476,17 +475,14 @@ export function registerMigrate(program: Command): void {
             onStray: (reason) => process.stderr.write(`destination: ${reason}; still listening\n`),
           });
           // SIGINT/SIGTERM: the destination stops listening, or stops taking
-          // its source's frames, and ends through its error path (which
-          // removes its temporary tracker); exit 3. A run that finished
-          // meanwhile reports its outcome. With --then-connect, the onward
-          // source stops as any source does.
+          // its source's frames and ends through its error path (it tells
+          // the source why, which runs its guest on, and removes its
+          // temporary tracker); exit 3. A run past the source's digests, or
+          // finished meanwhile, reports its outcome. With --then-connect,
+          // the onward source stops as any source does.
           const cancel = cancelOnSignals('the incoming migration (nothing is resumed here)');
           p.signal = cancel.signal;
-          let channel: FrameChannel | undefined;
-          const stop = () => {
-            listener.close();
-            channel?.close();
-          };
+          const stop = () => listener.close();
           cancel.signal.addEventListener('abort', stop);
           try {
             // --memory given: the guest's memory is prepared now, before this
@@ -498,8 +494,7 @@ export function registerMigrate(program: Command): void {
                 : undefined;
             // Always on stderr (also with --json): a script reads the bound port from it.
             process.stderr.write(`destination listening on ${describeEndpoint(listener.endpoint)}\n`);
-            channel = await listener.accept();
-            if (cancel.signal.aborted) channel.close();
+            const channel = await listener.accept();
             let r: DestinationOutcome;
             let onward: MigrationSummary | undefined;
             if (f.thenConnect) {
