@@ -9,7 +9,9 @@ import { MigrationDestination } from '../../src/migration/destination.js';
 import { connectChannel } from '../../src/migration/endpoints.js';
 import { DEFAULT_PARAMS, migrateGuest } from '../../src/migration/run-migration.js';
 import { MigrationRefusedError, MigrationSource } from '../../src/migration/source.js';
+import type { SourceOptions } from '../../src/migration/source-types.js';
 import { MIGRATION_FRAME, Msg } from '../../src/migration/stream.js';
+import type { SourceGuest } from '../../src/vmm/backend.js';
 import { InProcessBackend } from '../../src/vmm/hypercall-backend.js';
 import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
 import { ScriptedGuest } from '../../src/vmm/sim/scripted-guest.js';
@@ -32,6 +34,26 @@ function scriptedSetup(npages = 256) {
   for (let i = 0; i < 100; i++) guest.step();
   cleanups.push(() => store.close());
   return { store, memory, guest };
+}
+
+/** A source of VM 1 over `channel`, in batches of 16 pages (several frames per round) unless `more` says otherwise. */
+function sourceOver(
+  guest: SourceGuest,
+  store: CbitStore,
+  channel: FrameChannel,
+  more: Partial<SourceOptions> = {},
+): MigrationSource {
+  return new MigrationSource({
+    ...DEFAULT_PARAMS,
+    log: undefined,
+    guest,
+    store,
+    vm: 1,
+    channel,
+    psp: DEFAULT_PARAMS.psp,
+    batchPages: 16,
+    ...more,
+  });
 }
 
 /** The guest's state a failed migration must leave untouched. */
@@ -94,16 +116,7 @@ describe('migration failure paths leave the source guest running and intact', ()
     };
     const dest = new MigrationDestination({ channel: b, peerTimeoutMs: 5000 }).run();
     dest.catch(() => {});
-    const source = new MigrationSource({
-      ...DEFAULT_PARAMS,
-      log: undefined,
-      guest,
-      store,
-      vm: 1,
-      channel: tampering,
-      psp: DEFAULT_PARAMS.psp,
-      batchPages: 16,
-    });
+    const source = sourceOver(guest, store, tampering);
     await expect(source.run()).rejects.toThrow(
       /destination aborted: PSP: sealed page for gfn \d+ .* failed authentication/,
     );
@@ -127,16 +140,7 @@ describe('migration failure paths leave the source guest running and intact', ()
     };
     const dest = new MigrationDestination({ channel: b, peerTimeoutMs: 5000, signal: cancel.signal }).run();
     dest.catch(() => {});
-    const source = new MigrationSource({
-      ...DEFAULT_PARAMS,
-      log: undefined,
-      guest,
-      store,
-      vm: 1,
-      channel: cancelling,
-      psp: DEFAULT_PARAMS.psp,
-      batchPages: 16,
-    });
+    const source = sourceOver(guest, store, cancelling);
     await expect(source.run()).rejects.toThrow(/the destination aborted: cancelled by the operator/);
     await expect(dest).rejects.toThrow('cancelled by the operator');
     expect(frames).toBeLessThan(256 / 16); // it stopped mid-round, not at the end
@@ -227,13 +231,7 @@ describe('migration failure paths leave the source guest running and intact', ()
     await waitFor(() => pool.stats().steps >= 100, 'both vCPUs to finish their 50 steps');
     const before = snapshot(memory, store);
     const guest = new ThreadedGuest(memory, pool);
-    const source = new MigrationSource({
-      ...DEFAULT_PARAMS,
-      log: undefined,
-      guest,
-      store,
-      vm: 1,
-      channel,
+    const source = sourceOver(guest, store, channel, {
       // A slow PSP keeps round 0 going (about 2 s) long after the cut.
       psp: { rate: 2000, batch: 1 },
       batchPages: 32,
