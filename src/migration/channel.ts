@@ -31,9 +31,10 @@ export interface FrameChannel {
    */
   next(timeoutMs?: number, timeoutError?: () => Error): Promise<Frame>;
   /**
-   * Stops taking frames: a pending next() and every later one reject with
-   * `reason`, while sends still go out, so a side that gives up can still
-   * tell its peer why (ABORT) before it closes.
+   * Stops taking frames: a pending next() rejects with `reason`, and so does
+   * every later one once the frames that had already arrived are taken
+   * (frames arriving after it are dropped). Sends still go out, so a side
+   * that gives up can still tell its peer why (ABORT) before it closes.
    */
   stopReceiving(reason: Error): void;
   close(): void;

@@ -250,3 +250,34 @@ describe('migration failure paths leave the source guest running and intact', ()
     expect(snapshot(memory, store)).toEqual(before);
   });
 });
+
+describe('a cancel past the point of return', () => {
+  it('once the digests are out, a cancel on either side lets the migration finish: verified, resumed at the destination', async () => {
+    const { store, guest } = scriptedSetup();
+    const [a, b] = memoryChannelPair(MIGRATION_FRAME);
+    const sourceCancel = new AbortController();
+    const destinationCancel = new AbortController();
+    // Both operators cancel the moment the source's digests go out.
+    const cancelling: FrameChannel = {
+      ...a,
+      send: async (type, payload) => {
+        await a.send(type, payload);
+        if (type === Msg.DIGESTS) {
+          sourceCancel.abort(new Error('cancelled at the source'));
+          destinationCancel.abort(new Error('cancelled at the destination'));
+        }
+      },
+    };
+    const dest = new MigrationDestination({
+      channel: b,
+      peerTimeoutMs: 5000,
+      signal: destinationCancel.signal,
+    }).run();
+    const summary = await sourceOver(guest, store, cancelling, { signal: sourceCancel.signal }).run();
+    expect(sourceCancel.signal.aborted && destinationCancel.signal.aborted).toBe(true);
+    expect(summary).toMatchObject({ verified: true, resumed: true, generationAfter: 1 });
+    expect((await dest).resumed).toBe(true);
+    // The source guest stays paused: it lives on at the destination now.
+    expect(guest.paused).toBe(true);
+  });
+});
