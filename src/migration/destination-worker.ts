@@ -45,7 +45,12 @@ parentPort!.on('message', (m: unknown) => {
 });
 parentPort!.unref(); // waiting for 'stop' must not keep a finished thread alive
 
-const run = (channel: FrameChannel, prepared: GuestMemory | undefined, onReady?: () => void) =>
+const run = (
+  channel: FrameChannel,
+  prepared: GuestMemory | undefined,
+  onReady?: () => void,
+  tracker?: DestinationTracker,
+) =>
   runDestination(
     {
       peerTimeoutMs: data.peerTimeoutMs,
@@ -54,6 +59,7 @@ const run = (channel: FrameChannel, prepared: GuestMemory | undefined, onReady?:
       log: undefined,
       guestOpsPerMs: data.guestOpsPerMs,
       db: data.db,
+      tracker,
       prepared,
       onReady,
     },
@@ -68,23 +74,25 @@ const receive = async () => {
       : await prepareGuestMemory(data.preparedNpages, stopped.signal);
   if (port) return run(port, prepared, () => ready());
   if (!('listen' in data.link)) throw new Error('destination worker: no link to the source');
-  // The tracker opens once the source has connected; a --db it cannot use
-  // is refused now, before listening, so the source is told why instead of
-  // finding its connection closed.
-  if (data.db !== undefined) DestinationTracker.open(data.db).close();
-  // No handshake timeout: our own source connects once it has booted its
-  // guest, and says HELLO at once; the address is private to this run.
-  listener = await listenChannel(data.link.listen, {
-    peerTimeoutMs: data.peerTimeoutMs,
-    handshakeTimeoutMs: 0,
-  });
+  // The tracker opens before listening: a --db it cannot use is refused
+  // now, so the source is told why instead of finding its connection closed.
+  const tracker = DestinationTracker.open(data.db);
+  let handedOver = false;
   try {
+    // No handshake timeout: our own source connects once it has booted its
+    // guest, and says HELLO at once; the address is private to this run.
+    listener = await listenChannel(data.link.listen, {
+      peerTimeoutMs: data.peerTimeoutMs,
+      handshakeTimeoutMs: 0,
+    });
     stopped.signal.throwIfAborted();
     ready(listener.endpoint);
     channel = await listener.accept();
-    return await run(channel, prepared);
+    handedOver = true;
+    return await run(channel, prepared, undefined, tracker);
   } finally {
-    listener.close();
+    listener?.close();
+    if (!handedOver) tracker.close();
   }
 };
 receive().then(

@@ -18,6 +18,7 @@ import { type FrameChannel, memoryChannelPair } from './channel.js';
 import type { ResumeReport, RunningGuest } from './destination-resume.js';
 import {
   type DestinationOutcome,
+  type DestinationParams,
   receiveGuest,
   runDestination,
   startGuestSysgenid,
@@ -154,7 +155,7 @@ export function chainOf(summary: MigrationSummary, destination: DestinationOutco
  * onward summary when the guest did not resume here).
  */
 export async function runRelay(
-  p: MigrateParams,
+  p: MigrateParams & Pick<DestinationParams, 'tracker'>,
   channel: FrameChannel,
   connect: () => Promise<FrameChannel>,
 ): Promise<{ destination: DestinationOutcome; onward?: MigrationSummary }> {

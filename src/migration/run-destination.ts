@@ -40,6 +40,12 @@ export interface DestinationParams<B extends BackendName = 'sim'> {
   /** The destination tracker's database (default: a temporary one, removed at the end). */
   db?: string;
   /**
+   * The tracker, already opened (of `db`) by a caller that listens: a --db
+   * it cannot use is refused before any source connects, rather than
+   * closing on a source that did. The run takes it over (closes it).
+   */
+  tracker?: DestinationTracker;
+  /**
    * The sim guest's memory, of the size this destination was started for
    * (`--memory`), allocated and faulted in by the caller before a source can
    * connect (prepareGuestMemory), as a VMM preallocates guest RAM: a source
@@ -84,7 +90,7 @@ export async function receiveGuest<B extends BackendName = 'sim'>(
   const prepared = p.prepared;
   let tracker: DestinationTracker;
   try {
-    tracker = DestinationTracker.open(p.db);
+    tracker = p.tracker ?? DestinationTracker.open(p.db);
   } catch (err) {
     channel.close(); // a source already connected must not wait out its --peer-timeout for an answer
     throw err;
@@ -191,7 +197,10 @@ export async function runDestination(
   channel: FrameChannel,
   then?: (running: RunningGuest) => Promise<void>,
 ): Promise<DestinationOutcome> {
-  const sysgenid = await startGuestSysgenid(p);
+  const sysgenid = await startGuestSysgenid(p).catch((err: unknown) => {
+    p.tracker?.close(); // handed to this run, which ends here
+    throw err;
+  });
   try {
     const { result, running, report } = await receiveGuest(p, channel, sysgenid);
     try {

@@ -174,7 +174,10 @@ describe('a --listen destination and its peers', () => {
   it('SIGINT to a destination mid-migration: it exits 3 naming the cancel and removes its temporary tracker; the source aborts, told why, its guest running', async () => {
     const tmp = process.env.TMPDIR!; // this test's own (beforeEach): the destination's temporary tracker goes there
     const trackers = () => readdirSync(tmp).filter((n) => n.startsWith('sevtrack-dst-'));
-    const { cli: dest, address } = await destination('unix', listenAddress('unix'));
+    // Its log is created at the source's HELLO: the cancel lands mid-migration.
+    const destLog = join(tempDir(), 'dest-log.db');
+    const { cli: dest, address } = await destination('unix', listenAddress('unix'), ['--log', destLog]);
+    expect(trackers()).toHaveLength(1); // opened before listening
     // 16384 encrypted pages through a PSP of 500 pages/s: the bulk round alone takes half a minute.
     const src = runCli(
       ['migrate', '--role', 'source', '--transport', 'unix', '--connect', address].concat([
@@ -189,8 +192,7 @@ describe('a --listen destination and its peers', () => {
         '--json',
       ]),
     );
-    // The destination opens its tracker once its source connected.
-    await waitFor(() => trackers().length > 0, "the destination's temporary tracker");
+    await waitFor(() => existsSync(destLog), "the destination's log (the source's HELLO)");
     dest.child.kill('SIGINT');
     expect(await dest.exit).toBe(3);
     expect(dest.err()).toMatch(/SIGINT: cancelling the incoming migration/);
@@ -213,5 +215,20 @@ describe('a --listen destination and its peers', () => {
     expect(await dest.exit).toBe(3);
     expect(dest.err()).toMatch(/cancelled by SIGINT \[ERR_CANCELLED\]/);
     expect(existsSync(listen)).toBe(false); // its socket file removed
+    // So is the temporary tracker it opened before listening.
+    expect(readdirSync(process.env.TMPDIR!).filter((n) => n.startsWith('sevtrack-dst-'))).toEqual([]);
+  });
+
+  it('a --db that already holds a migrated guest is refused before listening (exit 2 naming --db), not by closing on the source', async () => {
+    const db = join(tempDir(), 'dest.db');
+    const first = await destination('unix', listenAddress('unix'), ['--db', db]);
+    expect((await source('unix', first.address)).code).toBe(0);
+    expect(await first.cli.exit).toBe(0);
+    const listen = listenAddress('unix');
+    const again = await runCli([...destinationArgs('unix', listen), '--db', db]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toMatch(/already holds vm 1 .*; choose a new --db file \[ERR_INVALID_ARGUMENT\]/);
+    expect(again.stderr).not.toMatch(/listening/);
+    expect(existsSync(listen)).toBe(false);
   });
 });

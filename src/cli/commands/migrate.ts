@@ -9,6 +9,7 @@ import { formatBytes, parseIntIn, parseSize } from '../../common/units.js';
 import { parseWorkload, WORKLOADS } from '../../guest/workloads.js';
 import { ON_NO_CONVERGENCE, type OnNoConvergence } from '../../migration/convergence.js';
 import type { ResumeReport } from '../../migration/destination-resume.js';
+import { DestinationTracker } from '../../migration/destination-tracker.js';
 import {
   connectChannel,
   describeEndpoint,
@@ -468,11 +469,18 @@ export function registerMigrate(program: Command): void {
         if (role === 'destination') {
           if (!f.listen)
             throw new InvalidArgumentError('--listen', '--role destination needs --listen HOST:PORT or PATH');
+          // The tracker opens before listening: a --db it cannot use is
+          // refused now (exit 2), not by closing on a source that connected.
+          const tracker = DestinationTracker.open(p.db);
+          let handedOver = false;
           const listener = await listenChannel(parseEndpoint(f.listen, p.transport, '--listen'), {
             peerTimeoutMs: p.peerTimeoutMs,
             handshakeTimeoutMs: p.handshakeTimeoutMs,
             // Always on stderr: the destination keeps listening for its source.
             onStray: (reason) => process.stderr.write(`destination: ${reason}; still listening\n`),
+          }).catch((err: unknown) => {
+            tracker.close();
+            throw err;
           });
           // SIGINT/SIGTERM: the destination stops listening, or stops taking
           // its source's frames and ends through its error path (it tells
@@ -495,15 +503,16 @@ export function registerMigrate(program: Command): void {
             // Always on stderr (also with --json): a script reads the bound port from it.
             process.stderr.write(`destination listening on ${describeEndpoint(listener.endpoint)}\n`);
             const channel = await listener.accept();
+            handedOver = true; // the run closes the tracker from here
             let r: DestinationOutcome;
             let onward: MigrationSummary | undefined;
             if (f.thenConnect) {
               const to = parseEndpoint(f.thenConnect, p.transport, '--then-connect');
-              ({ destination: r, onward } = await runRelay(p, channel, () =>
+              ({ destination: r, onward } = await runRelay({ ...p, tracker }, channel, () =>
                 connectChannel(to, p.peerTimeoutMs),
               ));
             } else {
-              r = await runDestination({ ...p, prepared }, channel);
+              r = await runDestination({ ...p, prepared, tracker }, channel);
             }
             if (f.json) process.stdout.write(`${destinationJson(r, onward)}\n`);
             else {
@@ -525,6 +534,7 @@ export function registerMigrate(program: Command): void {
             cancel.signal.removeEventListener('abort', stop);
             cancel.dispose();
             listener.close();
+            if (!handedOver) tracker.close();
           }
         }
         // The source side (alone or with its destination here) stops cleanly on SIGINT/SIGTERM.
