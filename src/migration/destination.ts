@@ -160,7 +160,7 @@ export class MigrationDestination<M extends MigratableMemory = GuestMemory> {
         throw new PeerError(`expected HELLO from the source, got message ${first.type}`);
       hello = decodeHello(first.payload);
     } catch (err) {
-      await ch.send(Msg.ABORT, encodeText((err as Error).message)).catch(() => {});
+      await rejectionWithin(ch.send(Msg.ABORT, encodeText((err as Error).message)), 1000);
       throw err;
     }
     let memory: M;

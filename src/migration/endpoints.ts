@@ -283,10 +283,8 @@ function withFirstFrame(channel: FrameChannel, first: Frame): FrameChannel {
       pending = undefined;
       return f ? Promise.resolve(f) : channel.next(timeoutMs, timeoutError);
     },
-    stopReceiving: (reason) => {
-      pending = undefined;
-      channel.stopReceiving(reason);
-    },
+    // A handshake that had arrived is still handed out, as by any channel.
+    stopReceiving: (reason) => channel.stopReceiving(reason),
     close: () => channel.close(),
   };
 }

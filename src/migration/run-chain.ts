@@ -159,8 +159,12 @@ export async function runRelay(
   channel: FrameChannel,
   connect: () => Promise<FrameChannel>,
 ): Promise<{ destination: DestinationOutcome; onward?: MigrationSummary }> {
-  if (p.backend !== 'sim')
+  if (p.backend !== 'sim') {
+    // Handed to this run as to runDestination, which ends here.
+    p.tracker?.close();
+    channel.close();
     throw new InvalidArgumentError('--then-connect', `onward migrations run sim guests, not ${p.backend}`);
+  }
   let onward: MigrationSummary | undefined;
   const destination = await runDestination(p, channel, async (running) => {
     const next = await connect();

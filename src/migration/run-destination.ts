@@ -244,8 +244,8 @@ export interface DestinationWorkerData extends Pick<DestinationParams, 'db'> {
 
 /**
  * What the worker reports back: that it is ready (once; with the bound
- * address when it listens: its memory prepared, its tracker opened once the
- * source connects), then the verdict, without the guest.
+ * address when it listens: its memory prepared, its tracker open), then the
+ * verdict, without the guest.
  */
 export type DestinationWorkerMessage = { ready: true; endpoint?: Endpoint } | DestinationWorkerResult;
 

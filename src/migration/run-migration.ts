@@ -470,7 +470,9 @@ export async function migrateLocally(
     // over an in-memory channel (the addon's VMs live in the main thread).
     const [a, b] = memoryChannelPair(MIGRATION_FRAME);
     srcChannel = a;
-    destination = runDestination({ ...p, log: undefined, handshakeTimeoutMs: 0 }, b);
+    // The cancel is the source's (p.signal): it tells this destination, and
+    // past its digests lets the migration finish; the destination has none of its own.
+    destination = runDestination({ ...p, log: undefined, handshakeTimeoutMs: 0, signal: undefined }, b);
   } else if (p.transport === 'inproc' || (p.backend === 'sim' && !p.watchers)) {
     // The destination on its own thread (and core), reached through a
     // MessagePort (inproc) or a real socket it listens on (unix, tcp).
@@ -515,7 +517,9 @@ export async function migrateLocally(
       removeDir();
     };
     // One log per migration: the source's (a two-process destination keeps its own).
-    destination = listener.accept().then((ch) => runDestination({ ...p, log: undefined, prepared }, ch));
+    destination = listener
+      .accept()
+      .then((ch) => runDestination({ ...p, log: undefined, prepared, signal: undefined }, ch));
     srcChannel = await connectChannel(listener.endpoint, p.peerTimeoutMs);
   }
   destination.catch(() => {});

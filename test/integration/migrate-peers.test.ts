@@ -77,6 +77,11 @@ async function dial(transport: Transport, address: string): Promise<net.Socket> 
   return s;
 }
 
+/** The temporary trackers of destinations started in this test (their TMPDIR is the test's own). */
+function trackerDirs(): string[] {
+  return readdirSync(process.env.TMPDIR!).filter((n) => n.startsWith('sevtrack-dst-'));
+}
+
 function listenAddress(transport: Transport): string {
   return transport === 'tcp' ? '127.0.0.1:0' : join(tempDir(), 'd.sock');
 }
@@ -165,19 +170,51 @@ describe('a --listen destination and its peers', () => {
           : /is held by a live server; stop it or choose another --listen path \[ERR_SOCKET_IN_USE\]/,
       );
       expect(second.stderr).not.toMatch(/ERR_PEER/);
+      expect(trackerDirs()).toHaveLength(1); // the first's: the second removed the one it opened
       const src = await source(transport, first.address);
       expect(src.code).toBe(0);
       expect(await first.cli.exit).toBe(0);
+      expect(trackerDirs()).toEqual([]);
     });
   }
 
+  it('flags it cannot use are refused at start (exit 2 naming them): nothing listens and no tracker is left', async () => {
+    const unix = listenAddress('unix');
+    const cases: [string[], RegExp][] = [
+      [
+        ['migrate', '--role', 'destination', '--listen', unix],
+        /--listen needs --transport unix or tcp .*\[ERR_INVALID_ARGUMENT\]/,
+      ],
+      [
+        [...destinationArgs('unix', unix), '--then-connect', join(tempDir(), 'x'.repeat(120))],
+        /--then-connect/,
+      ],
+      [
+        [
+          ...destinationArgs('unix', unix),
+          '--backend',
+          'kvm',
+          '--then-connect',
+          join(tempDir(), 'next.sock'),
+        ],
+        /--then-connect is not for --backend kvm/,
+      ],
+    ];
+    for (const [args, error] of cases) {
+      const r = await runCli(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr).toMatch(error);
+      expect(r.stderr).not.toMatch(/listening/);
+      expect(existsSync(unix)).toBe(false);
+      expect(trackerDirs()).toEqual([]);
+    }
+  });
+
   it('SIGINT to a destination mid-migration: it exits 3 naming the cancel and removes its temporary tracker; the source aborts, told why, its guest running', async () => {
-    const tmp = process.env.TMPDIR!; // this test's own (beforeEach): the destination's temporary tracker goes there
-    const trackers = () => readdirSync(tmp).filter((n) => n.startsWith('sevtrack-dst-'));
     // Its log is created at the source's HELLO: the cancel lands mid-migration.
     const destLog = join(tempDir(), 'dest-log.db');
     const { cli: dest, address } = await destination('unix', listenAddress('unix'), ['--log', destLog]);
-    expect(trackers()).toHaveLength(1); // opened before listening
+    expect(trackerDirs()).toHaveLength(1); // opened before listening
     // 16384 encrypted pages through a PSP of 500 pages/s: the bulk round alone takes half a minute.
     const src = runCli(
       ['migrate', '--role', 'source', '--transport', 'unix', '--connect', address].concat([
@@ -197,7 +234,7 @@ describe('a --listen destination and its peers', () => {
     expect(await dest.exit).toBe(3);
     expect(dest.err()).toMatch(/SIGINT: cancelling the incoming migration/);
     expect(dest.err()).toMatch(/cancelled by SIGINT \[ERR_CANCELLED\]/);
-    expect(trackers()).toEqual([]);
+    expect(trackerDirs()).toEqual([]);
     const s = await src;
     expect(s.code).toBe(3);
     // The destination said why before it closed: the source names the cancel, not a lost peer.
@@ -215,8 +252,7 @@ describe('a --listen destination and its peers', () => {
     expect(await dest.exit).toBe(3);
     expect(dest.err()).toMatch(/cancelled by SIGINT \[ERR_CANCELLED\]/);
     expect(existsSync(listen)).toBe(false); // its socket file removed
-    // So is the temporary tracker it opened before listening.
-    expect(readdirSync(process.env.TMPDIR!).filter((n) => n.startsWith('sevtrack-dst-'))).toEqual([]);
+    expect(trackerDirs()).toEqual([]); // so is the temporary tracker it opened before listening
   });
 
   it('a --db that already holds a migrated guest is refused before listening (exit 2 naming --db), not by closing on the source', async () => {

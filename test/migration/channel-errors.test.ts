@@ -10,7 +10,13 @@ import { join } from 'node:path';
 import { MessageChannel } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PeerError } from '../../src/common/errors.js';
-import { type FrameChannel, Inbox, memoryChannelPair, SocketChannel } from '../../src/migration/channel.js';
+import {
+  CHANNEL_WINDOW,
+  type FrameChannel,
+  Inbox,
+  memoryChannelPair,
+  SocketChannel,
+} from '../../src/migration/channel.js';
 import { portChannel } from '../../src/migration/port-channel.js';
 import { MIGRATION_FRAME, Msg } from '../../src/migration/stream.js';
 import { tempDir } from '../support/tmp.js';
@@ -230,7 +236,10 @@ describe('frame channels fail cleanly', () => {
       const reason = new Error('cancelled by SIGINT');
       a.stopReceiving(reason);
       await expect(waiting).rejects.toBe(reason);
-      await b.send(Msg.ROUND_END, new Uint8Array(4)); // arrives, but is not taken
+      // More than a window of frames arrive after it: each is dropped and its
+      // credit returned, so the peer's sends never stall (nor hit their timeout).
+      for (let i = 0; i < CHANNEL_WINDOW + 4; i++) await b.send(Msg.ROUND_END, new Uint8Array(4));
+      await new Promise((r) => setTimeout(r, 20)); // let the last arrive
       await expect(a.next(60_000)).rejects.toBe(reason);
       await a.send(Msg.ABORT, Buffer.from('cancelled by SIGINT'));
       const told = await b.next(5000);

@@ -251,33 +251,86 @@ describe('migration failure paths leave the source guest running and intact', ()
   });
 });
 
-describe('a cancel past the point of return', () => {
-  it('once the digests are out, a cancel on either side lets the migration finish: verified, resumed at the destination', async () => {
+describe('a cancel near the point of return', () => {
+  /**
+   * A migration of the scripted guest whose source channel runs `onDigests`
+   * around sending DIGESTS; the destination takes the frame after the vCPU
+   * state (the digests) only once that is done, so what `onDigests` does
+   * happens while the digests are queued, not yet taken.
+   */
+  function aroundDigests(
+    onDigests: (send: () => Promise<void>) => Promise<void>,
+    destinationSignal: AbortSignal,
+  ) {
     const { store, guest } = scriptedSetup();
     const [a, b] = memoryChannelPair(MIGRATION_FRAME);
-    const sourceCancel = new AbortController();
-    const destinationCancel = new AbortController();
-    // Both operators cancel the moment the source's digests go out.
-    const cancelling: FrameChannel = {
+    let digestsDone!: () => void;
+    const digestsHandled = new Promise<void>((r) => {
+      digestsDone = r;
+    });
+    let afterVmsa = false;
+    const destinationSide: FrameChannel = {
+      ...b,
+      next: async (t, e) => {
+        if (afterVmsa) await digestsHandled;
+        const f = await b.next(t, e);
+        if (f.type === Msg.VMSA) afterVmsa = true;
+        return f;
+      },
+    };
+    const sourceSide: FrameChannel = {
       ...a,
       send: async (type, payload) => {
-        await a.send(type, payload);
-        if (type === Msg.DIGESTS) {
-          sourceCancel.abort(new Error('cancelled at the source'));
-          destinationCancel.abort(new Error('cancelled at the destination'));
-        }
+        if (type !== Msg.DIGESTS) return a.send(type, payload);
+        await onDigests(() => a.send(type, payload));
+        digestsDone();
       },
     };
     const dest = new MigrationDestination({
-      channel: b,
+      channel: destinationSide,
       peerTimeoutMs: 5000,
-      signal: destinationCancel.signal,
+      signal: destinationSignal,
     }).run();
-    const summary = await sourceOver(guest, store, cancelling, { signal: sourceCancel.signal }).run();
-    expect(sourceCancel.signal.aborted && destinationCancel.signal.aborted).toBe(true);
+    dest.catch(() => {});
+    return { guest, store, sourceSide, dest };
+  }
+
+  it('a source cancelled once its digests are out finishes the migration: verified, resumed at the destination', async () => {
+    const cancel = new AbortController();
+    const { guest, store, sourceSide, dest } = aroundDigests(async (send) => {
+      await send();
+      cancel.abort(new Error('cancelled at the source'));
+    }, new AbortController().signal);
+    const summary = await sourceOver(guest, store, sourceSide, { signal: cancel.signal }).run();
+    expect(cancel.signal.aborted).toBe(true);
     expect(summary).toMatchObject({ verified: true, resumed: true, generationAfter: 1 });
     expect((await dest).resumed).toBe(true);
     // The source guest stays paused: it lives on at the destination now.
     expect(guest.paused).toBe(true);
+  });
+
+  it('a destination cancelled with the digests in (arrived, not yet taken) finishes the migration', async () => {
+    const cancel = new AbortController();
+    const { guest, store, sourceSide, dest } = aroundDigests(async (send) => {
+      await send();
+      cancel.abort(new Error('cancelled at the destination'));
+    }, cancel.signal);
+    const summary = await sourceOver(guest, store, sourceSide).run();
+    expect(summary).toMatchObject({ verified: true, resumed: true });
+    expect((await dest).resumed).toBe(true);
+    expect(guest.paused).toBe(true);
+  });
+
+  it('a destination cancelled just before the digests arrive aborts: the source, already paused for good, is told and runs its guest on', async () => {
+    const cancel = new AbortController();
+    const { guest, store, sourceSide, dest } = aroundDigests(async (send) => {
+      cancel.abort(new Error('cancelled at the destination'));
+      await send(); // dropped: the destination takes no more frames
+    }, cancel.signal);
+    await expect(sourceOver(guest, store, sourceSide).run()).rejects.toThrow(
+      /the destination aborted: cancelled at the destination/,
+    );
+    await expect(dest).rejects.toThrow('cancelled at the destination');
+    expect(guest.paused).toBe(false);
   });
 });

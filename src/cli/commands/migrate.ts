@@ -13,6 +13,7 @@ import { DestinationTracker } from '../../migration/destination-tracker.js';
 import {
   connectChannel,
   describeEndpoint,
+  type Listener,
   listenChannel,
   parseEndpoint,
   type Transport,
@@ -469,30 +470,34 @@ export function registerMigrate(program: Command): void {
         if (role === 'destination') {
           if (!f.listen)
             throw new InvalidArgumentError('--listen', '--role destination needs --listen HOST:PORT or PATH');
-          // The tracker opens before listening: a --db it cannot use is
-          // refused now (exit 2), not by closing on a source that connected.
-          const tracker = DestinationTracker.open(p.db);
-          let handedOver = false;
-          const listener = await listenChannel(parseEndpoint(f.listen, p.transport, '--listen'), {
-            peerTimeoutMs: p.peerTimeoutMs,
-            handshakeTimeoutMs: p.handshakeTimeoutMs,
-            // Always on stderr: the destination keeps listening for its source.
-            onStray: (reason) => process.stderr.write(`destination: ${reason}; still listening\n`),
-          }).catch((err: unknown) => {
-            tracker.close();
-            throw err;
-          });
+          const at = parseEndpoint(f.listen, p.transport, '--listen');
+          const onwardTo = f.thenConnect
+            ? parseEndpoint(f.thenConnect, p.transport, '--then-connect')
+            : undefined;
           // SIGINT/SIGTERM: the destination stops listening, or stops taking
           // its source's frames and ends through its error path (it tells
           // the source why, which runs its guest on, and removes its
           // temporary tracker); exit 3. A run past the source's digests, or
           // finished meanwhile, reports its outcome. With --then-connect,
-          // the onward source stops as any source does.
+          // the onward source stops as any source does. Installed before
+          // anything is opened, so a signal during set-up ends it cleanly too.
           const cancel = cancelOnSignals('the incoming migration (nothing is resumed here)');
           p.signal = cancel.signal;
-          const stop = () => listener.close();
+          let tracker: DestinationTracker | undefined;
+          let listener: Listener | undefined;
+          const stop = () => listener?.close();
           cancel.signal.addEventListener('abort', stop);
           try {
+            // The tracker opens before listening: a --db it cannot use is
+            // refused now (exit 2), not by closing on a source that connected.
+            tracker = DestinationTracker.open(p.db);
+            listener = await listenChannel(at, {
+              peerTimeoutMs: p.peerTimeoutMs,
+              handshakeTimeoutMs: p.handshakeTimeoutMs,
+              // Always on stderr: the destination keeps listening for its source.
+              onStray: (reason) => process.stderr.write(`destination: ${reason}; still listening\n`),
+            });
+            cancel.signal.throwIfAborted(); // a signal while it bound its address
             // --memory given: the guest's memory is prepared now, before this
             // side says it listens (a source connects only then), and a
             // source of another size is refused (a relay allocates at the HELLO).
@@ -503,16 +508,16 @@ export function registerMigrate(program: Command): void {
             // Always on stderr (also with --json): a script reads the bound port from it.
             process.stderr.write(`destination listening on ${describeEndpoint(listener.endpoint)}\n`);
             const channel = await listener.accept();
-            handedOver = true; // the run closes the tracker from here
+            const handed = tracker;
+            tracker = undefined; // the run closes it from here
             let r: DestinationOutcome;
             let onward: MigrationSummary | undefined;
-            if (f.thenConnect) {
-              const to = parseEndpoint(f.thenConnect, p.transport, '--then-connect');
-              ({ destination: r, onward } = await runRelay({ ...p, tracker }, channel, () =>
-                connectChannel(to, p.peerTimeoutMs),
+            if (onwardTo) {
+              ({ destination: r, onward } = await runRelay({ ...p, tracker: handed }, channel, () =>
+                connectChannel(onwardTo, p.peerTimeoutMs),
               ));
             } else {
-              r = await runDestination({ ...p, prepared, tracker }, channel);
+              r = await runDestination({ ...p, prepared, tracker: handed }, channel);
             }
             if (f.json) process.stdout.write(`${destinationJson(r, onward)}\n`);
             else {
@@ -533,8 +538,8 @@ export function registerMigrate(program: Command): void {
           } finally {
             cancel.signal.removeEventListener('abort', stop);
             cancel.dispose();
-            listener.close();
-            if (!handedOver) tracker.close();
+            listener?.close();
+            tracker?.close();
           }
         }
         // The source side (alone or with its destination here) stops cleanly on SIGINT/SIGTERM.
