@@ -16,7 +16,7 @@
  * After resume its database is the authoritative state of the VM: the
  * resumed guest's exits go into it, and a migration onward reads it.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { InvalidArgumentError } from '../common/errors.js';
@@ -40,9 +40,14 @@ export class DestinationTracker {
   private arrived: PageBitmap | undefined;
   private npages = 0;
 
+  /** Whether a guest was announced (begin): from then on a named database is the run's record. */
+  private begun = false;
+
   private constructor(
     readonly store: CbitStore,
     private readonly ownedDir: string | undefined,
+    /** The named database, when this open created it: removed again if no guest ever came. */
+    private readonly createdPath: string | undefined,
   ) {}
 
   /**
@@ -51,6 +56,7 @@ export class DestinationTracker {
    */
   static open(path?: string): DestinationTracker {
     const ownedDir = path === undefined ? mkdtempSync(join(tmpdir(), 'sevtrack-dst-')) : undefined;
+    const createdPath = path !== undefined && !existsSync(path) ? path : undefined;
     const store = CbitStore.open(path ?? join(ownedDir as string, 'destination.db'), {
       synchronous: 'NORMAL',
     });
@@ -61,11 +67,12 @@ export class DestinationTracker {
         `${path} already holds vm ${DESTINATION_VM} (a guest migrated here before); choose a new --db file`,
       );
     }
-    return new DestinationTracker(store, ownedDir);
+    return new DestinationTracker(store, ownedDir, createdPath);
   }
 
   /** HELLO: registers the VM (npages, every page private until a page says otherwise). */
   begin(npages: number): void {
+    this.begun = true;
     this.store.registerVm(DESTINATION_VM, npages);
     this.arrived = new PageBitmap(npages);
     this.arrived.setRange(0, npages);
@@ -124,8 +131,15 @@ export class DestinationTracker {
     if (this.store.hasVm(DESTINATION_VM)) this.store.unregisterVm(DESTINATION_VM);
   }
 
+  /**
+   * Closes the database. A temporary one is removed; so is a named one this
+   * open created if no source ever announced a guest (a destination that
+   * failed or was cancelled before its source came leaves nothing behind).
+   */
   close(): void {
     this.store.close();
     if (this.ownedDir) rmSync(this.ownedDir, { recursive: true, force: true });
+    if (this.createdPath && !this.begun)
+      for (const suffix of ['', '-wal', '-shm']) rmSync(`${this.createdPath}${suffix}`, { force: true });
   }
 }

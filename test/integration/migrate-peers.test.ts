@@ -255,6 +255,16 @@ describe('a --listen destination and its peers', () => {
     expect(trackerDirs()).toEqual([]); // so is the temporary tracker it opened before listening
   });
 
+  it('a destination cancelled before its source came removes the --db file it created', async () => {
+    const db = join(tempDir(), 'never-used.db');
+    const { cli: dest } = await destination('unix', listenAddress('unix'), ['--db', db]);
+    expect(existsSync(db)).toBe(true); // opened before listening
+    dest.child.kill('SIGINT');
+    expect(await dest.exit).toBe(3);
+    expect(existsSync(db)).toBe(false);
+    expect(existsSync(`${db}-wal`)).toBe(false);
+  });
+
   it('a --db that already holds a migrated guest is refused before listening (exit 2 naming --db), not by closing on the source', async () => {
     const db = join(tempDir(), 'dest.db');
     const first = await destination('unix', listenAddress('unix'), ['--db', db]);

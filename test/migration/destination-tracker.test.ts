@@ -4,7 +4,7 @@
  * the final state applied, and the checks that turn a stale perspective or
  * a state that is not the guest's own into a protocol error before resume.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
@@ -77,6 +77,25 @@ describe('DestinationTracker', () => {
     const store = CbitStore.open(path, { readonly: true });
     expect(store.vmIds()).toEqual([1]);
     store.close();
+  });
+
+  it('a --db it created is removed again if no guest came; one that existed, or that a guest came to, stays', () => {
+    const dir = tempDir();
+    const unused = join(dir, 'unused.db');
+    DestinationTracker.open(unused).close(); // failed or cancelled before a source came
+    expect(readdirSync(dir)).toEqual([]);
+
+    const existing = join(dir, 'existing.db');
+    CbitStore.open(existing).close(); // the operator's own, empty database
+    DestinationTracker.open(existing).close();
+    expect(existsSync(existing)).toBe(true);
+
+    const began = join(dir, 'began.db');
+    const t = DestinationTracker.open(began);
+    t.begin(8);
+    t.discard(); // a migration that came and failed: its record of that stays
+    t.close();
+    expect(existsSync(began)).toBe(true);
   });
 
   it('discards the VM of a migration that did not resume; a temporary database goes with close()', () => {
