@@ -89,10 +89,10 @@ export class ExitDrainer {
   private failure: Error | undefined;
 
   /**
-   * Stops the periodic drains after one last drain of everything published;
-   * `abandon`: without it (the vCPUs were terminated, the guest and its host
-   * are discarded: a slot a killed vCPU claimed but never published would
-   * hold the last drain up).
+   * Stops the periodic drains after one last drain of everything published.
+   * `abandon` skips that last drain: the vCPUs were terminated and the guest
+   * and its host are discarded, and a slot a killed vCPU claimed but never
+   * published would hold the drain up.
    */
   async stop(options: { abandon?: boolean } = {}): Promise<void> {
     try {
