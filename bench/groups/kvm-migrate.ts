@@ -12,7 +12,7 @@ import { DEFAULT_PARAMS, type MigrateParams, migrateLocally } from '../../src/mi
 import type { MigrationSummary } from '../../src/migration/source.js';
 import { kvmSkipReason } from '../../src/vmm/kvm/availability.js';
 import type { BenchGroup } from '../harness.js';
-import { pagesPerSecond } from '../support/throughput.js';
+import { noteDowntimePhases, pagesPerSecond } from '../support/throughput.js';
 
 const MIB = 2 ** 20;
 
@@ -44,6 +44,8 @@ export const kvmMigrateGroup: BenchGroup = {
       const kvm = await migrate({ backend: 'kvm', memoryBytes });
       const sim = await migrate({ backend: 'sim', memoryBytes });
       const what = `${memoryBytes / MIB} MiB churn, 2 vCPUs, safe`;
+      noteDowntimePhases(`kvm-migrate ${what}, kvm`, kvm);
+      noteDowntimePhases(`kvm-migrate ${what}, sim`, sim);
       report({
         name: `kvm migration pages/s, ${what}, ${kvm.rounds} rounds${flag(kvm)}`,
         value: pagesPerSecond(kvm),

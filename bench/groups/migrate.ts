@@ -16,7 +16,7 @@ import { DEFAULT_PARAMS, type MigrateParams, migrateLocally } from '../../src/mi
 import type { MigrationSummary } from '../../src/migration/source.js';
 import type { BenchGroup } from '../harness.js';
 import { ENGINE_DIGEST, measurePageLimits, mixedLimit, type PageLimits } from '../support/limits.js';
-import { pagesPerSecond } from '../support/throughput.js';
+import { noteDowntimePhases, pagesPerSecond } from '../support/throughput.js';
 
 const GIB = 2 ** 30;
 /** The handoff's memory on each side (128 MiB: far beyond the caches) and its passes (1 GiB of pages in all). */
@@ -151,6 +151,7 @@ export const migrateGroup: BenchGroup = {
     // While paused, the final round's pages must be moved and verified; the
     // c-bit diff and state are small next to them. Priced at the encrypted
     // per-page limit (the dearer kind), so the limit is not understated.
+    noteDowntimePhases('migrate 2 GiB mixed', big.summary);
     const pausedMs = (big.pausedPages / bigLimits.encrypted) * 1000;
     report({
       name: `downtime, 2 GiB mixed guest (ms, lower is better; ${big.pausedPages} pages paused)${big.flag}`,

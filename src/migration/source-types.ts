@@ -63,6 +63,23 @@ export interface RoundProgress {
   bandwidthMBps: number;
 }
 
+/**
+ * Where the downtime went, step by step from the source's side (they add up
+ * to downtimeMs): a figure well over --max-downtime says which step to look
+ * at, e.g. a slow disk under the trackers' commits shows in readsMs (the
+ * source's) or destinationMs (the destination's, on ROUND_END and at resume).
+ */
+export interface DowntimePhases {
+  /** The paused round's harvest and c-bit sync (the tracker commits what it consumed first). */
+  readsMs: number;
+  /** The paused round's pages sent, up to the destination's ROUND_ACK. */
+  pagesMs: number;
+  /** The c-bit state, migration control, vCPU state and the reference's view MACs sent. */
+  stateMs: number;
+  /** From the view MACs sent to RESULT: the destination's verification and resume. */
+  destinationMs: number;
+}
+
 /** The destination's verdict (VerifyResult: verified, resumed, compared, skipped and mismatched pages, message) and the run's figures. */
 export interface MigrationSummary extends VerifyResult {
   /** The guest's backend (sim, kvm). */
@@ -78,6 +95,8 @@ export interface MigrationSummary extends VerifyResult {
   bytes: number;
   throughputMBps: number;
   downtimeMs: number;
+  /** downtimeMs step by step. */
+  downtimePhases: DowntimePhases;
   totalMs: number;
   generationBefore: number;
   protocol: Protocol;

@@ -31,7 +31,12 @@ import { PageSender } from './page-sender.js';
 import { PspSession } from './psp.js';
 import { type RoundReadResult, RoundReads } from './round-reads.js';
 import { ReferenceDigests } from './source-digests.js';
-import { MigrationRefusedError, type MigrationSummary, type SourceOptions } from './source-types.js';
+import {
+  type DowntimePhases,
+  MigrationRefusedError,
+  type MigrationSummary,
+  type SourceOptions,
+} from './source-types.js';
 import {
   decodeHelloAck,
   decodeResult,
@@ -47,7 +52,7 @@ import {
   type VerifyResult,
 } from './stream.js';
 
-export type { MigrationSummary, RoundProgress, SourceOptions } from './source-types.js';
+export type { DowntimePhases, MigrationSummary, RoundProgress, SourceOptions } from './source-types.js';
 export { MigrationRefusedError } from './source-types.js';
 
 export class MigrationSource {
@@ -67,7 +72,8 @@ export class MigrationSource {
   private bandwidth = 0;
   /** Bytes and send time of the live rounds since the bandwidth was last set. */
   private unmeasured = { bytes: 0, ms: 0 };
-  private pausedAt = 0;
+  /** When the guest paused, then when each paused step ended (DowntimePhases' order). */
+  private pausedMarks: number[] = [];
   private readonly convergence: Convergence;
   private decision: Decision | undefined;
   /** Whether the destination's reference digests had their first pass at the last ROUND_ACK. */
@@ -196,6 +202,7 @@ export class MigrationSource {
       // The last point of return: once the digests are out, the destination may resume.
       cancelled();
       await this.sendDigests();
+      this.markPaused(); // state
       return await this.verdict(t0, generationBefore);
     } catch (err) {
       throw await this.abort(err);
@@ -363,7 +370,7 @@ export class MigrationSource {
   /** Pauses the guest: from here its memory and page tables no longer change. */
   private async pause(): Promise<void> {
     await this.o.guest.pause();
-    this.pausedAt = performance.now();
+    this.pausedMarks = [performance.now()];
     this.round++;
     const memory = this.o.guest.memory;
     this.o.log?.pause(
@@ -399,8 +406,10 @@ export class MigrationSource {
       }
       state = s.state;
     }
+    this.markPaused(); // reads
     await this.sendPages(round, d.runs(), state);
     await this.endRound(round);
+    this.markPaused(); // pages
     this.o.onRound?.({
       round,
       paused: true,
@@ -457,7 +466,15 @@ export class MigrationSource {
   private async verdict(t0: number, generationBefore: number): Promise<MigrationSummary> {
     const { guest } = this.o;
     const result: VerifyResult = decodeResult(await this.expect(Msg.RESULT));
-    const downtimeMs = performance.now() - this.pausedAt;
+    this.markPaused(); // destination
+    const [paused, reads, pages, state, destination] = this.pausedMarks;
+    const downtimeMs = destination - paused;
+    const downtimePhases: DowntimePhases = {
+      readsMs: reads - paused,
+      pagesMs: pages - reads,
+      stateMs: state - pages,
+      destinationMs: destination - state,
+    };
     this.o.log?.verification(this.round, { ...result, mode: this.o.verify });
     this.o.log?.resume(this.round, result.resumed ? 'destination' : 'source');
     if (result.resumed)
@@ -482,6 +499,7 @@ export class MigrationSource {
       ...this.stats,
       throughputMBps: this.stats.bytes / 1e6 / (totalMs / 1000),
       downtimeMs,
+      downtimePhases,
       totalMs,
       generationBefore,
       generationAfter: result.resumed ? result.generationAfter : generationBefore,
@@ -489,6 +507,10 @@ export class MigrationSource {
       verify: this.o.verify,
       message: result.message,
     };
+  }
+
+  private markPaused(): void {
+    this.pausedMarks.push(performance.now());
   }
 
   /** Rule 6: the source guest runs on, unpaused, untouched; the peer is told why. Returns the error to throw. */

@@ -18,6 +18,7 @@ const SUMMARY_FIELDS = [
   'pagesSent',
   'cbitRetransmits',
   'downtimeMs',
+  'downtimePhases',
   'throughputMBps',
   'generationBefore',
   'generationAfter',
@@ -51,6 +52,9 @@ describe('sevtrack migrate', () => {
     expect(r.stderr).toMatch(/round 0: 4096 pages sent in all/);
     expect(r.stdout).toMatch(/migration verified \(safe, strict\): 16 MiB guest/);
     expect(r.stdout).toMatch(/generation 0 -> 1/);
+    expect(r.stdout).toMatch(
+      /final reads [\d.]+ ms, final pages [\d.]+ ms, state [\d.]+ ms, destination's check and resume [\d.]+ ms/,
+    );
     const db = new Database(log, { readonly: true });
     const kinds = (db.prepare('SELECT DISTINCT kind FROM events').all() as { kind: string }[]).map(
       (k) => k.kind,
