@@ -70,6 +70,29 @@ export class DestinationTracker {
     return new DestinationTracker(store, ownedDir, createdPath);
   }
 
+  /**
+   * For a destination that listens before its source connects: opens the
+   * tracker of `path` first (a database it cannot use is refused before
+   * anything listens), then runs `body`. `handOver()` gives the tracker to
+   * the run, which closes it from then on; if `body` ends (returns or
+   * throws) without handing it over, the tracker is closed here.
+   */
+  static async whileListening<T>(
+    path: string | undefined,
+    body: (handOver: () => DestinationTracker) => Promise<T>,
+  ): Promise<T> {
+    const tracker = DestinationTracker.open(path);
+    let handed = false;
+    try {
+      return await body(() => {
+        handed = true;
+        return tracker;
+      });
+    } finally {
+      if (!handed) tracker.close();
+    }
+  }
+
   /** HELLO: registers the VM (npages, every page private until a page says otherwise). */
   begin(npages: number): void {
     this.begun = true;

@@ -74,26 +74,25 @@ const receive = async () => {
       : await prepareGuestMemory(data.preparedNpages, stopped.signal);
   if (port) return run(port, prepared, () => ready());
   if (!('listen' in data.link)) throw new Error('destination worker: no link to the source');
+  const at = data.link.listen;
   // The tracker opens before listening: a --db it cannot use is refused
   // now, so the source is told why instead of finding its connection closed.
-  const tracker = DestinationTracker.open(data.db);
-  let handedOver = false;
-  try {
-    // No handshake timeout: our own source connects once it has booted its
-    // guest, and says HELLO at once; the address is private to this run.
-    listener = await listenChannel(data.link.listen, {
-      peerTimeoutMs: data.peerTimeoutMs,
-      handshakeTimeoutMs: 0,
-    });
-    stopped.signal.throwIfAborted();
-    ready(listener.endpoint);
-    channel = await listener.accept();
-    handedOver = true;
-    return await run(channel, prepared, undefined, tracker);
-  } finally {
-    listener?.close();
-    if (!handedOver) tracker.close();
-  }
+  return DestinationTracker.whileListening(data.db, async (handOver) => {
+    try {
+      // No handshake timeout: our own source connects once it has booted its
+      // guest, and says HELLO at once; the address is private to this run.
+      listener = await listenChannel(at, {
+        peerTimeoutMs: data.peerTimeoutMs,
+        handshakeTimeoutMs: 0,
+      });
+      stopped.signal.throwIfAborted();
+      ready(listener.endpoint);
+      channel = await listener.accept();
+      return await run(channel, prepared, undefined, handOver());
+    } finally {
+      listener?.close();
+    }
+  });
 };
 receive().then(
   (r) => parentPort!.postMessage({ ok: true, ...r } satisfies DestinationWorkerMessage),

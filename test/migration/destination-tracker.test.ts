@@ -98,6 +98,33 @@ describe('DestinationTracker', () => {
     expect(existsSync(began)).toBe(true);
   });
 
+  it('whileListening closes a tracker nobody took over, and leaves one handed over to its run', async () => {
+    const dir = tempDir();
+    // Failed before a source came (a listener that could not bind): closed,
+    // the --db it created removed.
+    const failed = join(dir, 'failed.db');
+    await expect(
+      DestinationTracker.whileListening(failed, async () => {
+        throw new Error('EADDRINUSE');
+      }),
+    ).rejects.toThrow('EADDRINUSE');
+    expect(existsSync(failed)).toBe(false);
+    // Handed over: the run owns it, even when the run then fails.
+    const handed = join(dir, 'handed.db');
+    let taken: DestinationTracker | undefined;
+    await expect(
+      DestinationTracker.whileListening(handed, async (handOver) => {
+        taken = handOver();
+        throw new Error('the run failed');
+      }),
+    ).rejects.toThrow('the run failed');
+    taken!.begin(8); // still open: the run closes it
+    taken!.close();
+    expect(existsSync(handed)).toBe(true);
+    // What the body returns comes back.
+    await expect(DestinationTracker.whileListening(join(dir, 'r.db'), async () => 42)).resolves.toBe(42);
+    expect(existsSync(join(dir, 'r.db'))).toBe(false);
+  });
   it('discards the VM of a migration that did not resume; a temporary database goes with close()', () => {
     const t = DestinationTracker.open();
     const path = t.store.path;

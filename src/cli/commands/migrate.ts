@@ -491,54 +491,53 @@ export function registerMigrate(program: Command): void {
           // anything is opened, so a signal during set-up ends it cleanly too.
           const cancel = cancelOnSignals('the incoming migration (nothing is resumed here)');
           p.signal = cancel.signal;
-          let tracker: DestinationTracker | undefined;
           let listener: Listener | undefined;
           const stop = () => listener?.close();
           cancel.signal.addEventListener('abort', stop);
           try {
             // The tracker opens before listening: a --db it cannot use is
             // refused now (exit 2), not by closing on a source that connected.
-            tracker = DestinationTracker.open(p.db);
-            listener = await listenChannel(at, {
-              peerTimeoutMs: p.peerTimeoutMs,
-              handshakeTimeoutMs: p.handshakeTimeoutMs,
-              // Always on stderr: the destination keeps listening for its source.
-              onStray: (reason) => process.stderr.write(`destination: ${reason}; still listening\n`),
+            return await DestinationTracker.whileListening(p.db, async (handOver) => {
+              listener = await listenChannel(at, {
+                peerTimeoutMs: p.peerTimeoutMs,
+                handshakeTimeoutMs: p.handshakeTimeoutMs,
+                // Always on stderr: the destination keeps listening for its source.
+                onStray: (reason) => process.stderr.write(`destination: ${reason}; still listening\n`),
+              });
+              cancel.signal.throwIfAborted(); // a signal while it bound its address
+              // --memory given: the guest's memory is prepared now, before this
+              // side says it listens (a source connects only then), and a
+              // source of another size is refused (a relay allocates at the HELLO).
+              const prepared =
+                cmd.getOptionValueSource('memory') === 'cli' && p.backend === 'sim' && !f.thenConnect
+                  ? await prepareGuestMemory(guestPages(p), cancel.signal)
+                  : undefined;
+              // Always on stderr (also with --json): a script reads the bound port from it.
+              process.stderr.write(`destination listening on ${describeEndpoint(listener.endpoint)}\n`);
+              const channel = await listener.accept();
+              const tracker = handOver(); // the run closes it from here
+              let r: DestinationOutcome;
+              let onward: MigrationSummary | undefined;
+              if (onwardTo) {
+                ({ destination: r, onward } = await runRelay({ ...p, tracker }, channel, () =>
+                  connectChannel(onwardTo, p.peerTimeoutMs),
+                ));
+              } else {
+                r = await runDestination({ ...p, prepared, tracker }, channel);
+              }
+              if (f.json) process.stdout.write(`${destinationJson(r, onward)}\n`);
+              else {
+                const lines = [
+                  `destination: ${r.message}; ${r.pagesReceived} pages received; generation ${r.resume?.generation ?? r.generationAfter}`,
+                  ...resumeLines(r.resume, r.resumed && r.trackerMismatchGfns.length === 0),
+                ];
+                if (onward) lines.push('onward:', ...summaryLines(onward, p.memoryBytes));
+                process.stdout.write(`${lines.join('\n')}\n`);
+              }
+              if (!r.verified) throw new CheckFailedError(r.message);
+              if (onward && !onward.verified) throw new CheckFailedError(`onward: ${onward.message}`);
+              return 0;
             });
-            cancel.signal.throwIfAborted(); // a signal while it bound its address
-            // --memory given: the guest's memory is prepared now, before this
-            // side says it listens (a source connects only then), and a
-            // source of another size is refused (a relay allocates at the HELLO).
-            const prepared =
-              cmd.getOptionValueSource('memory') === 'cli' && p.backend === 'sim' && !f.thenConnect
-                ? await prepareGuestMemory(guestPages(p), cancel.signal)
-                : undefined;
-            // Always on stderr (also with --json): a script reads the bound port from it.
-            process.stderr.write(`destination listening on ${describeEndpoint(listener.endpoint)}\n`);
-            const channel = await listener.accept();
-            const handed = tracker;
-            tracker = undefined; // the run closes it from here
-            let r: DestinationOutcome;
-            let onward: MigrationSummary | undefined;
-            if (onwardTo) {
-              ({ destination: r, onward } = await runRelay({ ...p, tracker: handed }, channel, () =>
-                connectChannel(onwardTo, p.peerTimeoutMs),
-              ));
-            } else {
-              r = await runDestination({ ...p, prepared, tracker: handed }, channel);
-            }
-            if (f.json) process.stdout.write(`${destinationJson(r, onward)}\n`);
-            else {
-              const lines = [
-                `destination: ${r.message}; ${r.pagesReceived} pages received; generation ${r.resume?.generation ?? r.generationAfter}`,
-                ...resumeLines(r.resume, r.resumed && r.trackerMismatchGfns.length === 0),
-              ];
-              if (onward) lines.push('onward:', ...summaryLines(onward, p.memoryBytes));
-              process.stdout.write(`${lines.join('\n')}\n`);
-            }
-            if (!r.verified) throw new CheckFailedError(r.message);
-            if (onward && !onward.verified) throw new CheckFailedError(`onward: ${onward.message}`);
-            return 0;
           } catch (err) {
             // What the cancel broke (the listener, the channel) says less than the cancel itself.
             if (cancel.signal.aborted && !(err instanceof CheckFailedError)) throw cancel.signal.reason;
@@ -547,7 +546,6 @@ export function registerMigrate(program: Command): void {
             cancel.signal.removeEventListener('abort', stop);
             cancel.dispose();
             listener?.close();
-            tracker?.close();
           }
         }
         // The source side (alone or with its destination here) stops cleanly on SIGINT/SIGTERM.
