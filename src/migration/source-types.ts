@@ -74,7 +74,13 @@ export interface DowntimePhases {
   readsMs: number;
   /** The paused round's pages sent, up to the destination's ROUND_ACK. */
   pagesMs: number;
-  /** The c-bit state, migration control, vCPU state and the reference's view MACs sent. */
+  /**
+   * The c-bit state, migration control, vCPU state and the reference's view
+   * MACs sent. A destination on the source's own thread (kvm over inproc)
+   * handles those messages meanwhile: its loading of the vCPU state and page
+   * tables, and its rehash of pages that arrived from the other perspective,
+   * count here.
+   */
   stateMs: number;
   /** From the view MACs sent to RESULT: the destination's verification and resume. */
   destinationMs: number;
