@@ -317,6 +317,7 @@ export {
  * state against the last sync and resends every page whose c-bit changed.
  */
 export {
+  type DowntimePhases,
   MigrationRefusedError,
   MigrationSource,
   type MigrationSummary,

@@ -67,7 +67,7 @@ export interface RoundProgress {
  * Where the downtime went, step by step from the source's side (they add up
  * to downtimeMs): a figure well over --max-downtime says which step to look
  * at, e.g. a slow disk under the trackers' commits shows in readsMs (the
- * source's) or destinationMs (the destination's, on ROUND_END and at resume).
+ * source's sync) or destinationMs (the destination's final commit).
  */
 export interface DowntimePhases {
   /** The paused round's harvest and c-bit sync (the tracker commits what it consumed first). */
@@ -76,13 +76,19 @@ export interface DowntimePhases {
   pagesMs: number;
   /**
    * The c-bit state, migration control, vCPU state and the reference's view
-   * MACs sent. A destination on the source's own thread (kvm over inproc)
-   * handles those messages meanwhile: its loading of the vCPU state and page
-   * tables, and its rehash of pages that arrived from the other perspective,
-   * count here.
+   * MACs sent, with the source's rehash of the pages whose MAC is stale at
+   * pause (none with the safe protocol; many with a variant that skips a
+   * resend). A destination on the source's own thread (kvm over inproc, a
+   * chain's hops) handles its messages meanwhile: its commit of the paused
+   * round, its loading of the vCPU state and page tables, and its rehash of
+   * pages that arrived from the other perspective count here too.
    */
   stateMs: number;
-  /** From the view MACs sent to RESULT: the destination's verification and resume. */
+  /**
+   * From the view MACs sent to RESULT: the destination's checks (tracker,
+   * digests) and its final commit. Its guest resumes after RESULT
+   * (timeToAvailableMs on the destination's side), outside the downtime.
+   */
   destinationMs: number;
 }
 

@@ -19,7 +19,7 @@
  * running, unpaused, its memory and c-bit state untouched (rule 6).
  */
 import { rejectionWithin } from '../common/bounded-wait.js';
-import { MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
+import { InvariantError, MisuseError, PeerError, RuntimeFailure } from '../common/errors.js';
 import { KVM_MIGRATION_READY } from '../common/kvm-abi.js';
 import type { PageBitmap } from '../common/page-bitmap.js';
 import { PAGE_SIZE, type PageRange, type StateRange } from '../common/ranges.js';
@@ -467,6 +467,8 @@ export class MigrationSource {
     const { guest } = this.o;
     const result: VerifyResult = decodeResult(await this.expect(Msg.RESULT));
     this.markPaused(); // destination
+    if (this.pausedMarks.length !== 5)
+      throw new InvariantError(`${this.pausedMarks.length} paused-step marks, expected 5`);
     const [paused, reads, pages, state, destination] = this.pausedMarks;
     const downtimeMs = destination - paused;
     const downtimePhases: DowntimePhases = {

@@ -53,7 +53,7 @@ describe('sevtrack migrate', () => {
     expect(r.stdout).toMatch(/migration verified \(safe, strict\): 16 MiB guest/);
     expect(r.stdout).toMatch(/generation 0 -> 1/);
     expect(r.stdout).toMatch(
-      /final reads [\d.]+ ms, final pages [\d.]+ ms, state [\d.]+ ms, destination's check and resume [\d.]+ ms/,
+      /final reads [\d.]+ ms, final pages [\d.]+ ms, state [\d.]+ ms, destination's check and commit [\d.]+ ms/,
     );
     const db = new Database(log, { readonly: true });
     const kinds = (db.prepare('SELECT DISTINCT kind FROM events').all() as { kind: string }[]).map(

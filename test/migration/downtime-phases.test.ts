@@ -17,7 +17,7 @@ import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
 import { ScriptedGuest } from '../../src/vmm/sim/scripted-guest.js';
 import { tempDir } from '../support/tmp.js';
 
-const DELAY_MS = 150;
+const DELAY_MS = 300;
 const stores: CbitStore[] = [];
 afterEach(() => {
   for (const s of stores.splice(0)) s.close();
@@ -87,7 +87,8 @@ describe('downtime phases', () => {
       expect(phases[step]).toBeGreaterThanOrEqual(DELAY_MS - 1);
       for (const [name, ms] of Object.entries(phases)) {
         expect(ms, name).toBeGreaterThanOrEqual(0);
-        if (name !== step) expect(ms, name).toBeLessThan(DELAY_MS);
+        // Relative, not a wall-clock bound: a stall on a loaded machine may slow any step.
+        if (name !== step) expect(ms, name).toBeLessThan(phases[step] / 2);
       }
       const sum = Object.values(phases).reduce((x, y) => x + y, 0);
       expect(sum).toBeCloseTo(s.downtimeMs, 6);

@@ -192,7 +192,7 @@ function verdictLine(s: MigrationSummary): string {
 /** Where the downtime went (the phases add up to it). */
 function downtimePhasesLine(d: DowntimePhases): string {
   const ms = (v: number) => `${v.toFixed(1)} ms`;
-  return `final reads ${ms(d.readsMs)}, final pages ${ms(d.pagesMs)}, state ${ms(d.stateMs)}, destination's check and resume ${ms(d.destinationMs)}`;
+  return `final reads ${ms(d.readsMs)}, final pages ${ms(d.pagesMs)}, state ${ms(d.stateMs)}, destination's check and commit ${ms(d.destinationMs)}`;
 }
 
 function summaryLines(s: MigrationSummary, memoryBytes: number): string[] {
