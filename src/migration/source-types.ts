@@ -92,6 +92,12 @@ export interface DowntimePhases {
   destinationMs: number;
 }
 
+/** The phases for people, in order (the CLI's summary, the bench's stderr). */
+export function describeDowntimePhases(d: DowntimePhases): string {
+  const ms = (v: number) => `${v.toFixed(1)} ms`;
+  return `final reads ${ms(d.readsMs)}, final pages ${ms(d.pagesMs)}, state ${ms(d.stateMs)}, destination's check and commit ${ms(d.destinationMs)}`;
+}
+
 /** The destination's verdict (VerifyResult: verified, resumed, compared, skipped and mismatched pages, message) and the run's figures. */
 export interface MigrationSummary extends VerifyResult {
   /** The guest's backend (sim, kvm). */

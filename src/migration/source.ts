@@ -53,7 +53,7 @@ import {
 } from './stream.js';
 
 export type { DowntimePhases, MigrationSummary, RoundProgress, SourceOptions } from './source-types.js';
-export { MigrationRefusedError } from './source-types.js';
+export { describeDowntimePhases, MigrationRefusedError } from './source-types.js';
 
 export class MigrationSource {
   private readonly psp: PspSession;

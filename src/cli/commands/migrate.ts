@@ -38,7 +38,7 @@ import {
   migrateLocally,
   runSource,
 } from '../../migration/run-migration.js';
-import type { DowntimePhases, MigrationSummary, RoundProgress } from '../../migration/source.js';
+import { describeDowntimePhases, type MigrationSummary, type RoundProgress } from '../../migration/source.js';
 import { PROTOCOLS, type Protocol, VERIFY_MODES, type VerifyMode } from '../../migration/stream.js';
 import { BACKENDS, type BackendName } from '../../vmm/backend.js';
 import { cancelOnSignals } from '../cancel-on-signals.js';
@@ -189,12 +189,6 @@ function verdictLine(s: MigrationSummary): string {
   return 'FAILED verification';
 }
 
-/** Where the downtime went (the phases add up to it). */
-function downtimePhasesLine(d: DowntimePhases): string {
-  const ms = (v: number) => `${v.toFixed(1)} ms`;
-  return `final reads ${ms(d.readsMs)}, final pages ${ms(d.pagesMs)}, state ${ms(d.stateMs)}, destination's check and commit ${ms(d.destinationMs)}`;
-}
-
 function summaryLines(s: MigrationSummary, memoryBytes: number): string[] {
   const lines = [
     `migration ${verdictLine(s)} (${s.protocol}, ${s.verify}): ${formatBytes(memoryBytes)} ${s.backend === 'kvm' ? 'kvm ' : ''}guest`,
@@ -202,7 +196,7 @@ function summaryLines(s: MigrationSummary, memoryBytes: number): string[] {
     `  rounds ${s.rounds}, pages sent ${s.pagesSent} (${s.sealedPages} through the PSP, ${s.rawPages} raw), resent for a c-bit change ${s.cbitRetransmits}`,
     `  bytes ${formatBytes(s.bytes)}, throughput ${s.throughputMBps.toFixed(1)} MB/s, total ${s.totalMs.toFixed(0)} ms`,
     `  downtime ${s.downtimeMs.toFixed(1)} ms (estimated ${s.estimatedDowntimeMs.toFixed(1)} ms, ${s.converged ? 'converged' : 'did NOT converge: paused anyway (--on-no-convergence pause)'})`,
-    `    ${downtimePhasesLine(s.downtimePhases)}`,
+    `    ${describeDowntimePhases(s.downtimePhases)}`,
     `  verification: ${s.message}`,
     `  generation ${s.generationBefore} -> ${s.generationAfter}`,
   ];
