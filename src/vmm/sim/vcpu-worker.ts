@@ -17,6 +17,7 @@ import {
   CMD_PAUSE,
   CMD_RUN,
   CMD_STOP,
+  IDLE_TICK_MS,
   PARKED,
   SETUP_DONE,
   STAT_CONVERSIONS,
@@ -129,7 +130,11 @@ function run(): void {
     if (data.vcpu === 0) kernel.heartbeat();
     bump(control, data.vcpu, STAT_STEPS);
     budget -= ops;
-    if (ops === 0 || (data.opsPerMs > 0 && budget <= 0)) {
+    if (ops === 0) {
+      // Nothing to do: halt until the next idle tick, woken early by a pause or stop.
+      Atomics.wait(control, CMD, CMD_RUN, IDLE_TICK_MS);
+      budget = data.opsPerMs;
+    } else if (data.opsPerMs > 0 && budget <= 0) {
       // Pace the guest: sleep up to 1 ms, woken early by a pause or stop.
       Atomics.wait(control, CMD, CMD_RUN, 1);
       budget = data.opsPerMs;

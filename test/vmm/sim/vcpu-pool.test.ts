@@ -7,6 +7,7 @@ import type { WorkloadName } from '../../../src/guest/workloads.js';
 import { CbitStore } from '../../../src/host/cbit-store.js';
 import { InProcessBackend, UnsupportedBackend } from '../../../src/vmm/hypercall-backend.js';
 import { GuestMemory } from '../../../src/vmm/sim/guest-memory.js';
+import { IDLE_TICK_MS } from '../../../src/vmm/sim/vcpu-control.js';
 import { VcpuPool } from '../../../src/vmm/sim/vcpu-pool.js';
 import { openBackend } from '../../support/backends.js';
 import { tempDir } from '../../support/tmp.js';
@@ -159,6 +160,43 @@ describe('simulated vCPUs', () => {
     pool.resume();
     await waitFor(() => pool.stats().writes > before.writes, 'a write after resume');
     expect(pool.stats().writes).toBeGreaterThan(before.writes);
+    await pool.stop();
+    store.close();
+  });
+
+  it('an idle vCPU halts a whole idle tick between steps, and a pause still parks it', async () => {
+    const mem = GuestMemory.create(4096);
+    const store = CbitStore.open(join(tempDir(), 'h.db'));
+    store.registerVm(1, 4096);
+    const vcpus = 2;
+    const pool = VcpuPool.start({
+      memory: mem,
+      backend: new InProcessBackend(store),
+      vm: 1,
+      vcpus,
+      workload: 'idle',
+      seed: 2,
+    });
+    pools.push(pool);
+    await pool.waitSetup();
+    await waitFor(() => pool.stats().steps >= vcpus, 'the vCPUs to step');
+    // A bound on the wake rate, not on speed: a halted vCPU cannot step more
+    // often than its tick, and a slow machine only makes it step less. With
+    // a 1 ms halt the vCPUs took about ten times the bound.
+    const before = pool.stats().steps;
+    const t0 = performance.now();
+    await new Promise((r) => setTimeout(r, 200));
+    const steps = pool.stats().steps - before;
+    const elapsed = performance.now() - t0;
+    expect(steps).toBeGreaterThan(0);
+    expect(steps).toBeLessThanOrEqual(vcpus * (Math.ceil(elapsed / IDLE_TICK_MS) + 1));
+    await pool.pause();
+    expect(pool.paused).toBe(true);
+    const parked = pool.stats().steps;
+    await new Promise((r) => setTimeout(r, 3 * IDLE_TICK_MS));
+    expect(pool.stats().steps).toBe(parked);
+    pool.resume();
+    await waitFor(() => pool.stats().steps > parked, 'a step after resume');
     await pool.stop();
     store.close();
   });
