@@ -226,8 +226,16 @@ export class Inbox {
   }
 }
 
+/** A send waiting for the socket to drain: settled by the one 'drain' or 'close', or its own timeout. */
+interface DrainWaiter {
+  resolve: () => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
 export class SocketChannel implements FrameChannel {
   private readonly inbox = new Inbox();
+  private readonly drainWaiters = new Set<DrainWaiter>();
 
   /** sendTimeoutMs: how long a write may wait for the peer to drain it before the peer counts as gone. */
   constructor(
@@ -262,31 +270,58 @@ export class SocketChannel implements FrameChannel {
         if (err) reject(new PeerError(`sending to the peer failed: ${err.message}`, { cause: err }));
         else if (ok) resolve();
       });
-      if (!ok) {
-        // Wait for the peer to take the data — or for the connection to die:
-        // a reset peer never drains, and must not hold the source for the
-        // whole --peer-timeout.
-        const onClose = () => {
-          clearTimeout(timer);
-          reject(new PeerError('the peer closed the connection (a send was waiting for it to take data)'));
-        };
-        const timer = setTimeout(() => {
-          this.socket.off('close', onClose);
-          reject(
-            new PeerError(
-              `the peer took no data for ${this.sendTimeoutMs} ms (--peer-timeout); the link or the peer is down`,
-            ),
-          );
-          this.socket.destroy();
-        }, this.sendTimeoutMs);
-        this.socket.once('close', onClose);
-        this.socket.once('drain', () => {
-          clearTimeout(timer);
-          this.socket.off('close', onClose);
-          resolve();
-        });
-      }
+      if (!ok) this.waitForDrain(resolve, reject);
     });
+  }
+
+  /**
+   * Sends past the socket's buffer wait for the peer to take the data, or
+   * for the connection to die: a reset peer never drains, and must not hold
+   * the source for the whole --peer-timeout. One 'drain' and one 'close'
+   * listener serve every waiting send (a listener each hit Node's limit of
+   * 10 once the two pipelines had 16 frames in flight).
+   */
+  private waitForDrain(resolve: () => void, reject: (e: Error) => void): void {
+    const waiter: DrainWaiter = {
+      resolve,
+      reject,
+      timer: setTimeout(() => {
+        this.drainWaiters.delete(waiter);
+        if (this.drainWaiters.size === 0) {
+          this.socket.off('drain', this.onDrain);
+          this.socket.off('close', this.onCloseWhileWaiting);
+        }
+        reject(
+          new PeerError(
+            `the peer took no data for ${this.sendTimeoutMs} ms (--peer-timeout); the link or the peer is down`,
+          ),
+        );
+        this.socket.destroy();
+      }, this.sendTimeoutMs),
+    };
+    if (this.drainWaiters.size === 0) {
+      this.socket.once('drain', this.onDrain);
+      this.socket.once('close', this.onCloseWhileWaiting);
+    }
+    this.drainWaiters.add(waiter);
+  }
+
+  private readonly onDrain = () => {
+    this.socket.off('close', this.onCloseWhileWaiting);
+    for (const w of this.settleDrainWaiters()) w.resolve();
+  };
+
+  private readonly onCloseWhileWaiting = () => {
+    this.socket.off('drain', this.onDrain);
+    const e = new PeerError('the peer closed the connection (a send was waiting for it to take data)');
+    for (const w of this.settleDrainWaiters()) w.reject(e);
+  };
+
+  private settleDrainWaiters(): DrainWaiter[] {
+    const all = [...this.drainWaiters];
+    this.drainWaiters.clear();
+    for (const w of all) clearTimeout(w.timer);
+    return all;
   }
 
   /** encodeFrame copies the payload, so the buffer is free as soon as the socket took the frame. */

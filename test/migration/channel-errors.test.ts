@@ -125,6 +125,41 @@ describe('frame channels fail cleanly', () => {
     expect((err as Error).message).toMatch(/closed the connection|sending to the peer failed/);
   }, 20_000);
 
+  it('many sends waiting for one drain share one listener each for drain and close; all finish when the peer reads, or all fail when it dies', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => warnings.push(w);
+    process.on('warning', onWarning);
+    cleanups.push(() => process.off('warning', onWarning));
+    const big = new Uint8Array(2 ** 20);
+    for (const ending of ['reads', 'dies'] as const) {
+      const { channel, near, far } = await socketPair({ sendTimeoutMs: 600_000 });
+      far.pause();
+      const drainBefore = near.listenerCount('drain');
+      const closeBefore = near.listenerCount('close');
+      // More sends than the two pipelines' frames in flight (16), each past the socket's buffer.
+      const sends = Array.from({ length: 20 }, () => channel.send(Msg.PAGES_RAW, big));
+      const outcomes = Promise.allSettled(sends);
+      expect(near.listenerCount('drain') - drainBefore).toBe(1);
+      expect(near.listenerCount('close') - closeBefore).toBe(1);
+      if (ending === 'reads') {
+        far.resume();
+        for (const o of await outcomes) expect(o.status).toBe('fulfilled');
+      } else {
+        far.destroy();
+        for (const o of await outcomes) {
+          expect(o.status).toBe('rejected');
+          expect(((o as PromiseRejectedResult).reason as Error).message).toMatch(
+            /closed the connection|sending to the peer failed/,
+          );
+        }
+      }
+      expect(near.listenerCount('drain')).toBe(drainBefore);
+      expect(near.listenerCount('close')).toBe(closeBefore);
+    }
+    await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
+    expect(warnings.map((w) => w.name)).not.toContain('MaxListenersExceededWarning');
+  }, 20_000);
+
   it('close() cuts off a peer that never finishes closing its side', async () => {
     const { channel, near, far } = await socketPair({ allowHalfOpen: true });
     const ended = new Promise<void>((r) => far.once('end', () => r()));
