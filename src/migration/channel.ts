@@ -226,18 +226,20 @@ export class Inbox {
   }
 }
 
-/** A send waiting for the socket to drain: settled by the one 'drain' or 'close', or its own timeout. */
+/** A send waiting for the socket to drain: settled by the one 'drain' or 'close', or by the stall watchdog. */
 interface DrainWaiter {
   resolve: () => void;
   reject: (e: Error) => void;
-  timer: NodeJS.Timeout;
 }
 
 export class SocketChannel implements FrameChannel {
   private readonly inbox = new Inbox();
   private readonly drainWaiters = new Set<DrainWaiter>();
+  /** Frames the socket has handed to the kernel (write callbacks): the stall watchdog's measure of progress. */
+  private flushed = 0;
+  private stallTimer: NodeJS.Timeout | undefined;
 
-  /** sendTimeoutMs: how long a write may wait for the peer to drain it before the peer counts as gone. */
+  /** sendTimeoutMs: how long the peer may take no frame while sends wait for it before it counts as gone. */
   constructor(
     private readonly socket: net.Socket,
     private readonly spec: FrameSpec,
@@ -266,11 +268,18 @@ export class SocketChannel implements FrameChannel {
         reject(new PeerError('the connection to the peer is closed'));
         return;
       }
+      let waiter: DrainWaiter | undefined;
+      // The callback never runs synchronously, so `waiter` is set by then.
       const ok = this.socket.write(encodeFrame(this.spec, type, 0, payload), (err) => {
-        if (err) reject(new PeerError(`sending to the peer failed: ${err.message}`, { cause: err }));
-        else if (ok) resolve();
+        if (err) {
+          if (waiter) this.dropDrainWaiter(waiter);
+          reject(new PeerError(`sending to the peer failed: ${err.message}`, { cause: err }));
+          return;
+        }
+        this.flushed++;
+        if (ok) resolve();
       });
-      if (!ok) this.waitForDrain(resolve, reject);
+      if (!ok) waiter = this.waitForDrain(resolve, reject);
     });
   }
 
@@ -279,49 +288,65 @@ export class SocketChannel implements FrameChannel {
    * for the connection to die: a reset peer never drains, and must not hold
    * the source for the whole --peer-timeout. One 'drain' and one 'close'
    * listener serve every waiting send (a listener each hit Node's limit of
-   * 10 once the two pipelines had 16 frames in flight).
+   * 10 once the two pipelines had 16 frames in flight), and one watchdog
+   * fails them all when no frame went out for sendTimeoutMs: a per-send
+   * timer would also fail a live link whose backlog (up to 16 frames of
+   * 1 MiB) takes longer than that to drain.
    */
-  private waitForDrain(resolve: () => void, reject: (e: Error) => void): void {
-    const waiter: DrainWaiter = {
-      resolve,
-      reject,
-      timer: setTimeout(() => {
-        this.drainWaiters.delete(waiter);
-        if (this.drainWaiters.size === 0) {
-          this.socket.off('drain', this.onDrain);
-          this.socket.off('close', this.onCloseWhileWaiting);
-        }
-        reject(
-          new PeerError(
-            `the peer took no data for ${this.sendTimeoutMs} ms (--peer-timeout); the link or the peer is down`,
-          ),
-        );
-        this.socket.destroy();
-      }, this.sendTimeoutMs),
-    };
+  private waitForDrain(resolve: () => void, reject: (e: Error) => void): DrainWaiter {
+    const waiter: DrainWaiter = { resolve, reject };
     if (this.drainWaiters.size === 0) {
       this.socket.once('drain', this.onDrain);
       this.socket.once('close', this.onCloseWhileWaiting);
+      this.watchForStall(this.flushed);
     }
     this.drainWaiters.add(waiter);
+    return waiter;
+  }
+
+  /** Re-arms while frames still go out (one frame's progress at least per period); fails the waiting sends otherwise. */
+  private watchForStall(seen: number): void {
+    this.stallTimer = setTimeout(() => {
+      if (this.flushed !== seen) {
+        this.watchForStall(this.flushed);
+        return;
+      }
+      const e = new PeerError(
+        `the peer took no data for ${this.sendTimeoutMs} ms (--peer-timeout); the link or the peer is down`,
+      );
+      for (const w of this.settleDrainWaiters()) w.reject(e);
+      this.socket.destroy();
+    }, this.sendTimeoutMs);
   }
 
   private readonly onDrain = () => {
-    this.socket.off('close', this.onCloseWhileWaiting);
     for (const w of this.settleDrainWaiters()) w.resolve();
   };
 
   private readonly onCloseWhileWaiting = () => {
-    this.socket.off('drain', this.onDrain);
     const e = new PeerError('the peer closed the connection (a send was waiting for it to take data)');
     for (const w of this.settleDrainWaiters()) w.reject(e);
   };
 
+  /** A send whose write failed: it no longer waits (the others still do). */
+  private dropDrainWaiter(waiter: DrainWaiter): void {
+    this.drainWaiters.delete(waiter);
+    if (this.drainWaiters.size === 0) this.stopWatching();
+  }
+
+  /** Takes every waiting send out of the set (to be settled by the caller) and stops watching the socket. */
   private settleDrainWaiters(): DrainWaiter[] {
     const all = [...this.drainWaiters];
     this.drainWaiters.clear();
-    for (const w of all) clearTimeout(w.timer);
+    this.stopWatching();
     return all;
+  }
+
+  private stopWatching(): void {
+    this.socket.off('drain', this.onDrain);
+    this.socket.off('close', this.onCloseWhileWaiting);
+    clearTimeout(this.stallTimer);
+    this.stallTimer = undefined;
   }
 
   /** encodeFrame copies the payload, so the buffer is free as soon as the socket took the frame. */

@@ -145,7 +145,10 @@ describe('frame channels fail cleanly', () => {
         far.resume();
         for (const o of await outcomes) expect(o.status).toBe('fulfilled');
       } else {
+        // ('error' comes first, ECONNRESET; events.once would reject on it.)
+        const closed = new Promise((r) => near.once('close', r));
         far.destroy();
+        await closed;
         for (const o of await outcomes) {
           expect(o.status).toBe('rejected');
           expect(((o as PromiseRejectedResult).reason as Error).message).toMatch(
@@ -158,6 +161,31 @@ describe('frame channels fail cleanly', () => {
     }
     await new Promise((r) => setImmediate(r)); // warnings are emitted on the next tick
     expect(warnings.map((w) => w.name)).not.toContain('MaxListenersExceededWarning');
+  }, 20_000);
+
+  it('a slow peer that keeps taking frames is not cut off, though its backlog takes longer than the send timeout to drain', async () => {
+    const { channel, far } = await socketPair({ sendTimeoutMs: 1500 });
+    far.pause();
+    const frame = new Uint8Array(2 ** 20);
+    // 24 frames queued at once; the peer then takes about one every 100 ms
+    // (2.4 s in all): each frame goes out well within the send timeout, the
+    // whole backlog does not.
+    const sends = Array.from({ length: 24 }, () => channel.send(Msg.PAGES_RAW, frame));
+    const outcomes = Promise.allSettled(sends);
+    let taken = 0;
+    far.on('data', (chunk: Buffer) => {
+      taken += chunk.length;
+      if (taken >= 2 ** 20) {
+        taken -= 2 ** 20;
+        far.pause();
+        setTimeout(() => far.resume(), 100);
+      }
+    });
+    const t0 = performance.now();
+    far.resume();
+    for (const o of await outcomes) expect(o.status).toBe('fulfilled');
+    // It did wait past one timeout: the watchdog re-armed on progress.
+    expect(performance.now() - t0).toBeGreaterThan(1500);
   }, 20_000);
 
   it('close() cuts off a peer that never finishes closing its side', async () => {
