@@ -19,11 +19,15 @@ export const CMD_STOP = 2;
  * kernel's idle tick at HZ=100. A halted vCPU costs its host nothing until
  * then (a pause or stop wakes it at once). It used to look again every
  * millisecond: on a 2-core machine each wake cost the process about 40 µs
- * of CPU, and an idle guest's two vCPUs took 30 ms of CPU from a 1 GiB
- * migration's bulk round (90 ms from an all-encrypted one), on the cores
- * the source and destination threads need.
+ * of CPU, and over a 1 GiB migration's bulk round the threads other than
+ * source and destination (an idle guest's two vCPUs among them) used about
+ * 30 ms more CPU (80 ms more for an all-encrypted guest), on the cores the
+ * source and destination threads need.
  */
 export const IDLE_TICK_MS = 10;
+
+/** How long a paced guest that spent its operations budget sleeps (VcpuPoolOptions.opsPerMs is per ms). */
+export const PACE_MS = 1;
 
 /** Per-vCPU statistics fields (offsets inside a vCPU's block). */
 export const STAT_WRITES = 0;

@@ -22,6 +22,7 @@ import {
   CMD_RUN,
   CMD_STOP,
   controlBytes,
+  IDLE_TICK_MS,
   PARKED,
   SETUP_DONE,
   STAT_CONVERSIONS,
@@ -47,6 +48,8 @@ export interface VcpuPoolOptions {
   sizeHints?: boolean;
   /** Each vCPU stops by itself after this many steps (default: run until stop()). */
   maxSteps?: number;
+  /** How long a vCPU whose step did nothing halts (default IDLE_TICK_MS; tests lengthen it). */
+  idleTickMs?: number;
   /** Per-page write counters the writers keep (tests). */
   counters?: SharedArrayBuffer;
   /** Entries per vCPU exit ring (a power of two; default 4096). */
@@ -119,6 +122,7 @@ export class VcpuPool {
         sizeHints: options.sizeHints ?? false,
         opsPerMs: options.opsPerMs ?? 32,
         maxSteps: options.maxSteps ?? 0,
+        idleTickMs: options.idleTickMs ?? IDLE_TICK_MS,
         counters: options.counters,
         resumed: resume
           ? { steps: resume.registers[vcpu].steps, migrationReady: resume.migrationReady }

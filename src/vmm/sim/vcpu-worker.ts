@@ -17,7 +17,7 @@ import {
   CMD_PAUSE,
   CMD_RUN,
   CMD_STOP,
-  IDLE_TICK_MS,
+  PACE_MS,
   PARKED,
   SETUP_DONE,
   STAT_CONVERSIONS,
@@ -43,6 +43,8 @@ export interface VcpuWorkerData {
   opsPerMs: number;
   /** Stop after this many steps (0 = run until stopped): makes a run's final state deterministic. */
   maxSteps: number;
+  /** How long a step that did nothing halts (IDLE_TICK_MS unless a test says otherwise). */
+  idleTickMs: number;
   counters?: SharedArrayBuffer;
   /**
    * Set on a destination: the guest resumes from migrated memory (its
@@ -130,13 +132,12 @@ function run(): void {
     if (data.vcpu === 0) kernel.heartbeat();
     bump(control, data.vcpu, STAT_STEPS);
     budget -= ops;
-    if (ops === 0) {
-      // Nothing to do: halt until the next idle tick, woken early by a pause or stop.
-      Atomics.wait(control, CMD, CMD_RUN, IDLE_TICK_MS);
-      budget = data.opsPerMs;
-    } else if (data.opsPerMs > 0 && budget <= 0) {
-      // Pace the guest: sleep up to 1 ms, woken early by a pause or stop.
-      Atomics.wait(control, CMD, CMD_RUN, 1);
+    // A step that did nothing (an idle workload, or an empty partition or
+    // pool) halts until the next idle tick; a paced guest that spent its
+    // budget sleeps PACE_MS. Either way a pause or stop wakes it at once.
+    const haltMs = ops === 0 ? data.idleTickMs : data.opsPerMs > 0 && budget <= 0 ? PACE_MS : 0;
+    if (haltMs > 0) {
+      Atomics.wait(control, CMD, CMD_RUN, haltMs);
       budget = data.opsPerMs;
     }
   }
