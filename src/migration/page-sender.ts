@@ -25,15 +25,19 @@ import { Msg, pagesFrameBytes, pagesHeaderBytes, writePagesHeader } from './stre
 
 /**
  * Frame buffers each pipeline (sealed, raw) cycles: one being filled, the
- * others in flight (at most CHANNEL_WINDOW of both pipelines together).
+ * others in flight. On the in-process channels the credit window
+ * (CHANNEL_WINDOW, also 8) bounds the frames in flight of both pipelines
+ * together; over a socket each frame is copied into the socket's buffer and
+ * its buffer comes back at once, so the socket's backpressure bounds them.
  * Eight, not three: the destination's thread stalls for 1-5 ms at times (a
  * V8 compile or another thread holding its core), and a sealed frame takes
  * about 1 ms per side, so three frames left the source waiting through most
  * stalls. Measured alternating in one process, 1 GiB all encrypted: 8
  * against 3 gave +8%, +24%, +11% and +11% pages/s (medians of 5-6 pairs
  * each) and fewer long waits on the destination; all shared (frames 4x
- * quicker) +6% and -9%, no effect beyond noise. 16 gave nothing over 8.
- * The cost is 5 more buffers of 1 MiB per pipeline.
+ * quicker) +6% and -9%, no effect beyond noise. Buffers are allocated as a
+ * pipeline needs them, so an all-encrypted guest never allocates the raw
+ * pipeline's.
  */
 export const FRAMES_PER_PIPELINE = 8;
 
@@ -89,26 +93,35 @@ export function* perspectiveBatches(
   }
 }
 
-/** A pipeline's frame buffers: allocated and faulted in once, then lent and returned. */
+/**
+ * A pipeline's frame buffers: each allocated and faulted in once, when the
+ * pipeline first needs it (up to `count`), then lent and returned.
+ */
 class FramePool {
   private readonly free: Uint8Array[] = [];
   private readonly waiters: { resolve: (b: Uint8Array) => void; reject: (e: Error) => void }[] = [];
   private dead: Error | undefined;
+  private allocated = 0;
 
-  constructor(bytes: number, count: number) {
-    for (let i = 0; i < count; i++) {
-      const b = new Uint8Array(bytes);
-      for (let o = 0; o < bytes; o += 4096) b[o] = 0; // one fault per page, here, not per frame
-      this.free.push(b);
-    }
-  }
+  constructor(
+    private readonly bytes: number,
+    private readonly count: number,
+  ) {}
 
   /** A free buffer; waits (backpressure) while every buffer is in flight. */
   take(): Promise<Uint8Array> {
     if (this.dead) return Promise.reject(this.dead);
-    const b = this.free.pop();
+    const b = this.free.pop() ?? this.allocate();
     if (b) return Promise.resolve(b);
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  private allocate(): Uint8Array | undefined {
+    if (this.allocated === this.count) return undefined;
+    this.allocated++;
+    const b = new Uint8Array(this.bytes);
+    for (let o = 0; o < this.bytes; o += 4096) b[o] = 0; // one fault per page, here, not per frame
+    return b;
   }
 
   give(b: Uint8Array): void {
