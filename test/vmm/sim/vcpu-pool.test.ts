@@ -164,7 +164,8 @@ describe('simulated vCPUs', () => {
     store.close();
   });
 
-  it('an idle vCPU steps no more often than its idle tick', async () => {
+  /** An idle guest of 2 vCPUs whose every vCPU has taken its first step (and halted). */
+  async function idlePool(idleTickMs?: number) {
     const mem = GuestMemory.create(4096);
     const store = CbitStore.open(join(tempDir(), 'h.db'));
     store.registerVm(1, 4096);
@@ -176,10 +177,16 @@ describe('simulated vCPUs', () => {
       vcpus,
       workload: 'idle',
       seed: 2,
+      idleTickMs,
     });
     pools.push(pool);
     await pool.waitSetup();
-    await waitFor(() => pool.stats().steps >= vcpus, 'the vCPUs to step');
+    await waitFor(() => pool.stats().steps >= vcpus, 'every vCPU to take its first step and halt');
+    return { pool, store, vcpus };
+  }
+
+  it('an idle vCPU steps no more often than its idle tick', async () => {
+    const { pool, store, vcpus } = await idlePool();
     // A bound on the wake rate, not on speed: a halted vCPU cannot step more
     // often than its tick, and a slow machine only makes it step less. With
     // a 1 ms halt the vCPUs took about ten times the bound.
@@ -197,22 +204,7 @@ describe('simulated vCPUs', () => {
   it('a pause, a resume and a stop wake halted vCPUs at once, not at their next idle tick', async () => {
     // Halted for ten minutes a step: a wake-up that missed the vCPUs would
     // hang pause() or stop() past the test's own timeout.
-    const mem = GuestMemory.create(4096);
-    const store = CbitStore.open(join(tempDir(), 'h.db'));
-    store.registerVm(1, 4096);
-    const vcpus = 2;
-    const pool = VcpuPool.start({
-      memory: mem,
-      backend: new InProcessBackend(store),
-      vm: 1,
-      vcpus,
-      workload: 'idle',
-      seed: 2,
-      idleTickMs: 600_000,
-    });
-    pools.push(pool);
-    await pool.waitSetup();
-    await waitFor(() => pool.stats().steps >= vcpus, 'every vCPU to take its first step and halt');
+    const { pool, store, vcpus } = await idlePool(600_000);
     await pool.pause();
     expect(pool.paused).toBe(true);
     const parked = pool.stats().steps;
