@@ -226,6 +226,12 @@ export class Inbox {
   }
 }
 
+/**
+ * Frames a socket receiver holds before it stops reading from the socket:
+ * the same bound as the in-process channels' credits.
+ */
+const RECEIVE_WINDOW = CHANNEL_WINDOW;
+
 /** A send waiting for the socket to drain: settled by the one 'drain' or 'close', or by the stall watchdog. */
 interface DrainWaiter {
   resolve: () => void;
@@ -234,6 +240,10 @@ interface DrainWaiter {
 
 export class SocketChannel implements FrameChannel {
   private readonly inbox = new Inbox();
+  /** Frames taken off the socket that the receiver has not moved past (queued, or the one next() returned). */
+  private held = 0;
+  /** False once the receiver stops taking frames: what arrives then is dropped as it is read. */
+  private receiving = true;
   private readonly drainWaiters = new Set<DrainWaiter>();
   /** Frames the socket has handed to the kernel (write callbacks): the stall watchdog's measure of progress. */
   private flushed = 0;
@@ -249,17 +259,20 @@ export class SocketChannel implements FrameChannel {
     socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => {
       for (const item of decoder.push(chunk)) {
-        if (isFrame(item)) this.inbox.push(item);
-        else {
-          this.inbox.fail(new PeerError(`bad frame from the peer: ${item.message}`));
+        if (isFrame(item)) {
+          this.held++;
+          this.inbox.push(item, this.onReleased);
+        } else {
+          this.stopReceiving(new PeerError(`bad frame from the peer: ${item.message}`));
           socket.destroy();
         }
       }
+      if (this.receiving && this.held >= RECEIVE_WINDOW && !socket.isPaused()) socket.pause();
     });
     socket.on('error', (e) =>
-      this.inbox.fail(new PeerError(`connection to the peer failed: ${e.message}`, { cause: e })),
+      this.stopReceiving(new PeerError(`connection to the peer failed: ${e.message}`, { cause: e })),
     );
-    socket.on('close', () => this.inbox.fail(new PeerError('the peer closed the connection')));
+    socket.on('close', () => this.stopReceiving(new PeerError('the peer closed the connection')));
   }
 
   send(type: number, payload: Uint8Array): Promise<void> {
@@ -359,9 +372,26 @@ export class SocketChannel implements FrameChannel {
     return this.inbox.next(timeoutMs, timeoutError);
   }
 
+  /**
+   * Stops taking frames; the socket is read on, and what arrives dropped,
+   * so a peer blocked on a full connection gets through to read our ABORT.
+   */
   stopReceiving(reason: Error): void {
     this.inbox.fail(reason);
+    this.receiving = false;
+    this.socket.resume();
   }
+
+  /**
+   * The receiver moved past a frame: read on once fewer than RECEIVE_WINDOW
+   * are held (a receiver slower than its peer stops reading at the window,
+   * and TCP's flow control holds the peer's sends, instead of frames piling
+   * up in this process's memory).
+   */
+  private readonly onReleased = () => {
+    this.held--;
+    if (this.held < RECEIVE_WINDOW && this.socket.isPaused()) this.socket.resume();
+  };
 
   /** Ends the connection; a peer that does not finish closing within 2 s (link down) is cut off. */
   close(): void {

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { MessageChannel } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PeerError } from '../../src/common/errors.js';
+import { encodeFrame } from '../../src/common/frames.js';
 import {
   CHANNEL_WINDOW,
   type FrameChannel,
@@ -20,6 +21,7 @@ import {
 import { portChannel } from '../../src/migration/port-channel.js';
 import { MIGRATION_FRAME, Msg } from '../../src/migration/stream.js';
 import { tempDir } from '../support/tmp.js';
+import { waitFor } from '../support/wait.js';
 
 const cleanups: (() => void)[] = [];
 afterEach(() => {
@@ -186,6 +188,34 @@ describe('frame channels fail cleanly', () => {
     for (const o of await outcomes) expect(o.status).toBe('fulfilled');
     // It did wait past one timeout: the watchdog re-armed on progress.
     expect(performance.now() - t0).toBeGreaterThan(1500);
+  }, 20_000);
+
+  it('a receiver that takes no frames stops reading at its window: the peer is held back, then gets every frame in order; after stopReceiving it reads and drops', async () => {
+    const { channel, far } = await socketPair();
+    // 64 frames of 256 KiB from the peer (16 MiB, far beyond the socket's
+    // buffers), while nobody asks for a frame.
+    const payload = (i: number) => new Uint8Array(256 * 1024).fill(i);
+    for (let i = 0; i < 64; i++) far.write(encodeFrame(MIGRATION_FRAME, Msg.PAGES_RAW, 0, payload(i)));
+    // Reading everything would have emptied the peer's buffer long before:
+    // a receiver that held it all drained 16 MiB of loopback in milliseconds.
+    await new Promise((r) => setTimeout(r, 500));
+    expect(far.writableLength).toBeGreaterThan(0);
+    for (let i = 0; i < 32; i++) {
+      const f = await channel.next(10_000);
+      expect(f.payload.length).toBe(256 * 1024);
+      expect(f.payload[0]).toBe(i);
+    }
+    // The receiver gives up: what arrives is read and dropped, the peer is not held.
+    channel.stopReceiving(new PeerError('cancelled by the test'));
+    await waitFor(() => far.writableLength === 0, "the peer's writes to go out");
+    // The frames that had arrived before stay readable, then the reason.
+    let err: unknown;
+    for (let i = 0; i < 64 && !err; i++)
+      err = await channel.next(1000).then(
+        () => undefined,
+        (e) => e,
+      );
+    expect((err as Error).message).toBe('cancelled by the test');
   }, 20_000);
 
   it('close() cuts off a peer that never finishes closing its side', async () => {
