@@ -21,7 +21,8 @@
         "native/kvm/vcpu_state.cc",
         "native/kvm/vm.cc",
         "native/lock_binding.cc",
-        "native/memory_advice.cc"
+        "native/memory_advice.cc",
+        "native/resident_memory.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       # NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS: a worker terminated inside a

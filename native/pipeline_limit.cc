@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <system_error>
@@ -16,6 +17,7 @@
 #include "addon.h"
 #include "page_args.h"
 #include "page_pipeline.h"
+#include "resident_memory.h"
 
 namespace sevtrack {
 namespace {
@@ -94,7 +96,7 @@ void SpinUntil(Clock::time_point t) {
 
 // One side-by-side source and destination over `npages` pages, `passes`
 // times, on one thread: each batch is filled, then emptied, by this thread.
-void Worker(bool encrypted, Hash hash, size_t npages, int passes, std::vector<uint8_t>* src, std::vector<uint8_t>* dst,
+void Worker(bool encrypted, Hash hash, size_t npages, int passes, ResidentBuffer* src, ResidentBuffer* dst,
             const Clock::time_point* start, Clock::time_point* end) {
   Keys keys;
   PageStep step(encrypted, hash, keys);
@@ -193,7 +195,7 @@ Napi::Value PipelineHandoff(const Napi::CallbackInfo& info) {
   if (npages < 1 || npages > (1u << 20) || passes < 1 || passes > 1000 || slots < 1 || slots > 64) {
     throw Napi::RangeError::New(env, "pages must be in [1, 2^20], passes in [1, 1000], slots in [1, 64]");
   }
-  std::vector<uint8_t> src(npages * kPage, 0x5a), dst(npages * kPage, 1);
+  ResidentBuffer src(npages * kPage, 0x5a), dst(npages * kPage, 1);
   const size_t slot = SlotBytes(encrypted);
   FrameRing ring(slots, kBatch * slot);
   const Keys keys;
@@ -287,10 +289,10 @@ Napi::Value PipelineLimit(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, "pagesPerThread must be in [1, 2^20], passes in [1, 1000], threads in [1, 64]");
   }
   // Allocated and faulted in (non-zero fill) before the clock starts.
-  std::vector<std::vector<uint8_t>> src(threads), dst(threads);
+  std::vector<std::unique_ptr<ResidentBuffer>> src, dst;
   for (uint64_t t = 0; t < threads; ++t) {
-    src[t].assign(npages * kPage, static_cast<uint8_t>(0x5a + t));
-    dst[t].assign(npages * kPage, 1);
+    src.push_back(std::make_unique<ResidentBuffer>(npages * kPage, static_cast<uint8_t>(0x5a + t)));
+    dst.push_back(std::make_unique<ResidentBuffer>(npages * kPage, 1));
   }
   auto start = Clock::now() + std::chrono::milliseconds(20);
   std::vector<Clock::time_point> ends(threads);
@@ -299,7 +301,7 @@ Napi::Value PipelineLimit(const Napi::CallbackInfo& info) {
   for (uint64_t t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
       try {
-        Worker(encrypted, hash, npages, static_cast<int>(passes), &src[t], &dst[t], &start, &ends[t]);
+        Worker(encrypted, hash, npages, static_cast<int>(passes), src[t].get(), dst[t].get(), &start, &ends[t]);
       } catch (const StepError& e) {
         errors[t] = e.what;
       }

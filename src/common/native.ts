@@ -102,10 +102,13 @@ export interface NativeAddon {
    */
   adviseHugePages(memory: Uint8Array): { advisedBytes: number; mode: string };
   /**
-   * Faults every whole page of memory in, writable, contents unchanged
-   * (MADV_POPULATE_WRITE); error says why not (a kernel before 5.14).
+   * Makes every page of memory resident and writable, contents unchanged:
+   * MADV_POPULATE_WRITE (populatedBytes; error says why not, a kernel before
+   * 5.14), then one atomic add of zero per page from user space
+   * (touchedBytes: every page, rounded outward), which under shadow paging
+   * is what spares the first real access a fault in the host.
    */
-  prefaultMemory(memory: Uint8Array): { populatedBytes: number; error: string | null };
+  prefaultMemory(memory: Uint8Array): { populatedBytes: number; touchedBytes: number; error: string | null };
   /** SEV platform status from /dev/sev (SEV_PLATFORM_STATUS); `present` false where there is no /dev/sev. */
   sevPlatformStatus(): SevPlatformStatus;
   /** SHA-256 of the guest view of pages (firstGfn, npages): decrypted where cbits has the bit set. */

@@ -151,30 +151,19 @@ export async function receiveGuest<B extends BackendName = 'sim'>(
   return { result, running: running as RunningGuest<GuestOf<B>>, report };
 }
 
-/** Pages faulted in per step of prepareGuestMemory (8 MiB: a few ms). */
-const PREPARE_STEP_PAGES = 2048;
-
 /**
- * A sim destination's memory of `npages`, allocated and faulted in now
+ * A sim destination's memory of `npages`, allocated and made resident now
  * (DestinationParams.prepared): before the destination can be connected to,
  * so preparing it never counts in a migration's time. Throws, naming the
- * limit, when this machine cannot hold the guest.
- *
- * In steps, yielding between them: 4 GiB takes seconds, and a run cancelled
- * meanwhile (`signal`, or a 'stop' to the destination's thread) ends within
- * a step; it used to wait for the whole guest (a SIGINT 0.3 s into
- * `sevtrack migrate --memory 4G` took 3-14 s to exit).
+ * limit, when this machine cannot hold the guest; a run cancelled meanwhile
+ * (`signal`, or a 'stop' to the destination's thread) ends within a step of
+ * GuestMemory.makeResident (a SIGINT 0.3 s into `sevtrack migrate --memory
+ * 4G` once took 3-14 s to exit).
  */
 export async function prepareGuestMemory(npages: number, signal?: AbortSignal): Promise<GuestMemory> {
   guestPagesFor(npages * PAGE_SIZE, { guests: 1 });
-  // Abandoned on a cancel: its memory goes with its last reference.
   const memory = GuestMemory.create(npages);
-  for (let first = 0; first < npages; first += PREPARE_STEP_PAGES) {
-    signal?.throwIfAborted();
-    memory.prefault(first, PREPARE_STEP_PAGES);
-    await new Promise((r) => setImmediate(r));
-  }
-  signal?.throwIfAborted();
+  await memory.makeResident(signal);
   return memory;
 }
 

@@ -1,7 +1,9 @@
 /**
  * Guest memory is advised for transparent huge pages (native/memory_advice.cc):
  * the 2 MiB-aligned interior of the buffer gets MADV_HUGEPAGE, which the
- * kernel records on the mapping (the `hg` flag in /proc/self/smaps).
+ * kernel records on the mapping (the `hg` flag in /proc/self/smaps); and
+ * made resident before use (prefaultMemory, GuestMemory.makeResident),
+ * contents unchanged.
  */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
@@ -11,6 +13,10 @@ import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
 const MIB = 2 ** 20;
 /** Keeps every buffer of this file alive, so no mapping is freed between two readings of smaps. */
 const keep: unknown[] = [];
+
+/** This process's resident anonymous memory, in bytes. */
+const rssAnon = () =>
+  Number(/^RssAnon:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024;
 
 /** Bytes of this process's mappings carrying the MADV_HUGEPAGE flag (adjacent ones may be merged). */
 function hugeAdvisedBytes(): number {
@@ -68,13 +74,16 @@ describe('adviseHugePages', () => {
   });
 
   it('prefaultMemory maps every page in, contents unchanged', () => {
-    const rssAnon = () =>
-      Number(/^RssAnon:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024;
     const bytes = new Uint8Array(new SharedArrayBuffer(64 * MIB));
     keep.push(bytes);
     bytes[12345] = 42;
     const before = rssAnon();
     const r = nativeAddon().prefaultMemory(bytes);
+    // Touched from user space whether or not the kernel could populate.
+    expect(r.touchedBytes).toBeGreaterThanOrEqual(64 * MIB);
+    expect(rssAnon() - before).toBeGreaterThan(60 * MIB);
+    expect(bytes[12345]).toBe(42);
+    expect(bytes.every((b, i) => b === (i === 12345 ? 42 : 0))).toBe(true);
     if (r.error !== null) {
       // A kernel before 5.14: said plainly, nothing populated.
       expect(r.error).toMatch(/MADV_POPULATE_WRITE/);
@@ -82,8 +91,29 @@ describe('adviseHugePages', () => {
       return;
     }
     expect(r.populatedBytes).toBeGreaterThan(64 * MIB - 8192);
-    expect(rssAnon() - before).toBeGreaterThan(60 * MIB);
-    expect(bytes[12345]).toBe(42);
-    expect(bytes.every((b, i) => b === (i === 12345 ? 42 : 0))).toBe(true);
+  });
+
+  it('prefaultMemory of a slice changes no byte inside it or beside it, on the pages it shares', () => {
+    const bytes = new Uint8Array(new SharedArrayBuffer(64 * 1024));
+    for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 7 + 3) & 0xff;
+    const copy = bytes.slice();
+    // From mid-page to mid-page: the first and last pages are shared with the bytes beside it.
+    const r = nativeAddon().prefaultMemory(bytes.subarray(4096 + 100, 8 * 4096 + 50));
+    expect(r.touchedBytes).toBe(8 * 4096);
+    expect(bytes).toEqual(copy);
+  });
+});
+
+describe('GuestMemory.makeResident (guest RAM resident before use)', () => {
+  it('changes no byte of a guest, across the boundaries of its steps (its residency: prepare-memory.test.ts)', async () => {
+    const memory = GuestMemory.create(6144, { hugePages: true }); // 24 MiB: three steps of 8 MiB
+    keep.push(memory);
+    const marks = [0, 1, 8 * MIB - 1, 8 * MIB, 8 * MIB + 4096, 16 * MIB - 2, 24 * MIB - 1];
+    for (const [i, at] of marks.entries()) memory.bytes[at] = i + 1;
+    await memory.makeResident();
+    for (const [i, at] of marks.entries()) expect(memory.bytes[at]).toBe(i + 1);
+    let nonzero = 0;
+    for (const b of memory.bytes) if (b !== 0) nonzero++;
+    expect(nonzero).toBe(marks.length);
   });
 });
