@@ -121,7 +121,9 @@ export async function receiveGuest<B extends BackendName = 'sim'>(
           params: { peerTimeoutMs: p.peerTimeoutMs, handshakeTimeoutMs: p.handshakeTimeoutMs, psp: p.psp },
         });
       if (prepared) return prepared;
-      return p.backend === 'kvm' ? allocateKvmGuest(npages, hello.vcpus) : GuestMemory.create(npages);
+      return p.backend === 'kvm'
+        ? allocateKvmGuest(npages, hello.vcpus)
+        : GuestMemory.create(npages, { hugePages: true });
     },
     get log() {
       return log;
@@ -162,7 +164,7 @@ export async function receiveGuest<B extends BackendName = 'sim'>(
  */
 export async function prepareGuestMemory(npages: number, signal?: AbortSignal): Promise<GuestMemory> {
   guestPagesFor(npages * PAGE_SIZE, { guests: 1 });
-  const memory = GuestMemory.create(npages);
+  const memory = GuestMemory.create(npages, { hugePages: true });
   await memory.makeResident(signal);
   return memory;
 }

@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { nativeAddon } from '../../src/common/native.js';
+import { prepareGuestMemory } from '../../src/migration/run-destination.js';
 import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
 
 const MIB = 2 ** 20;
@@ -67,6 +68,15 @@ describe('adviseHugePages', () => {
     expect(hugeAdvisedBytes()).toBe(plain);
     const before = hugeAdvisedBytes();
     keep.push(GuestMemory.create(4096, { hugePages: true }));
+    const mode = nativeAddon().adviseHugePages(new Uint8Array(0)).mode;
+    const advised = hugeAdvisedBytes() - before;
+    if (mode === 'always' || mode === 'madvise') expect(advised).toBeGreaterThanOrEqual(12 * MIB);
+    else expect(advised).toBe(0);
+  });
+
+  it('is applied to a prepared destination guest', async () => {
+    const before = hugeAdvisedBytes();
+    keep.push(await prepareGuestMemory(4096)); // 16 MiB
     const mode = nativeAddon().adviseHugePages(new Uint8Array(0)).mode;
     const advised = hugeAdvisedBytes() - before;
     if (mode === 'always' || mode === 'madvise') expect(advised).toBeGreaterThanOrEqual(12 * MIB);

@@ -115,9 +115,10 @@ export class GuestMemory implements MigratableMemory {
   /**
    * A new guest of npages pages (zeroed raw memory), every page encrypted in
    * the guest's page tables unless `encrypted` is false, with a fresh key.
-   * `hugePages`: advise transparent huge pages (a running guest, whose
-   * never-written pages a migration source then reads at one fault per
-   * 2 MiB; native/memory_advice.cc says why a destination does not).
+   * `hugePages`: advise transparent huge pages, as a VMM backs guest RAM
+   * (every migrating guest, source and destination; tests' small guests
+   * stay at 4 KiB): one fault per 2 MiB, and half the cost of a 4 KiB page
+   * to copy into under shadow paging (native/memory_advice.cc).
    */
   static create(
     npages: number,
