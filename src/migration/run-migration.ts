@@ -207,7 +207,7 @@ async function startGuest(p: MigrateParams, npages: number, host: SourceHost): P
     const booted = await bootKvmSource(p, npages, host.tracker, host.vm);
     return { guest: booted.guest, running: () => !booted.guest.paused, stop: booted.stop };
   }
-  const memory = GuestMemory.create(npages, { encrypted: p.guestEncrypted ?? true, hugePages: true });
+  const memory = await launchMemory(npages, p.guestEncrypted ?? true, p.signal);
   const pool = await startVcpus(p, memory, host);
   return {
     guest: new ThreadedGuest(memory, pool),
@@ -216,6 +216,18 @@ async function startGuest(p: MigrateParams, npages: number, host: SourceHost): P
       await pool.stop();
     },
   };
+}
+
+/**
+ * A sim guest's memory at launch: huge pages, and resident before the guest
+ * runs, as an SEV VMM's is (KVM pins an SEV guest's memory when the VMM
+ * registers it), so the migration source never takes a first-touch fault on
+ * a page the guest has not written. Cancelled (`signal`) within a step.
+ */
+async function launchMemory(npages: number, encrypted: boolean, signal?: AbortSignal): Promise<GuestMemory> {
+  const memory = GuestMemory.create(npages, { encrypted, hugePages: true });
+  await memory.makeResident(signal);
+  return memory;
 }
 
 /**
@@ -268,7 +280,7 @@ export async function bootGuest(p: MigrateParams, npages: number): Promise<Boote
     await host.close();
   };
   try {
-    const memory = GuestMemory.create(npages, { encrypted, hugePages: true });
+    const memory = await launchMemory(npages, encrypted, p.signal);
     pool = await startVcpus(p, memory, host);
     return { guest: new ThreadedGuest(memory, pool), store: host.tracker, vm: host.vm, stop };
   } catch (err) {

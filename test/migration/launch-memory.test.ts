@@ -1,0 +1,40 @@
+/**
+ * A sim guest's memory is resident from launch (run-migration.ts
+ * launchMemory), as an SEV guest's pinned memory is: an idle guest that
+ * never writes most of its pages still holds all of them before it runs, so
+ * a migration source reading them takes no first-touch fault.
+ */
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { PAGE_SIZE } from '../../src/common/ranges.js';
+import { bootGuest, DEFAULT_PARAMS } from '../../src/migration/run-migration.js';
+
+/** This process's resident anonymous memory, in bytes. */
+const rssAnon = () =>
+  Number(/^RssAnon:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024;
+
+describe('a sim guest at launch', () => {
+  it('holds every page resident before it runs, though the idle workload writes almost none', async () => {
+    const npages = 65_536; // 256 MiB: more than the vCPU threads' own memory could account for
+    const before = rssAnon();
+    const booted = await bootGuest(
+      { ...DEFAULT_PARAMS, workload: 'idle', warmupMs: 0, guestEncrypted: false },
+      npages,
+    );
+    try {
+      expect(rssAnon() - before).toBeGreaterThan(0.9 * npages * PAGE_SIZE);
+      // The idle guest wrote only its kernel area: the residency is the launch's, not the guest's.
+      expect(booted.guest.memory.written.count()).toBeLessThan(npages / 100);
+    } finally {
+      await booted.stop();
+    }
+  });
+
+  it('a cancel during launch ends it, with the reason, before the guest runs', async () => {
+    const controller = new AbortController();
+    const reason = new Error('cancelled at launch');
+    const booting = bootGuest({ ...DEFAULT_PARAMS, workload: 'idle', signal: controller.signal }, 262_144);
+    setImmediate(() => controller.abort(reason));
+    await expect(booting).rejects.toBe(reason);
+  });
+});
