@@ -155,5 +155,9 @@ describe('sevtrack migrate --backend kvm', () => {
     const r = await runCli(['migrate', '--backend', 'kvm']);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--backend kvm cannot run on this host: .*sevtrack doctor/);
+    // A flag kvm never takes is named first, as on a host where it runs.
+    const hops = await runCli(['migrate', '--backend', 'kvm', '--hops', '2']);
+    expect(hops.code).toBe(2);
+    expect(hops.stderr).toMatch(/--hops is not for --backend kvm/);
   });
 });

@@ -5,7 +5,8 @@
  * multiple of 256 KiB up to 1 GiB, which its c-bit table covers; at most
  * 16 vCPUs) and its workloads are the helper's. Flags that only make sense
  * for the simulated guest are refused when given, naming the flag (exit 2),
- * as is a host without a usable /dev/kvm (the reason is the probe's).
+ * on any host; then a host without a usable /dev/kvm (the reason is the
+ * probe's).
  */
 import { InvalidArgumentError } from '../../common/errors.js';
 import { formatBytes, parseSize } from '../../common/units.js';
@@ -38,14 +39,16 @@ export function kvmParams(
   flags: { memory?: string; workload?: string },
   given: (attr: string) => boolean,
 ): MigrateParams {
+  // A flag that cannot go with kvm is named first, on any host: the same
+  // command line is refused the same way where /dev/kvm works and where not.
+  for (const [attr, flag, why] of SIM_ONLY)
+    if (given(attr)) throw new InvalidArgumentError(flag, `${flag} is not for --backend kvm: ${why}`);
   const a = kvmAvailability();
   if (!a.usable)
     throw new InvalidArgumentError(
       '--backend',
       `--backend kvm cannot run on this host: ${a.reason} (sevtrack doctor shows what it offers); use --backend sim`,
     );
-  for (const [attr, flag, why] of SIM_ONLY)
-    if (given(attr)) throw new InvalidArgumentError(flag, `${flag} is not for --backend kvm: ${why}`);
   const layout = kvmLayout();
   const memoryBytes = parseSize(flags.memory ?? KVM_DEFAULT_MEMORY, '--memory');
   const unit = 64 * 4096;
