@@ -2,8 +2,9 @@
 // transparent huge pages (MADV_HUGEPAGE), and every page resident before it
 // is used (resident_memory.h). Sim guests take both: a running guest's memory
 // is resident from launch, as an SEV guest's pinned memory is, and a
-// destination's is prepared before its source connects; so a migration takes
-// no first-touch fault on either side. Zeroing fresh huge pages on first
+// destination that knows the guest's size prepares its memory before its
+// source connects; so such a migration takes no first-touch fault on either
+// side (a destination allocating at the HELLO faults as pages arrive). Zeroing fresh huge pages on first
 // write was erratic on a 2-core VM (0.1-2.5 s of kernel time per GiB,
 // depending on whether the host had backed those frames): made resident
 // before the migration, that cost is out of its path, and a resident huge
@@ -56,8 +57,11 @@ Napi::Value AdviseHugePages(const Napi::CallbackInfo& info) {
 // destination started for a guest of known size, and a running guest's
 // memory at launch, take their one fault per page here, as a VMM that
 // preallocates (an SEV VMM pins) guest RAM does, instead of on the
-// migration's path. `error` says why populating failed, if it did; the
-// pages are then resident through the touch alone.
+// migration's path. A kernel without MADV_POPULATE_WRITE (EINVAL) leaves
+// the touch alone to map the pages; any other failure (ENOMEM: the machine
+// cannot back the memory; EFAULT, EHWPOISON) touches nothing, since writing
+// the pages would only meet the same failure as SIGBUS or the OOM killer:
+// `error` says why and touchedBytes is 0.
 Napi::Value PrefaultMemory(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto memory = GetBytes(info, 0, "memory");
@@ -66,18 +70,23 @@ Napi::Value PrefaultMemory(const Napi::CallbackInfo& info) {
   auto end = (reinterpret_cast<uintptr_t>(memory.Data()) + memory.ByteLength() + page - 1) & ~(page - 1);
   constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, absent from older headers
   std::string error;
-  size_t populated = 0;
+  size_t populated = 0, touched = 0;
   if (end > begin) {
+    int failure = 0;
     if (madvise(reinterpret_cast<void*>(begin), end - begin, kPopulateWrite) == 0) {
       populated = end - begin;
     } else {
-      error = std::string("madvise(MADV_POPULATE_WRITE): ") + std::strerror(errno);
+      failure = errno;
+      error = std::string("madvise(MADV_POPULATE_WRITE): ") + std::strerror(failure);
     }
-    TouchPages(begin, end, page);
+    if (failure == 0 || failure == EINVAL) {
+      TouchPages(begin, end, page);
+      touched = end - begin;
+    }
   }
   auto out = Napi::Object::New(env);
   out.Set("populatedBytes", Napi::Number::New(env, static_cast<double>(populated)));
-  out.Set("touchedBytes", Napi::Number::New(env, static_cast<double>(end > begin ? end - begin : 0)));
+  out.Set("touchedBytes", Napi::Number::New(env, static_cast<double>(touched)));
   out.Set("error", error.empty() ? env.Null() : Napi::String::New(env, error));
   return out;
 }

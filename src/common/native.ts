@@ -106,7 +106,8 @@ export interface NativeAddon {
    * MADV_POPULATE_WRITE (populatedBytes; error says why not, a kernel before
    * 5.14), then one atomic add of zero per page from user space
    * (touchedBytes: every page, rounded outward), which under shadow paging
-   * is what spares the first real access a fault in the host.
+   * is what spares the first real access a fault in the host. A populate
+   * failure other than EINVAL (ENOMEM, say) touches nothing: touchedBytes 0.
    */
   prefaultMemory(memory: Uint8Array): { populatedBytes: number; touchedBytes: number; error: string | null };
   /** SEV platform status from /dev/sev (SEV_PLATFORM_STATUS); `present` false where there is no /dev/sev. */

@@ -108,8 +108,9 @@ describe('adviseHugePages', () => {
     for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 7 + 3) & 0xff;
     const copy = bytes.slice();
     // From mid-page to mid-page: the first and last pages are shared with the bytes beside it.
+    // 28 622 bytes from wherever the buffer's data starts: 7 or 8 pages, rounded outward.
     const r = nativeAddon().prefaultMemory(bytes.subarray(4096 + 100, 8 * 4096 + 50));
-    expect(r.touchedBytes).toBe(8 * 4096);
+    expect([7 * 4096, 8 * 4096]).toContain(r.touchedBytes);
     expect(bytes).toEqual(copy);
   });
 });

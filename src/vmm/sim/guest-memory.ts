@@ -116,9 +116,10 @@ export class GuestMemory implements MigratableMemory {
    * A new guest of npages pages (zeroed raw memory), every page encrypted in
    * the guest's page tables unless `encrypted` is false, with a fresh key.
    * `hugePages`: advise transparent huge pages, as a VMM backs guest RAM
-   * (every migrating guest, source and destination; tests' small guests
-   * stay at 4 KiB): one fault per 2 MiB, and half the cost of a 4 KiB page
-   * to copy into under shadow paging (native/memory_advice.cc).
+   * (the CLI's and benchmarks' guests, source and destination; library
+   * destinations without an allocator and tests' small guests stay at
+   * 4 KiB): one fault per 2 MiB, and half the cost of a 4 KiB page to copy
+   * into under shadow paging (native/memory_advice.cc).
    */
   static create(
     npages: number,
@@ -145,18 +146,25 @@ export class GuestMemory implements MigratableMemory {
   /**
    * Makes every page resident now, writable, contents unchanged, as a VMM
    * preallocates guest RAM (and an SEV VMM pins it): a running guest's
-   * memory at launch, a destination's before its source connects. So a
+   * memory at launch, a prepared destination's before its source connects
+   * (one allocated at the HELLO is not: it faults as pages arrive). So a
    * migration's reads and writes meet mapped memory and take no first-touch
    * fault (native/memory_advice.cc). In steps of RESIDENT_STEP_PAGES,
    * yielding between them: 4 GiB takes seconds, and a cancel (`signal`)
    * ends it within a step (the memory is then abandoned, and goes with its
-   * last reference).
+   * last reference). Throws InvalidArgumentError naming --memory when the
+   * kernel cannot back the memory (ENOMEM), before touching it.
    */
   async makeResident(signal?: AbortSignal): Promise<void> {
     for (let first = 0; first < this.npages; first += RESIDENT_STEP_PAGES) {
       signal?.throwIfAborted();
       const end = Math.min(first + RESIDENT_STEP_PAGES, this.npages);
-      nativeAddon().prefaultMemory(this.bytes.subarray(first * PAGE_SIZE, end * PAGE_SIZE));
+      const r = nativeAddon().prefaultMemory(this.bytes.subarray(first * PAGE_SIZE, end * PAGE_SIZE));
+      if (r.touchedBytes === 0 && r.error !== null)
+        throw new InvalidArgumentError(
+          'memory',
+          `cannot make ${this.npages * PAGE_SIZE} bytes of guest memory resident (${r.error}); choose a smaller --memory`,
+        );
       await new Promise((r) => setImmediate(r));
     }
     signal?.throwIfAborted();
