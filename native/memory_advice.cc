@@ -91,11 +91,37 @@ Napi::Value PrefaultMemory(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// releaseMemory(memory: Uint8Array) -> { releasedBytes }
+// Gives the whole pages inside memory back to the kernel (MADV_DONTNEED:
+// they read as zero afterwards), as a VMM does when it destroys a VM whose
+// guest has moved on: its RSS falls at once, not when the JavaScript
+// object holding the memory is collected. Only pages wholly inside the
+// buffer are released (the edges are shared with whatever lies beside it).
+Napi::Value ReleaseMemory(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto memory = GetBytes(info, 0, "memory");
+  auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  auto begin = (reinterpret_cast<uintptr_t>(memory.Data()) + page - 1) & ~(page - 1);
+  auto end = (reinterpret_cast<uintptr_t>(memory.Data()) + memory.ByteLength()) & ~(page - 1);
+  size_t released = 0;
+  if (end > begin) {
+    if (madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED) != 0) {
+      throw Napi::Error::New(env, std::string("madvise(MADV_DONTNEED) on guest memory failed: ") +
+                                      std::strerror(errno));
+    }
+    released = end - begin;
+  }
+  auto out = Napi::Object::New(env);
+  out.Set("releasedBytes", Napi::Number::New(env, static_cast<double>(released)));
+  return out;
+}
+
 }  // namespace
 
 void InitMemoryAdvice(Napi::Env env, Napi::Object exports) {
   exports.Set("adviseHugePages", Napi::Function::New(env, AdviseHugePages));
   exports.Set("prefaultMemory", Napi::Function::New(env, PrefaultMemory));
+  exports.Set("releaseMemory", Napi::Function::New(env, ReleaseMemory));
 }
 
 }  // namespace sevtrack

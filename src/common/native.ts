@@ -110,6 +110,12 @@ export interface NativeAddon {
    * failure other than EINVAL (ENOMEM, say) touches nothing: touchedBytes 0.
    */
   prefaultMemory(memory: Uint8Array): { populatedBytes: number; touchedBytes: number; error: string | null };
+  /**
+   * Gives the whole pages inside memory back to the kernel (MADV_DONTNEED:
+   * they read as zero afterwards): a guest that moved on frees its RSS now,
+   * not at garbage collection.
+   */
+  releaseMemory(memory: Uint8Array): { releasedBytes: number };
   /** SEV platform status from /dev/sev (SEV_PLATFORM_STATUS); `present` false where there is no /dev/sev. */
   sevPlatformStatus(): SevPlatformStatus;
   /** SHA-256 of the guest view of pages (firstGfn, npages): decrypted where cbits has the bit set. */

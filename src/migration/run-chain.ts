@@ -14,6 +14,7 @@
  */
 import { InvalidArgumentError } from '../common/errors.js';
 import type { GuestSysgenid } from '../sysgenid/guest-sysgenid.js';
+import { GuestMemory } from '../vmm/sim/guest-memory.js';
 import { type FrameChannel, memoryChannelPair } from './channel.js';
 import type { ResumeReport, RunningGuest } from './destination-resume.js';
 import {
@@ -73,8 +74,11 @@ export async function migrateChain(p: MigrateParams): Promise<ChainSummary> {
       const { summary, arrived } = await oneHop(p, current, hop, sysgenid);
       hops.push(summary);
       if (!arrived) break;
-      // The guest lives at the destination now: the source's copy goes.
+      // The guest lives at the destination now: the source's copy goes, and
+      // its memory with it (not at the next GC: 3 guests at the peak otherwise).
+      const left = current.guest.memory;
       await current.stop();
+      if (left instanceof GuestMemory) left.release();
       current = arrived;
     }
     const last = hops[hops.length - 1];

@@ -128,3 +128,28 @@ describe('GuestMemory.makeResident (guest RAM resident before use)', () => {
     expect(nonzero).toBe(marks.length);
   });
 });
+
+describe('releaseMemory / GuestMemory.release (a guest that moved on)', () => {
+  it('gives a resident guest back to the kernel at once: RSS falls, its pages read as zero', async () => {
+    const memory = GuestMemory.create(16_384, { hugePages: true }); // 64 MiB
+    keep.push(memory);
+    await memory.makeResident();
+    memory.bytes.fill(5);
+    const before = rssAnon();
+    memory.release();
+    expect(before - rssAnon()).toBeGreaterThan(56 * MIB);
+    let nonzero = 0;
+    for (const b of memory.bytes) if (b !== 0) nonzero++;
+    // Only the bytes sharing a page with what lies beside the buffer keep their value.
+    expect(nonzero).toBeLessThan(2 * 4096);
+  });
+
+  it('releases only the pages wholly inside a slice: the bytes beside it keep their values', () => {
+    const bytes = new Uint8Array(new SharedArrayBuffer(64 * 1024)).fill(9);
+    const r = nativeAddon().releaseMemory(bytes.subarray(4096 + 100, 8 * 4096 + 50));
+    expect([5 * 4096, 6 * 4096]).toContain(r.releasedBytes);
+    expect(bytes.subarray(0, 4096 + 100).every((b) => b === 9)).toBe(true);
+    expect(bytes.subarray(8 * 4096 + 50).every((b) => b === 9)).toBe(true);
+    expect(bytes.subarray(2 * 4096 + 100, 7 * 4096).every((b) => b === 0)).toBe(true);
+  });
+});

@@ -170,6 +170,17 @@ export class GuestMemory implements MigratableMemory {
     signal?.throwIfAborted();
   }
 
+  /**
+   * The guest has moved on (a verified hop of a chain) and this copy is
+   * dropped: its pages go back to the kernel now, so a chain in one process
+   * holds two guests at a time rather than three until the old one is
+   * collected. Reads see zeros afterwards; call it only once nothing runs
+   * on or reads this memory (its vCPUs stopped).
+   */
+  release(): void {
+    nativeAddon().releaseMemory(this.bytes);
+  }
+
   private static allocateMemory(npages: number, hugePages: boolean): SharedArrayBuffer {
     try {
       const memory = new SharedArrayBuffer(npages * PAGE_SIZE);
