@@ -4,12 +4,13 @@
 // is resident from launch, as an SEV guest's pinned memory is, and a
 // destination that knows the guest's size prepares its memory before its
 // source connects; so such a migration takes no first-touch fault on either
-// side (a destination allocating at the HELLO faults as pages arrive). Zeroing fresh huge pages on first
-// write was erratic on a 2-core VM (0.1-2.5 s of kernel time per GiB,
-// depending on whether the host had backed those frames): made resident
-// before the migration, that cost is out of its path, and a resident huge
-// page then costs half what a 4 KiB one does to copy into under shadow paging
-// (a 1 GiB memcpy: 0.09-0.10 s against 0.21-0.24 s).
+// side (a destination allocating at the HELLO faults as pages arrive).
+// Zeroing fresh huge pages on first write was erratic on a 2-core VM
+// (0.1-2.5 s of kernel time per GiB, depending on whether the host had
+// backed those frames): made resident before the migration, that cost is out
+// of its path, and a resident huge page then costs half what a 4 KiB one does
+// to copy into under shadow paging (a 1 GiB memcpy: 0.09-0.10 s against
+// 0.21-0.24 s).
 //
 // Only the 2 MiB-aligned interior of the buffer is advised (THP needs whole,
 // aligned huge pages; the edges stay 4 KiB). The advice is a hint: where the
@@ -34,15 +35,16 @@ namespace {
 Napi::Value AdviseHugePages(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto memory = GetBytes(info, 0, "memory");
+  std::string mode = ThpMode();
   size_t advised = 0;
   try {
-    advised = AdviseHugeInterior(memory.Data(), memory.ByteLength());
+    advised = AdviseHugeInterior(memory.Data(), memory.ByteLength(), mode);
   } catch (const std::runtime_error& e) {
     throw Napi::Error::New(env, std::string(e.what()) + " on guest memory");
   }
   auto out = Napi::Object::New(env);
   out.Set("advisedBytes", Napi::Number::New(env, static_cast<double>(advised)));
-  out.Set("mode", Napi::String::New(env, ThpMode()));
+  out.Set("mode", Napi::String::New(env, mode));
   return out;
 }
 

@@ -122,21 +122,16 @@ void Worker(bool encrypted, Hash hash, size_t npages, int passes, ResidentBuffer
   *end = Clock::now();
 }
 
-// `count` resident buffers of `bytes` each, the t-th filled with fill + t;
-// an allocation the machine refuses is a JS Error naming `what`, not an
-// exception escaping the addon (std::terminate).
-std::vector<std::unique_ptr<ResidentBuffer>> Buffers(Napi::Env env, const char* what, uint64_t count, size_t bytes,
-                                                     uint8_t fill) {
-  std::vector<std::unique_ptr<ResidentBuffer>> out;
+// A resident buffer of `bytes` filled with `fill`; an allocation the machine
+// refuses is a JS Error naming `what`, not an exception escaping the addon
+// (std::terminate).
+std::unique_ptr<ResidentBuffer> Resident(Napi::Env env, const char* what, size_t bytes, uint8_t fill) {
   try {
-    for (uint64_t t = 0; t < count; ++t) {
-      out.push_back(std::make_unique<ResidentBuffer>(bytes, static_cast<uint8_t>(fill + t)));
-    }
+    return std::make_unique<ResidentBuffer>(bytes, fill);
   } catch (const std::exception& e) {
-    throw Napi::Error::New(env, std::string(what) + ": cannot allocate " + std::to_string(count) + " buffers of " +
-                                    std::to_string(bytes) + " bytes: " + e.what());
+    throw Napi::Error::New(env, std::string(what) + ": cannot allocate a buffer of " + std::to_string(bytes) +
+                                    " bytes: " + e.what());
   }
-  return out;
 }
 
 // A bounded ring of frames between a source thread and a destination
@@ -212,8 +207,8 @@ Napi::Value PipelineHandoff(const Napi::CallbackInfo& info) {
   if (npages < 1 || npages > (1u << 20) || passes < 1 || passes > 1000 || slots < 1 || slots > 64) {
     throw Napi::RangeError::New(env, "pages must be in [1, 2^20], passes in [1, 1000], slots in [1, 64]");
   }
-  auto src = Buffers(env, "pipelineHandoff", 1, npages * kPage, 0x5a);
-  auto dst = Buffers(env, "pipelineHandoff", 1, npages * kPage, 1);
+  auto src = Resident(env, "pipelineHandoff", npages * kPage, 0x5a);
+  auto dst = Resident(env, "pipelineHandoff", npages * kPage, 1);
   const size_t slot = SlotBytes(encrypted);
   FrameRing ring(slots, kBatch * slot);
   const Keys keys;
@@ -253,7 +248,7 @@ Napi::Value PipelineHandoff(const Napi::CallbackInfo& info) {
       uint8_t* frame = ring.Slot(f);
       for (size_t i = 0; i < n; ++i) {
         uint64_t gpa = (first + i) * kPage;
-        source.Source(gpa, f * kBatch + i, src[0]->data() + gpa, frame + i * slot, digests.data() + i * kSha256);
+        source.Source(gpa, f * kBatch + i, src->data() + gpa, frame + i * slot, digests.data() + i * kSha256);
       }
       ring.Publish(f);
     });
@@ -266,7 +261,7 @@ Napi::Value PipelineHandoff(const Napi::CallbackInfo& info) {
       const uint8_t* frame = ring.Slot(f);
       for (size_t i = 0; i < n; ++i) {
         uint64_t gpa = (first + i) * kPage;
-        destination.Destination(gpa, f * kBatch + i, frame + i * slot, dst[0]->data() + gpa, digests.data() + i * kSha256);
+        destination.Destination(gpa, f * kBatch + i, frame + i * slot, dst->data() + gpa, digests.data() + i * kSha256);
       }
       ring.Consume(f);
     });
@@ -307,8 +302,11 @@ Napi::Value PipelineLimit(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, "pagesPerThread must be in [1, 2^20], passes in [1, 1000], threads in [1, 64]");
   }
   // Allocated and faulted in (non-zero fill) before the clock starts.
-  auto src = Buffers(env, "pipelineLimit", threads, npages * kPage, 0x5a);
-  auto dst = Buffers(env, "pipelineLimit", threads, npages * kPage, 1);
+  std::vector<std::unique_ptr<ResidentBuffer>> src, dst;
+  for (uint64_t t = 0; t < threads; ++t) {
+    src.push_back(Resident(env, "pipelineLimit", npages * kPage, static_cast<uint8_t>(0x5a + t)));
+    dst.push_back(Resident(env, "pipelineLimit", npages * kPage, 1));
+  }
   auto start = Clock::now() + std::chrono::milliseconds(20);
   std::vector<Clock::time_point> ends(threads);
   std::vector<std::thread> pool;

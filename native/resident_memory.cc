@@ -24,10 +24,9 @@ std::string ThpMode() {
   return line.substr(open + 1, close - open - 1);
 }
 
-size_t AdviseHugeInterior(uint8_t* data, size_t len) {
+size_t AdviseHugeInterior(uint8_t* data, size_t len, const std::string& mode) {
   auto begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
   auto end = (reinterpret_cast<uintptr_t>(data) + len) & ~(kHugePage - 1);
-  std::string mode = ThpMode();
   if (end <= begin || (mode != "always" && mode != "madvise")) return 0;
   if (madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE) != 0) {
     throw std::runtime_error(std::string("madvise(MADV_HUGEPAGE) failed: ") + std::strerror(errno));
@@ -48,7 +47,7 @@ ResidentBuffer::ResidentBuffer(size_t bytes, uint8_t fill) : bytes_(bytes) {
   if (map_ == MAP_FAILED) throw std::bad_alloc();
   data_ = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(map_) + kHugePage - 1) & ~(kHugePage - 1));
   try {
-    AdviseHugeInterior(data_, bytes_);
+    AdviseHugeInterior(data_, bytes_, ThpMode());
   } catch (...) {
     munmap(map_, map_bytes_);
     throw;

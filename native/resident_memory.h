@@ -17,9 +17,10 @@ namespace sevtrack {
 std::string ThpMode();
 
 // Advises MADV_HUGEPAGE on the 2 MiB-aligned interior of [data, data + len)
-// when THP is "always" or "madvise"; returns the bytes advised (0 otherwise).
-// Throws std::runtime_error when madvise fails.
-size_t AdviseHugeInterior(uint8_t* data, size_t len);
+// when `mode` (ThpMode(), read once by the caller) is "always" or "madvise";
+// returns the bytes advised (0 otherwise). Throws std::runtime_error when
+// madvise fails.
+size_t AdviseHugeInterior(uint8_t* data, size_t len, const std::string& mode);
 
 // Writes every page of [begin, end) (page-aligned) once from user space with
 // an atomic add of zero: the contents do not change, even under a concurrent
@@ -39,7 +40,6 @@ class ResidentBuffer {
   ResidentBuffer(const ResidentBuffer&) = delete;
   ResidentBuffer& operator=(const ResidentBuffer&) = delete;
   uint8_t* data() { return data_; }
-  size_t size() const { return bytes_; }
 
  private:
   void* map_ = nullptr;
