@@ -10,14 +10,11 @@ import { describe, expect, it } from 'vitest';
 import { nativeAddon } from '../../src/common/native.js';
 import { prepareGuestMemory } from '../../src/migration/run-destination.js';
 import { GuestMemory } from '../../src/vmm/sim/guest-memory.js';
+import { rssAnon } from '../support/resident.js';
 
 const MIB = 2 ** 20;
 /** Keeps every buffer of this file alive, so no mapping is freed between two readings of smaps. */
 const keep: unknown[] = [];
-
-/** This process's resident anonymous memory, in bytes. */
-const rssAnon = () =>
-  Number(/^RssAnon:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024;
 
 /** Bytes of this process's mappings carrying the MADV_HUGEPAGE flag (adjacent ones may be merged). */
 function hugeAdvisedBytes(): number {

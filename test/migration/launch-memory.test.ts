@@ -4,14 +4,10 @@
  * never writes most of its pages still holds all of them before it runs, so
  * a migration source reading them takes no first-touch fault.
  */
-import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { PAGE_SIZE } from '../../src/common/ranges.js';
 import { bootGuest, DEFAULT_PARAMS } from '../../src/migration/run-migration.js';
-
-/** This process's resident anonymous memory, in bytes. */
-const rssAnon = () =>
-  Number(/^RssAnon:\s+(\d+) kB/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]) * 1024;
+import { rssAnon } from '../support/resident.js';
 
 describe('a sim guest at launch', () => {
   it('holds every page resident before it runs, though the idle workload writes almost none', async () => {
