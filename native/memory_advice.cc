@@ -93,6 +93,17 @@ Napi::Value PrefaultMemory(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// hugePageOffset(memory: Uint8Array) -> bytes from memory's first byte to
+// the first 2 MiB boundary at or after it. JavaScript cannot see addresses,
+// and a buffer meant to lie on whole huge pages (src/common/resident-buffer.ts)
+// is carved out of a larger one from that boundary.
+Napi::Value HugePageOffset(const Napi::CallbackInfo& info) {
+  auto memory = GetBytes(info, 0, "memory");
+  auto address = reinterpret_cast<uintptr_t>(memory.Data());
+  auto offset = (kHugePageBytes - address % kHugePageBytes) % kHugePageBytes;
+  return Napi::Number::New(info.Env(), static_cast<double>(offset));
+}
+
 // releaseMemory(memory: Uint8Array) -> { releasedBytes }
 // Gives the whole pages inside memory back to the kernel (MADV_DONTNEED:
 // they read as zero afterwards), as a VMM does when it destroys a VM whose
@@ -124,6 +135,7 @@ void InitMemoryAdvice(Napi::Env env, Napi::Object exports) {
   exports.Set("adviseHugePages", Napi::Function::New(env, AdviseHugePages));
   exports.Set("prefaultMemory", Napi::Function::New(env, PrefaultMemory));
   exports.Set("releaseMemory", Napi::Function::New(env, ReleaseMemory));
+  exports.Set("hugePageOffset", Napi::Function::New(env, HugePageOffset));
 }
 
 }  // namespace sevtrack

@@ -11,7 +11,7 @@
 namespace sevtrack {
 
 namespace {
-constexpr uintptr_t kHugePage = 2u << 20;
+constexpr uintptr_t kHugePage = kHugePageBytes;
 }
 
 std::string ThpMode() {

@@ -22,6 +22,9 @@ std::string ThpMode();
 // madvise fails.
 size_t AdviseHugeInterior(uint8_t* data, size_t len, const std::string& mode);
 
+// The size of a transparent huge page on x86-64, the only size THP maps.
+constexpr uintptr_t kHugePageBytes = 2u << 20;
+
 // Writes every page of [begin, end) (page-aligned) once from user space with
 // an atomic add of zero: the contents do not change, even under a concurrent
 // writer. MADV_POPULATE_WRITE maps the pages in the kernel's tables, but

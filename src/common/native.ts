@@ -116,6 +116,8 @@ export interface NativeAddon {
    * not at garbage collection.
    */
   releaseMemory(memory: Uint8Array): { releasedBytes: number };
+  /** Bytes from memory's first byte to the next 2 MiB boundary (0 when it starts on one). */
+  hugePageOffset(memory: Uint8Array): number;
   /** SEV platform status from /dev/sev (SEV_PLATFORM_STATUS); `present` false where there is no /dev/sev. */
   sevPlatformStatus(): SevPlatformStatus;
   /** SHA-256 of the guest view of pages (firstGfn, npages): decrypted where cbits has the bit set. */
