@@ -7,7 +7,10 @@
  * peer has not taken; the receiver returns a credit (CONSUMED) when it calls
  * next() after taking a frame, and with it the buffer of a lent frame
  * (transferred back: the same memory, already faulted in), so page frames
- * cycle between the threads without being allocated again.
+ * cycle between the threads without being allocated again. A frame in
+ * shared memory (a SharedArrayBuffer: the page sender's pools, on huge
+ * pages) is not transferred at all: both threads see the same bytes, and the
+ * CONSUMED message alone hands it back.
  */
 import type { MessagePort } from 'node:worker_threads';
 import { PeerError } from '../common/errors.js';
@@ -23,8 +26,12 @@ type PortMessage =
 export function portChannel(port: MessagePort, version: number, sendTimeoutMs = 30_000): FrameChannel {
   const inbox = new Inbox();
   const credits = new Credits();
-  /** Lent frames waiting for their buffer, by id (each also watches the credits, which fail it if the channel dies). */
-  const lent = new Map<number, (buffer: Uint8Array) => void>();
+  /**
+   * Lent frames waiting for their buffer, by id (each also watches the
+   * credits, which fail it if the channel dies): the transferred ArrayBuffer
+   * comes back with CONSUMED; a shared one never left.
+   */
+  const lent = new Map<number, (buffer: ArrayBuffer | undefined) => void>();
   let nextId = 1;
   let closed = false;
   const gone = () => {
@@ -38,13 +45,13 @@ export function portChannel(port: MessagePort, version: number, sendTimeoutMs = 
       credits.release();
       const back = lent.get(m.id);
       lent.delete(m.id);
-      if (back && m.buffer) back(new Uint8Array(m.buffer));
+      back?.(m.buffer);
     } else {
       const payload = Buffer.from(m.payload.buffer, m.payload.byteOffset, m.payload.byteLength);
       const release = () => {
         if (closed) return;
-        if (m.lent) {
-          const buffer = m.payload.buffer as ArrayBuffer;
+        if (m.lent && m.payload.buffer instanceof ArrayBuffer) {
+          const buffer = m.payload.buffer;
           port.postMessage({ kind: 'consumed', id: m.id, buffer } satisfies PortMessage, [buffer]);
         } else port.postMessage({ kind: 'consumed', id: m.id } satisfies PortMessage);
       };
@@ -79,11 +86,12 @@ export function portChannel(port: MessagePort, version: number, sendTimeoutMs = 
     }
   };
 
+  /** Posts a frame: an ArrayBuffer is transferred, shared memory is not (it cannot be, nor needs to be). */
   const post = (type: number, body: Uint8Array, isLent: boolean): number => {
     const id = nextId++;
-    port.postMessage({ kind: 'frame', id, type, payload: body, lent: isLent } satisfies PortMessage, [
-      body.buffer as ArrayBuffer,
-    ]);
+    const message: PortMessage = { kind: 'frame', id, type, payload: body, lent: isLent };
+    if (body.buffer instanceof ArrayBuffer) port.postMessage(message, [body.buffer]);
+    else port.postMessage(message);
     return id;
   };
 
@@ -105,17 +113,25 @@ export function portChannel(port: MessagePort, version: number, sendTimeoutMs = 
      */
     sendLent(type, buffer, length) {
       if (closed) return Promise.reject(new PeerError('the channel is closed'));
-      if (buffer.byteOffset !== 0 || !(buffer.buffer instanceof ArrayBuffer)) {
-        return Promise.reject(new PeerError('sendLent: the buffer must own its ArrayBuffer from offset 0'));
+      const shared = buffer.buffer instanceof SharedArrayBuffer;
+      if (!shared && buffer.byteOffset !== 0) {
+        return Promise.reject(
+          new PeerError('sendLent: the buffer must own its ArrayBuffer from offset 0, or be shared memory'),
+        );
+      }
+      if (length > buffer.byteLength) {
+        return Promise.reject(
+          new PeerError(`sendLent: length ${length} exceeds the buffer's ${buffer.byteLength} bytes`),
+        );
       }
       const lend = () => {
         if (credits.failure) return Promise.reject(credits.failure); // died while the credit's wait resumed
         return new Promise<Uint8Array>((back, fail) => {
           const stop = credits.watch(fail);
-          const id = post(type, new Uint8Array(buffer.buffer, 0, length), true);
-          lent.set(id, (b) => {
+          const id = post(type, buffer.subarray(0, length), true);
+          lent.set(id, (returned) => {
             stop();
-            back(b);
+            back(shared ? buffer : new Uint8Array(returned!));
           });
         });
       };

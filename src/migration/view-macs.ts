@@ -18,6 +18,7 @@ import { InvalidArgumentError } from '../common/errors.js';
 import { PageBitmap } from '../common/page-bitmap.js';
 import { type MacOutput, VIEW_MAC_BYTES, viewMacs } from '../common/page-crypto.js';
 import { gfnsToRuns } from '../common/ranges.js';
+import { residentBuffer } from '../common/resident-buffer.js';
 import type { MigratableMemory } from '../vmm/backend.js';
 
 export class ViewMacTable {
@@ -28,11 +29,15 @@ export class ViewMacTable {
   private readonly valid: PageBitmap;
   private readonly under: PageBitmap;
 
-  /** `macs`: where the table lives (npages * 16 bytes, e.g. inside a DIGESTS payload); a new buffer by default. */
+  /**
+   * `macs`: where the table lives (npages * 16 bytes, e.g. inside a DIGESTS
+   * payload); by default a new one on resident huge pages, since every
+   * entry is written during the bulk round (resident-buffer.ts).
+   */
   constructor(
     private readonly memory: MigratableMemory,
     readonly key: Uint8Array,
-    macs: Uint8Array = new Uint8Array(memory.npages * VIEW_MAC_BYTES),
+    macs: Uint8Array = residentBuffer(memory.npages * VIEW_MAC_BYTES),
   ) {
     if (macs.byteLength !== memory.npages * VIEW_MAC_BYTES) {
       throw new InvalidArgumentError(

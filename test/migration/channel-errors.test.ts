@@ -300,6 +300,33 @@ describe('frame channels fail cleanly', () => {
     );
   });
 
+  it('over a MessagePort: a lent frame in shared memory is shared, not transferred, and comes back as the same view', async () => {
+    const { port1, port2 } = new MessageChannel();
+    const a = portChannel(port1, MIGRATION_FRAME.version);
+    const b = portChannel(port2, MIGRATION_FRAME.version);
+    cleanups.push(() => {
+      a.close();
+      b.close();
+    });
+    const pool = new Uint8Array(new SharedArrayBuffer(256));
+    const frame = pool.subarray(64, 128).fill(9); // a frame in the middle of its pool
+    const back = a.sendLent(Msg.PAGES_RAW, frame, 16);
+    const got = await b.next(5000);
+    expect([...got.payload]).toEqual(new Array(16).fill(9));
+    expect(got.payload.buffer).toBeInstanceOf(SharedArrayBuffer);
+    expect(frame.byteLength).toBe(64); // still the sender's: not detached
+    void b.next(5000).catch(() => {}); // releases it
+    const returned = await back;
+    expect(returned).toBe(frame);
+    // Out of range, or an ArrayBuffer not owned from offset 0: refused before anything is sent.
+    await expect(a.sendLent(Msg.PAGES_RAW, frame, 65)).rejects.toThrow(
+      "sendLent: length 65 exceeds the buffer's 64 bytes",
+    );
+    await expect(a.sendLent(Msg.PAGES_RAW, new Uint8Array(64).subarray(8), 8)).rejects.toThrow(
+      'sendLent: the buffer must own its ArrayBuffer from offset 0, or be shared memory',
+    );
+  });
+
   /** Each kind of channel end, with its peer. */
   const ends: [string, () => Promise<[FrameChannel, FrameChannel]>][] = [
     ['in memory', async () => memoryChannelPair(MIGRATION_FRAME)],
