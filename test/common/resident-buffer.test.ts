@@ -42,15 +42,13 @@ describe('residentBuffer', () => {
 
   it('refuses a size that is not a whole number of bytes, naming it', () => {
     for (const bad of [-1, 1.5, Number.NaN]) {
-      let caught: unknown;
-      try {
-        residentBuffer(bad);
-      } catch (e) {
-        caught = e;
-      }
-      expect(caught).toBeInstanceOf(InvalidArgumentError);
-      expect((caught as InvalidArgumentError).field).toBe('bytes');
-      expect((caught as InvalidArgumentError).message).toMatch(/must be a whole number of bytes, got/);
+      expect(() => residentBuffer(bad)).toThrow(InvalidArgumentError);
+      expect(() => residentBuffer(bad)).toThrow(
+        expect.objectContaining({
+          field: 'bytes',
+          message: expect.stringMatching(/must be a whole number of bytes, got/),
+        }),
+      );
     }
   });
 });
